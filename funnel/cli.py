@@ -1,0 +1,245 @@
+"""The ``funnel`` command line. Heavy libraries are imported inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from funnel import __version__
+from funnel.errors import FunnelError
+
+EXIT_USAGE = 2
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _print_dataset_summary(meta: dict, out: Path, seconds: float) -> None:
+    from funnel.report import table
+
+    rows = [
+        ("dataset", meta["name"]),
+        ("interactions", meta["rows"]["interactions"]),
+        ("users (with interactions)", f"{meta['rows']['users']:,} ({meta['n_users_with_interactions']:,})"),
+        ("items (with interactions)", f"{meta['rows']['items']:,} ({meta['n_items_with_interactions']:,})"),
+        ("time range", " .. ".join(t[:10] for t in meta["time_range"])),
+        ("id types", f"user {meta['id_types']['user_id']}, item {meta['id_types']['item_id']}"),
+        ("repurchase normal", meta["repurchase"]),
+        ("written to", str(out)),
+        ("time", f"{seconds:.1f} s ({meta['rows']['interactions'] / max(seconds, 1e-9):,.0f} rows/s)"),
+    ]
+    print(table(rows, title="funnel data: done"))
+
+
+# --------------------------------------------------------------------------- data
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from funnel.data.synth import SynthConfig, generate
+    from funnel.fsutil import atomic_output_dir
+    from funnel.report import progress
+
+    cfg = SynthConfig(users=args.users, items=args.items, days=args.days, seed=args.seed, styles=args.styles,
+                      activity=args.activity, basket_size=args.basket_size,
+                      repurchase_rate=args.repurchase_rate, end_date=args.end_date)
+    cfg.validate()
+    start = time.perf_counter()
+    with progress(cfg.expected_interactions(), "generating") as bar, atomic_output_dir(args.out) as tmp:
+        meta = generate(cfg, tmp, progress=bar.update)
+    _print_dataset_summary(meta, Path(args.out), time.perf_counter() - start)
+
+
+def cmd_data_hm(args: argparse.Namespace) -> None:
+    from funnel.data import hm
+    from funnel.fsutil import atomic_output_dir
+    from funnel.report import progress
+
+    start = time.perf_counter()
+    with progress(None, "reading transactions") as bar, atomic_output_dir(args.out) as tmp:
+        meta = hm.build(Path(args.kaggle_dir), tmp, args.sample_users, args.seed, on_rows=bar.update)
+    _print_dataset_summary(meta, Path(args.out), time.perf_counter() - start)
+
+
+def cmd_data_movielens(args: argparse.Namespace) -> None:
+    from funnel.data import movielens
+    from funnel.fsutil import atomic_output_dir
+
+    start = time.perf_counter()
+    with atomic_output_dir(args.out) as tmp:
+        meta = movielens.build(tmp, Path(args.source) if args.source else None)
+    _print_dataset_summary(meta, Path(args.out), time.perf_counter() - start)
+
+
+def cmd_data_csv(args: argparse.Namespace) -> None:
+    from funnel.data import tabular
+    from funnel.fsutil import atomic_output_dir
+
+    src = tabular.TabularSource(
+        interactions=Path(args.interactions), user_col=args.user_col, item_col=args.item_col,
+        time_col=args.time_col, time_unit=args.time_unit,
+        items=Path(args.items) if args.items else None, item_key=args.item_key,
+        users=Path(args.users) if args.users else None, user_key=args.user_key,
+        repurchase=args.repurchase, drop_duplicates=args.drop_duplicates, name=args.name,
+    )
+    start = time.perf_counter()
+    with atomic_output_dir(args.out) as tmp:
+        meta = tabular.build(src, tmp)
+    _print_dataset_summary(meta, Path(args.out), time.perf_counter() - start)
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from funnel.data.canonical import read_dataset
+
+    meta = read_dataset(args.data).meta
+    print(json.dumps(meta, indent=2))
+
+
+# --------------------------------------------------------------------------- preprocess
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from funnel.preprocess import PreprocessConfig, preprocess
+    from funnel.report import progress, table
+
+    cfg = PreprocessConfig(
+        data=args.data, out=args.out, split=args.split, test_days=args.test_days, device=args.device,
+        workers=args.workers, scheduler=args.scheduler, negatives=args.negatives,
+        id_freq_threshold=args.id_freq_threshold, feature_freq_threshold=args.feature_freq_threshold,
+        seed=args.seed,
+    )
+    steps = ["split", "features", "stage", "fit", "transform_retrieval", "transform_ranking", "catalogue", "save"]
+    with progress(len(steps), "preprocessing", unit="steps") as bar:
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        m = preprocess(cfg, step=step)
+    r, u, i = m["rows"], m["users"], m["items"]
+    rows = [
+        ("device", m["device"] + (f", Dask {cfg.workers} workers" if cfg.workers else "")
+         + (f", Dask scheduler {cfg.scheduler}" if cfg.scheduler else "")),
+        ("split", f"{cfg.split}" + (f", last {cfg.test_days} days" if cfg.split == "time" else "")
+         + f", cutoff {m['split']['cutoff'][:19]}"),
+        ("interactions", r["interactions"]),
+        ("train / test rows", f"{r['train']:,} / {r['test']:,}"),
+        ("users: all / train / test (cold)", f"{u['total']:,} / {u['train']:,} / {u['test']:,} ({u['test_cold']:,})"),
+        ("items: all / train / test (cold)", f"{i['total']:,} / {i['train']:,} / {i['test']:,} ({i['test_cold']:,})"),
+        ("ranking rows train / test", f"{r['ranking_train']:,} / {r['ranking_test']:,}"),
+        ("time", f"{m['timings_s']['total']:.1f} s ({m['rows_per_s']:,} rows/s), peak RSS {m['peak_rss_mb']:,} MB"),
+        ("written to", args.out),
+    ]
+    print(table(rows, title="funnel preprocess: done"))
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="funnel",
+        description="GPU-first multi-stage recommender on NVIDIA Merlin: data -> NVTabular -> "
+        "two-tower + DLRM -> Triton.",
+    )
+    parser.add_argument("--version", action="version", version=f"funnel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    data = sub.add_parser("data", help="create a canonical dataset directory from a source")
+    dsub = data.add_subparsers(dest="source", metavar="SOURCE")
+    dsub.required = True
+
+    p = dsub.add_parser("synth", help="H&M-shaped synthetic data with planted structure (the default)")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--users", type=_positive, default=20_000)
+    p.add_argument("--items", type=_positive, default=10_000)
+    p.add_argument("--days", type=_positive, default=91)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--styles", type=_positive, default=64, help="latent taste clusters")
+    p.add_argument("--activity", type=float, default=0.06, help="mean baskets per user per day")
+    p.add_argument("--basket-size", type=float, default=2.2)
+    p.add_argument("--repurchase-rate", type=float, default=0.15)
+    p.add_argument("--end-date", default="2020-09-22")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = dsub.add_parser("hm", help="H&M Personalized Fashion Recommendations (Kaggle files)")
+    p.add_argument("--kaggle-dir", required=True, help="folder with transactions_train.csv, articles.csv, customers.csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--sample-users", type=_positive, default=None, help="keep a random sample of N customers")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_hm)
+
+    p = dsub.add_parser("movielens-100k", help="MovieLens-100k ratings as interactions")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", help="ml-100k folder or zip (GroupLens) or RecBole ml-100k folder")
+    p.set_defaults(func=cmd_data_movielens)
+
+    p = dsub.add_parser("csv", help="any interactions CSV/parquet with a column mapping")
+    p.add_argument("--interactions", required=True)
+    p.add_argument("--user-col", required=True)
+    p.add_argument("--item-col", required=True)
+    p.add_argument("--time-col")
+    p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"], help="unit of numeric times")
+    p.add_argument("--items", help="item features file")
+    p.add_argument("--item-key", help="item id column in --items (default: --item-col)")
+    p.add_argument("--users", help="user features file")
+    p.add_argument("--user-key", help="user id column in --users (default: --user-col)")
+    p.add_argument("--repurchase", action=argparse.BooleanOptionalAction, default=False,
+                   help="buying the same item again is normal in this domain")
+    p.add_argument("--drop-duplicates", action="store_true", help="drop exact duplicate rows instead of failing")
+    p.add_argument("--name", help="dataset name (default: the file's stem)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data_csv)
+
+    p = dsub.add_parser("info", help="print a dataset's dataset.json")
+    p.add_argument("data")
+    p.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("preprocess", help="split, build features, fit and apply the NVTabular workflow")
+    p.add_argument("data", help="dataset directory from `funnel data`")
+    p.add_argument("--out", required=True, help="preprocessing output directory")
+    p.add_argument("--split", choices=["time", "user-last"], default="time")
+    p.add_argument("--test-days", type=_positive, default=7)
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    p.add_argument("--workers", type=_positive, help="run NVTabular on a local Dask cluster of N workers")
+    p.add_argument("--scheduler", help="run NVTabular on an existing Dask cluster (ADDRESS)")
+    p.add_argument("--negatives", type=int, default=4, help="sampled negatives per positive (ranking data)")
+    p.add_argument("--id-freq-threshold", type=_positive, default=1)
+    p.add_argument("--feature-freq-threshold", type=_positive, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_preprocess)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Silence import-time chatter of TensorFlow and Merlin's expected CPU-mode warnings."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=".*in CPU mode.*")
+    warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except FunnelError as exc:
+        print(f"funnel: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("funnel: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The canonical dataset directory every source writes and every later stage reads.
+
+Layout::
+
+    DIR/interactions.parquet  user_id, item_id, timestamp [, price, channel, order_id, quantity]
+    DIR/items.parquet         item_id + item features [, in_stock]
+    DIR/users.parquet         user_id + user features
+    DIR/dataset.json          name, row counts, id types, repurchase, source checksum, ...
+
+Raw ids are kept as they came: H&M customer ids are strings, article ids integers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from funnel.errors import DataError
+
+FORMAT_VERSION = 1
+INTERACTIONS = "interactions.parquet"
+ITEMS = "items.parquet"
+USERS = "users.parquet"
+META = "dataset.json"
+REQUIRED_INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A canonical dataset directory and its metadata."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def repurchase(self) -> bool:
+        """Whether buying the same item again is normal in this domain."""
+        return bool(self.meta["repurchase"])
+
+    def interactions(self, columns: list[str] | None = None) -> pd.DataFrame:
+        return pd.read_parquet(self.path / INTERACTIONS, columns=columns)
+
+    def items(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / ITEMS)
+
+    def users(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / USERS)
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Open a canonical dataset directory, with a clear error when it is not one."""
+    path = Path(path)
+    meta_path = path / META
+    if not path.is_dir():
+        raise DataError(f"{path}: no such dataset directory (create one with `funnel data ...`)")
+    for name in (INTERACTIONS, ITEMS, USERS, META):
+        if not (path / name).exists():
+            raise DataError(f"{path}: not a funnel dataset, {name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return Dataset(path=path, meta=meta)
+
+
+def id_type(series: pd.Series) -> str:
+    """Name the raw id type stored in dataset.json: 'int64' or 'string'."""
+    return "int64" if pd.api.types.is_integer_dtype(series.dtype) else "string"
+
+
+def normalise_ids(frame: pd.DataFrame, column: str, origin: str) -> pd.DataFrame:
+    """Check an id column: present, not all null; drop rows with null ids; ints stay ints.
+
+    Float columns holding whole numbers (pandas reads ints with gaps as float) become int64;
+    anything else becomes string. ``origin`` names the file in error messages.
+    """
+    if column not in frame.columns:
+        raise DataError(f"{origin}: column '{column}' is missing (found: {', '.join(map(str, frame.columns))})")
+    values = frame[column]
+    if values.isna().all():
+        raise DataError(f"{origin}: column '{column}' has only null ids")
+    if values.isna().any():
+        frame = frame[values.notna()]
+        values = frame[column]
+    if pd.api.types.is_float_dtype(values.dtype):
+        if not np.all(np.mod(values.to_numpy(), 1) == 0):
+            raise DataError(f"{origin}: column '{column}' holds non-integer numbers; ids must be integers or strings")
+        values = values.astype("int64")
+    elif pd.api.types.is_bool_dtype(values.dtype):
+        raise DataError(f"{origin}: column '{column}' is boolean; ids must be integers or strings")
+    elif not pd.api.types.is_integer_dtype(values.dtype):
+        values = values.astype(str)
+    elif values.dtype != np.int64:
+        values = values.astype("int64")
+    frame = frame.copy()
+    frame[column] = values
+    return frame
+
+
+def parse_timestamps(values: pd.Series, origin: str, column: str, unit: str | None = None) -> pd.Series:
+    """Parse a time column (unix seconds, or date/datetime strings) to datetime64[ns]."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parsed = pd.to_datetime(values)
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        parsed = pd.to_datetime(values, unit=unit or "s", errors="coerce")
+    else:
+        parsed = pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None)
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        first = values[bad].iloc[0]
+        raise DataError(
+            f"{origin}: column '{column}': {int(bad.sum())} value(s) are not parseable timestamps (first: {first!r})"
+        )
+    if parsed.isna().any():
+        raise DataError(f"{origin}: column '{column}': {int(parsed.isna().sum())} timestamp(s) are missing")
+    return parsed.astype("datetime64[ns]")
+
+
+def check_duplicates(frame: pd.DataFrame, origin: str, keys: list[str]) -> None:
+    """Refuse exact duplicate interactions (same user, item and time and all other columns)."""
+    dup = frame.duplicated(keep="first")
+    if dup.any():
+        row = frame[dup].iloc[0]
+        shown = ", ".join(f"{k}={row[k]!r}" for k in keys)
+        raise DataError(
+            f"{origin}: {int(dup.sum())} duplicate row(s) in columns {', '.join(frame.columns)} "
+            f"(first: {shown}); remove them or pass --drop-duplicates"
+        )
+
+
+def write_dataset(
+    out: Path,
+    *,
+    name: str,
+    interactions: pd.DataFrame | None,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    repurchase: bool,
+    source: dict[str, Any],
+    source_checksum: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the canonical files into ``out`` (a temporary directory) and return the metadata.
+
+    ``interactions`` may be None when the caller already streamed ``interactions.parquet``
+    into ``out`` itself; the summary is then read back from the file's metadata.
+    """
+    if interactions is not None:
+        interactions.to_parquet(out / INTERACTIONS, index=False)
+    items.to_parquet(out / ITEMS, index=False)
+    users.to_parquet(out / USERS, index=False)
+    meta = summarise(out, name=name, items=items, users=users, repurchase=repurchase,
+                     source=source, source_checksum=source_checksum, extra=extra)
+    (out / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return meta
+
+
+def summarise(
+    out: Path,
+    *,
+    name: str,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    repurchase: bool,
+    source: dict[str, Any],
+    source_checksum: str,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Compute dataset.json from the written interactions file (streamed, bounded memory)."""
+    import pyarrow.parquet as pq
+
+    from funnel.fsutil import sha256_files
+
+    pf = pq.ParquetFile(out / INTERACTIONS)
+    n_rows = pf.metadata.num_rows
+    users_seen: set[Any] = set()
+    items_seen: set[Any] = set()
+    t_min, t_max = None, None
+    id_types = None
+    for i in range(pf.num_row_groups):
+        group = pf.read_row_group(i, columns=["user_id", "item_id", "timestamp"]).to_pandas()
+        if id_types is None:
+            id_types = {"user_id": id_type(group["user_id"]), "item_id": id_type(group["item_id"])}
+        users_seen.update(pd.unique(group["user_id"]))
+        items_seen.update(pd.unique(group["item_id"]))
+        lo, hi = group["timestamp"].min(), group["timestamp"].max()
+        t_min = lo if t_min is None or lo < t_min else t_min
+        t_max = hi if t_max is None or hi > t_max else t_max
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "rows": {"interactions": int(n_rows), "items": int(len(items)), "users": int(len(users))},
+        "n_users_with_interactions": len(users_seen),
+        "n_items_with_interactions": len(items_seen),
+        "id_types": id_types or {"user_id": id_type(users["user_id"]), "item_id": id_type(items["item_id"])},
+        "repurchase": bool(repurchase),
+        "time_range": [str(t_min), str(t_max)],
+        "columns": {
+            "interactions": pf.schema_arrow.names,
+            "items": list(map(str, items.columns)),
+            "users": list(map(str, users.columns)),
+        },
+        "has_in_stock": "in_stock" in items.columns,
+        "source": source,
+        "source_checksum": source_checksum,
+        "content_checksum": sha256_files([out / INTERACTIONS, out / ITEMS, out / USERS]),
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def complete_side_tables(
+    interactions: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Make sure every id in the interactions has a row in items/users (features left null)."""
+    item_ids = pd.Series(pd.unique(interactions["item_id"]), name="item_id")
+    user_ids = pd.Series(pd.unique(interactions["user_id"]), name="user_id")
+    if items is None:
+        items = item_ids.sort_values(ignore_index=True).to_frame()
+    else:
+        missing = item_ids[~item_ids.isin(items["item_id"])]
+        if len(missing):
+            items = pd.concat([items, missing.to_frame()], ignore_index=True)
+    if users is None:
+        users = user_ids.sort_values(ignore_index=True).to_frame()
+    else:
+        missing = user_ids[~user_ids.isin(users["user_id"])]
+        if len(missing):
+            users = pd.concat([users, missing.to_frame()], ignore_index=True)
+    return items.reset_index(drop=True), users.reset_index(drop=True)
+
+
+def read_table(path: Path, what: str) -> pd.DataFrame:
+    """Read a CSV or parquet file with clear errors for missing, empty or unreadable files."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: {what} file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: {what} must be a file, this is a directory")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: {what} file is empty")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+            frame = pd.read_csv(path, sep=sep, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: {what} file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read {what} file ({str(exc).splitlines()[0]})") from None
+    if frame.empty:
+        raise DataError(f"{path}: {what} file has a header but no rows")
+    return frame

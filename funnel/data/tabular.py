@@ -1,0 +1,99 @@
+"""Any interactions file (CSV, TSV or parquet) with a column mapping: ``funnel data csv``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from funnel.data import canonical
+from funnel.errors import DataError
+from funnel.fsutil import sha256_files
+
+
+@dataclass(frozen=True)
+class TabularSource:
+    """Where the columns are. Optional item and user tables join on their key columns."""
+
+    interactions: Path
+    user_col: str
+    item_col: str
+    time_col: str | None = None
+    time_unit: str = "s"
+    items: Path | None = None
+    item_key: str | None = None
+    users: Path | None = None
+    user_key: str | None = None
+    repurchase: bool = False
+    drop_duplicates: bool = False
+    name: str | None = None
+
+
+def _rename_key(frame: pd.DataFrame, key: str, target: str, origin: Path) -> pd.DataFrame:
+    if key not in frame.columns:
+        raise DataError(f"{origin}: column '{key}' is missing (found: {', '.join(map(str, frame.columns))})")
+    if target in frame.columns and key != target:
+        frame = frame.drop(columns=[target])
+    frame = canonical.normalise_ids(frame.rename(columns={key: target}), target, str(origin))
+    dup = frame[target].duplicated()
+    if dup.any():
+        raise DataError(f"{origin}: column '{key}': {int(dup.sum())} duplicate key(s) (first: {frame[target][dup].iloc[0]!r})")
+    return frame
+
+
+def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    """Read and validate the files; return canonical interactions, items and users frames."""
+    origin = src.interactions
+    frame = canonical.read_table(origin, "interactions")
+    for col in (src.user_col, src.item_col) + ((src.time_col,) if src.time_col else ()):
+        if col not in frame.columns:
+            raise DataError(f"{origin}: column '{col}' is missing (found: {', '.join(map(str, frame.columns))})")
+    if len({src.user_col, src.item_col, src.time_col} - {None}) < 2 + (src.time_col is not None):
+        raise DataError(f"{origin}: user, item and time columns must be different columns")
+    renames = {src.user_col: "user_id", src.item_col: "item_id"}
+    if src.time_col:
+        renames[src.time_col] = "timestamp"
+    clash = [c for c in ("user_id", "item_id", "timestamp") if c in frame.columns and c not in renames]
+    frame = frame.drop(columns=clash).rename(columns=renames)
+    frame = canonical.normalise_ids(frame, "user_id", f"{origin} (column '{src.user_col}')").reset_index(drop=True)
+    frame = canonical.normalise_ids(frame, "item_id", f"{origin} (column '{src.item_col}')").reset_index(drop=True)
+    if src.time_col:
+        frame["timestamp"] = canonical.parse_timestamps(frame["timestamp"], str(origin), src.time_col, src.time_unit)
+    else:  # no time: keep file order as a sequence (one second apart), so splits still work
+        frame["timestamp"] = pd.Timestamp("2000-01-01") + pd.to_timedelta(range(len(frame)), unit="s")
+    if src.drop_duplicates:
+        frame = frame.drop_duplicates(ignore_index=True)
+    else:
+        canonical.check_duplicates(frame, str(origin), ["user_id", "item_id", "timestamp"])
+    first = ["user_id", "item_id", "timestamp"]
+    frame = frame[first + [c for c in frame.columns if c not in first]]
+
+    items = users = None
+    if src.items is not None:
+        items = _rename_key(canonical.read_table(src.items, "items"), src.item_key or src.item_col, "item_id", src.items)
+        if items["item_id"].dtype != frame["item_id"].dtype:
+            items["item_id"] = items["item_id"].astype(frame["item_id"].dtype)
+    if src.users is not None:
+        users = _rename_key(canonical.read_table(src.users, "users"), src.user_key or src.user_col, "user_id", src.users)
+        if users["user_id"].dtype != frame["user_id"].dtype:
+            users["user_id"] = users["user_id"].astype(frame["user_id"].dtype)
+    return frame, items, users
+
+
+def build(src: TabularSource, out: Path) -> dict:
+    """Validate ``src`` and write the canonical dataset into ``out``."""
+    interactions, items, users = load(src)
+    items, users = canonical.complete_side_tables(interactions, items, users)
+    files = [p for p in (src.interactions, src.items, src.users) if p is not None]
+    return canonical.write_dataset(
+        out,
+        name=src.name or Path(src.interactions).stem,
+        interactions=interactions,
+        items=items,
+        users=users,
+        repurchase=src.repurchase,
+        source={"kind": "csv", "files": [str(p) for p in files],
+                "columns": {"user": src.user_col, "item": src.item_col, "time": src.time_col}},
+        source_checksum=sha256_files([Path(p) for p in files]),
+    )

@@ -1,0 +1,243 @@
+"""``funnel preprocess DATA --out PRE``: split, build feature tables, fit and apply the workflow.
+
+Output directory (written to a temporary directory, renamed on success)::
+
+    PRE/splits/{train,test}.parquet        raw ids: user_id, item_id, timestamp
+    PRE/features/{users,items}.parquet     raw feature tables as of the cutoff (serving reads these)
+    PRE/workflow/                          the fitted NVTabular workflow (+ categories)
+    PRE/retrieval/{train,test}/            transformed positives + schema (two-tower input)
+    PRE/ranking/{train,test}/              transformed positives + sampled negatives + schema
+    PRE/catalogue/{items,users}.parquet    every known item/user encoded, with *_raw ids
+    PRE/preprocess.json                    config, sizes, timings, checksums
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from funnel.compute import dask_client, resolve_device
+from funnel.data.canonical import read_dataset
+from funnel.errors import FunnelError
+from funnel.fsutil import atomic_output_dir, sha256_files
+from funnel.splits import split
+
+PART_ROWS = 1_000_000  # rows per staged parquet part (the unit of Dask parallelism)
+
+
+@dataclass
+class PreprocessConfig:
+    """Everything ``funnel preprocess`` can be told."""
+
+    data: str
+    out: str
+    split: str = "time"
+    test_days: int = 7
+    device: str = "auto"
+    workers: int | None = None
+    scheduler: str | None = None
+    negatives: int = 4  # sampled negatives per positive in the ranking data
+    id_freq_threshold: int = 1  # ids seen fewer times in train go to the OOV bucket
+    feature_freq_threshold: int = 3  # same for other categorical features
+    seed: int = 0
+
+
+def _stage(frame: pd.DataFrame, folder: Path) -> str:
+    """Write a frame as parquet parts for NVTabular/Dask to read; return the glob."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n_parts = max(1, int(np.ceil(len(frame) / PART_ROWS)))
+    for i, chunk in enumerate(np.array_split(np.arange(len(frame)), n_parts)):
+        frame.iloc[chunk].to_parquet(folder / f"part_{i:04d}.parquet", index=False)
+    return str(folder / "*.parquet")
+
+
+def _dataset(paths: str, device: str):
+    from merlin.io import Dataset
+
+    return Dataset(sorted(glob.glob(paths)), engine="parquet", cpu=device == "cpu")
+
+
+def _write(dataset, out: Path, drop: list[str] | None = None) -> None:
+    """Write a transformed merlin Dataset (optionally without some columns) with its schema."""
+    from merlin.io import Dataset
+
+    if drop:
+        schema = dataset.schema.excluding_by_name(drop)
+        dataset = Dataset(dataset.to_ddf().drop(columns=drop), schema=schema)
+    dataset.to_parquet(str(out), output_files=max(1, dataset.to_ddf().npartitions))
+
+
+def _encode(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
+    """Apply a fitted sub-workflow to a whole feature table, keeping the raw id beside the codes."""
+    from merlin.io import Dataset
+
+    ds = Dataset(table, npartitions=1, cpu=device == "cpu")
+    encoded = sub_workflow.transform(ds).to_ddf().compute()
+    if hasattr(encoded, "to_pandas"):
+        encoded = encoded.to_pandas()
+    encoded = encoded.reset_index(drop=True)
+    encoded.insert(0, f"{key}_raw", table[key].to_numpy())
+    return encoded
+
+
+def _join(rows: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    return rows.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left")
+
+
+def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the preprocessing stage and return the manifest (also written to preprocess.json)."""
+    from workflows import ITEM_SUBGRAPH, TARGET, USER_SUBGRAPH, history
+    from workflows.graph import build_workflow, infer_spec
+    from workflows.negatives import sample_negatives
+
+    step = step or (lambda name: None)
+    device = resolve_device(cfg.device)
+    ds = read_dataset(cfg.data)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def tick(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+        step(name)
+
+    interactions = ds.interactions()
+    result = split(interactions, cfg.split, cfg.test_days)
+    train, test = result.train, result.test
+    tick("split")
+
+    users = history.user_table(train, ds.users(), result.cutoff)
+    items = history.item_table(train, ds.items(), result.cutoff)
+    buckets_u = {"user_mean_price": history.price_boundaries(users["user_mean_price"])} if "price" in train else {}
+    buckets_i = {"item_mean_price": history.price_boundaries(items["item_mean_price"])} if "price" in train else {}
+    user_spec = infer_spec(users, "user_id", buckets_u)
+    item_spec = infer_spec(items, "item_id", buckets_i)
+    context = [c for c in ("channel",) if c in train.columns]
+    tick("features")
+
+    with atomic_output_dir(cfg.out) as out, dask_client(device, cfg.workers, cfg.scheduler) as client:
+        (out / "splits").mkdir()
+        cols = ["user_id", "item_id", "timestamp"]
+        train[cols].to_parquet(out / "splits" / "train.parquet", index=False)
+        test[cols].to_parquet(out / "splits" / "test.parquet", index=False)
+        (out / "features").mkdir()
+        users.to_parquet(out / "features" / "users.parquet", index=False)
+        items.to_parquet(out / "features" / "items.parquet", index=False)
+
+        user_in = users[user_spec.inputs]
+        item_in = items[item_spec.inputs]
+        stage = out / "_stage"
+        rows = ["user_id", "item_id", *context]
+        train_pos = _join(train[rows], user_in, item_in).assign(**{TARGET: np.int8(1)})
+        test_pos = _join(test[rows], user_in, item_in).assign(**{TARGET: np.int8(1)})
+        train_glob = _stage(train_pos, stage / "train_pos")
+        test_glob = _stage(test_pos, stage / "test_pos")
+        rank_train = sample_negatives(train[rows], cfg.negatives, cfg.seed)
+        rank_test = sample_negatives(test[rows], cfg.negatives, cfg.seed + 1)
+        rank_train_glob = _stage(_join(rank_train, user_in, item_in), stage / "rank_train")
+        rank_test_glob = _stage(_join(rank_test, user_in, item_in), stage / "rank_test")
+        tick("stage")
+
+        workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold)
+        _set_category_path(workflow, stage / "categories")
+        workflow.fit(_dataset(train_glob, device))
+        tick("fit")
+
+        _write(workflow.transform(_dataset(train_glob, device)), out / "retrieval" / "train", drop=[TARGET])
+        _write(workflow.transform(_dataset(test_glob, device)), out / "retrieval" / "test", drop=[TARGET])
+        tick("transform_retrieval")
+        _write(workflow.transform(_dataset(rank_train_glob, device)), out / "ranking" / "train")
+        _write(workflow.transform(_dataset(rank_test_glob, device)), out / "ranking" / "test")
+        tick("transform_ranking")
+
+        (out / "catalogue").mkdir()
+        _encode(workflow.get_subworkflow(ITEM_SUBGRAPH), item_in, "item_id", device).to_parquet(
+            out / "catalogue" / "items.parquet", index=False
+        )
+        _encode(workflow.get_subworkflow(USER_SUBGRAPH), user_in, "user_id", device).to_parquet(
+            out / "catalogue" / "users.parquet", index=False
+        )
+        tick("catalogue")
+
+        workflow.save(str(out / "workflow"))
+        shutil.rmtree(stage)
+        tick("save")
+
+        manifest = {
+            "config": asdict(cfg),
+            "device": device,
+            "dask": {"workers": cfg.workers, "scheduler": cfg.scheduler, "client": bool(client)},
+            "dataset": {"name": ds.name, "path": str(Path(cfg.data).resolve()), "repurchase": ds.repurchase,
+                        "content_checksum": ds.meta.get("content_checksum")},
+            "split": {"how": cfg.split, "test_days": cfg.test_days if cfg.split == "time" else None,
+                      "cutoff": str(result.cutoff)},
+            "rows": {
+                "interactions": int(len(interactions)),
+                "train": int(len(train)),
+                "test": int(len(test)),
+                "ranking_train": int(len(rank_train)),
+                "ranking_test": int(len(rank_test)),
+            },
+            "users": {"total": int(len(users)), "train": int(train["user_id"].nunique()),
+                      "test": int(test["user_id"].nunique()),
+                      "test_cold": int((~test["user_id"].drop_duplicates().isin(train["user_id"])).sum())},
+            "items": {"total": int(len(items)), "train": int(train["item_id"].nunique()),
+                      "test": int(test["item_id"].nunique()),
+                      "test_cold": int((~test["item_id"].drop_duplicates().isin(train["item_id"])).sum())},
+            "features": {"user": asdict(user_spec), "item": asdict(item_spec), "context": context},
+            "timings_s": timings,
+            "rows_per_s": round(len(interactions) / max(sum(timings.values()), 1e-9)),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "workflow_checksum": sha256_files([out / "workflow" / "workflow.pkl"]),
+        }
+        manifest["timings_s"]["total"] = round(sum(timings.values()), 3)
+        (out / "preprocess.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def _set_category_path(workflow, path: Path) -> None:
+    """Fit Categorify into the staging area (Workflow.save copies them into workflow/)."""
+    import nvtabular as nvt
+    from merlin.dag import Graph
+
+    for node in Graph.get_nodes_by_op_type([workflow.output_node], nvt.ops.Categorify):
+        node.op.out_path = str(path)
+
+
+def read_parquet_dir(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a transformed output directory (part_N.parquet files, in part order) into pandas."""
+    parts = sorted(Path(path).glob("part_*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
+    if not parts:
+        raise FunnelError(f"{path}: no part_*.parquet files")
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
+
+def load_workflow(pre: str | Path):
+    """Load the fitted workflow of a preprocessing run, refusing a pickle that is not ours.
+
+    ``workflow.pkl`` is a cloudpickle; it is only loaded when its checksum matches the one
+    recorded in ``preprocess.json`` at save time.
+    """
+    import nvtabular as nvt
+
+    pre = Path(pre)
+    manifest_path = pre / "preprocess.json"
+    if not manifest_path.exists():
+        raise FunnelError(f"{pre}: not a preprocessing output (no preprocess.json)")
+    manifest = json.loads(manifest_path.read_text())
+    actual = sha256_files([pre / "workflow" / "workflow.pkl"])
+    if actual != manifest.get("workflow_checksum"):
+        raise FunnelError(f"{pre}/workflow/workflow.pkl: checksum differs from preprocess.json; refusing to load")
+    return nvt.Workflow.load(str(pre / "workflow"))

@@ -1,0 +1,1 @@
+"""Model training (two-tower retriever, DLRM ranker) with merlin-models. Built in issue 3."""

@@ -1,0 +1,67 @@
+"""Shared fixtures: small real data (the synthetic generator with a fixed seed, ml-100k)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", message=".*in CPU mode.*")
+
+SMALL = dict(users=1500, items=400, days=35, seed=7)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "gpu" in parts:
+            item.add_marker(pytest.mark.gpu)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic dataset (fixed seed), generated once per test session."""
+    from funnel.data.synth import SynthConfig, generate
+    from funnel.fsutil import atomic_output_dir
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    with atomic_output_dir(out) as tmp:
+        generate(SynthConfig(**SMALL), tmp)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pre_dir(synth_dir, tmp_path_factory) -> Path:
+    """The small synthetic dataset preprocessed once (time split, CPU, single process)."""
+    from funnel.preprocess import PreprocessConfig, preprocess
+
+    out = tmp_path_factory.mktemp("pre") / "pre"
+    preprocess(PreprocessConfig(data=str(synth_dir), out=str(out), device="cpu", negatives=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ml100k_source() -> Path:
+    """The real MovieLens-100k files (unpacked by `make ml-100k` from the recbole wheel)."""
+    path = Path(os.environ.get("FUNNEL_ML100K", ".cache/ml-100k"))
+    if not (path / "ml-100k.inter").exists():
+        pytest.fail(f"MovieLens-100k not found at {path}: run `make ml-100k` (the README's `make test` does)")
+    return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the funnel CLI in-process; return (exit code, stdout, stderr)."""
+    from funnel.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

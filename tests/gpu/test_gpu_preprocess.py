@@ -1,0 +1,31 @@
+"""The cuDF path: skipped on hosts without an NVIDIA GPU and cuDF (the CPU path is tested everywhere)."""
+
+import importlib.util
+
+import pandas as pd
+import pytest
+
+from funnel.compute import gpu_count
+from funnel.preprocess import PreprocessConfig, preprocess, read_parquet_dir
+
+pytestmark = pytest.mark.skipif(
+    not (gpu_count() and importlib.util.find_spec("cudf")),
+    reason="needs an NVIDIA GPU and cuDF (pip install -e '.[gpu]'); this host has none",
+)
+
+
+def test_gpu_matches_cpu(synth_dir, pre_dir, tmp_path):
+    manifest = preprocess(PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="gpu", negatives=2))
+    assert manifest["device"] == "gpu"
+    for sub in ("retrieval/train", "ranking/train"):
+        cpu = read_parquet_dir(pre_dir / sub)
+        gpu = read_parquet_dir(tmp_path / "pre" / sub)
+        key = list(cpu.columns)
+        pd.testing.assert_frame_equal(cpu.sort_values(key).reset_index(drop=True),
+                                      gpu.sort_values(key).reset_index(drop=True), check_dtype=False, rtol=1e-4)
+
+
+def test_auto_picks_gpu():
+    from funnel.compute import resolve_device
+
+    assert resolve_device("auto") == "gpu"

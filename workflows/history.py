@@ -1,0 +1,79 @@
+"""Feature tables built from the training history (as of the split's cutoff).
+
+The tables hold *raw* values (raw ids, counts, days, prices); the NVTabular graph turns
+them into model inputs. Serving reads the same tables, so no feature is computed twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+USER_HISTORY = ["user_n_purchases", "user_days_since_last", "user_days_active", "user_mean_price"]
+ITEM_HISTORY = [
+    "item_n_purchases", "item_n_buyers", "item_n_purchases_last7", "item_days_since_last",
+    "item_days_since_first", "item_mean_price",
+]
+# Columns kept in the feature tables for filtering or display, never as model inputs.
+NOT_FEATURES = {"in_stock", "title", "prod_name", "detail_desc", "imdb_url"}
+
+
+def _days(delta: pd.Series) -> pd.Series:
+    return (delta / pd.Timedelta(days=1)).astype(np.float32)
+
+
+def user_table(train: pd.DataFrame, users: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """users.parquet joined with history aggregates; users without history keep nulls."""
+    grouped = train.groupby("user_id", sort=False)
+    agg = pd.DataFrame(
+        {
+            "user_n_purchases": grouped.size().astype(np.float32),
+            "user_days_since_last": _days(cutoff - grouped["timestamp"].max()),
+            "user_days_active": _days(grouped["timestamp"].max() - grouped["timestamp"].min()),
+        }
+    )
+    if "price" in train.columns:
+        agg["user_mean_price"] = grouped["price"].mean().astype(np.float32)
+    agg.index.name = "user_id"
+    return plain_dtypes(users.merge(agg.reset_index(), on="user_id", how="left"))
+
+
+def item_table(train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """items.parquet joined with popularity, recency and price aggregates."""
+    grouped = train.groupby("item_id", sort=False)
+    recent = train[train["timestamp"] >= cutoff - pd.Timedelta(days=7)].groupby("item_id").size()
+    agg = pd.DataFrame(
+        {
+            "item_n_purchases": grouped.size().astype(np.float32),
+            "item_n_buyers": grouped["user_id"].nunique().astype(np.float32),
+            "item_days_since_last": _days(cutoff - grouped["timestamp"].max()),
+            "item_days_since_first": _days(cutoff - grouped["timestamp"].min()),
+        }
+    )
+    agg["item_n_purchases_last7"] = recent.reindex(agg.index).fillna(0).astype(np.float32)
+    if "price" in train.columns:
+        agg["item_mean_price"] = grouped["price"].mean().astype(np.float32)
+    agg.index.name = "item_id"
+    out = plain_dtypes(items.merge(agg.reset_index(), on="item_id", how="left"))
+    for col in ("item_n_purchases", "item_n_buyers", "item_n_purchases_last7"):
+        out[col] = out[col].fillna(0).astype(np.float32)
+    return out
+
+
+def plain_dtypes(table: pd.DataFrame) -> pd.DataFrame:
+    """Nullable pandas integers/booleans (Int64, boolean) -> float, which NVTabular's CPU path handles."""
+    out = table.copy()
+    for col in out.columns:
+        dtype = out[col].dtype
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_numeric_dtype(dtype):
+            out[col] = out[col].astype("float64")
+    return out
+
+
+def price_boundaries(prices: pd.Series, buckets: int = 10) -> list[float]:
+    """Quantile boundaries for price buckets, from training prices."""
+    values = prices.dropna().to_numpy()
+    if len(values) == 0:
+        return [0.0]
+    qs = np.unique(np.quantile(values, np.linspace(0, 1, buckets + 1)[1:-1]))
+    return [float(q) for q in qs] or [float(values.mean())]

@@ -1,0 +1,33 @@
+"""Sampled negatives for the ranking data (raw ids, before the workflow transform)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workflows import TARGET
+
+
+def sample_negatives(
+    positives: pd.DataFrame, per_positive: int, seed: int, alpha: float = 0.75
+) -> pd.DataFrame:
+    """Positives (label 1) plus ``per_positive`` sampled items per row (label 0).
+
+    Negatives are drawn from the training items with probability ~ count**alpha
+    (word2vec-style smoothing: popular items appear, but not only them); a negative keeps
+    the user, time and context of its positive. Draws that hit an item the user bought in
+    training are dropped. Hard negatives from the retriever come with the ranking stage.
+    """
+    pos = positives.assign(**{TARGET: np.int8(1)})
+    if per_positive <= 0 or positives.empty:
+        return pos.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    counts = positives["item_id"].value_counts(sort=False)
+    weights = counts.to_numpy(dtype=np.float64) ** alpha
+    draws = rng.choice(len(counts), size=len(positives) * per_positive, p=weights / weights.sum())
+    neg = positives.loc[positives.index.repeat(per_positive)].reset_index(drop=True)
+    neg["item_id"] = counts.index.to_numpy()[draws]
+    bought = pd.MultiIndex.from_frame(positives[["user_id", "item_id"]])
+    hit = pd.MultiIndex.from_frame(neg[["user_id", "item_id"]]).isin(bought)
+    neg = neg[~hit].assign(**{TARGET: np.int8(0)})
+    return pd.concat([pos, neg], ignore_index=True)
