@@ -52,12 +52,19 @@ class PreprocessConfig:
     seed: int = 0
 
 
-def _stage(frame: pd.DataFrame, folder: Path) -> str:
-    """Write a frame as parquet parts for NVTabular/Dask to read; return the glob."""
+def _stage(rows: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, folder: Path) -> str:
+    """Join feature tables onto interaction rows part by part and write parquet parts.
+
+    Parts of ``PART_ROWS`` rows bound the memory of the join and are the unit of Dask
+    parallelism when NVTabular reads them back. Returns the glob of the parts.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    n_parts = max(1, int(np.ceil(len(frame) / PART_ROWS)))
-    for i, chunk in enumerate(np.array_split(np.arange(len(frame)), n_parts)):
-        frame.iloc[chunk].to_parquet(folder / f"part_{i:04d}.parquet", index=False)
+    n_parts = max(1, int(np.ceil(len(rows) / PART_ROWS)))
+    for i in range(n_parts):
+        part = rows.iloc[i * PART_ROWS : (i + 1) * PART_ROWS]
+        part.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left").to_parquet(
+            folder / f"part_{i:04d}.parquet", index=False
+        )
     return str(folder / "*.parquet")
 
 
@@ -88,10 +95,6 @@ def _encode(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.Data
     encoded = encoded.reset_index(drop=True)
     encoded.insert(0, f"{key}_raw", table[key].to_numpy())
     return encoded
-
-
-def _join(rows: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    return rows.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left")
 
 
 def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -140,14 +143,13 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         item_in = items[item_spec.inputs]
         stage = out / "_stage"
         rows = ["user_id", "item_id", *context]
-        train_pos = _join(train[rows], user_in, item_in).assign(**{TARGET: np.int8(1)})
-        test_pos = _join(test[rows], user_in, item_in).assign(**{TARGET: np.int8(1)})
-        train_glob = _stage(train_pos, stage / "train_pos")
-        test_glob = _stage(test_pos, stage / "test_pos")
+        positive = {TARGET: np.int8(1)}
+        train_glob = _stage(train[rows].assign(**positive), user_in, item_in, stage / "train_pos")
+        test_glob = _stage(test[rows].assign(**positive), user_in, item_in, stage / "test_pos")
         rank_train = sample_negatives(train[rows], cfg.negatives, cfg.seed)
         rank_test = sample_negatives(test[rows], cfg.negatives, cfg.seed + 1)
-        rank_train_glob = _stage(_join(rank_train, user_in, item_in), stage / "rank_train")
-        rank_test_glob = _stage(_join(rank_test, user_in, item_in), stage / "rank_test")
+        rank_train_glob = _stage(rank_train, user_in, item_in, stage / "rank_train")
+        rank_test_glob = _stage(rank_test, user_in, item_in, stage / "rank_test")
         tick("stage")
 
         workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold)

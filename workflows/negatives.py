@@ -27,7 +27,11 @@ def sample_negatives(
     draws = rng.choice(len(counts), size=len(positives) * per_positive, p=weights / weights.sum())
     neg = positives.loc[positives.index.repeat(per_positive)].reset_index(drop=True)
     neg["item_id"] = counts.index.to_numpy()[draws]
-    bought = pd.MultiIndex.from_frame(positives[["user_id", "item_id"]])
-    hit = pd.MultiIndex.from_frame(neg[["user_id", "item_id"]]).isin(bought)
-    neg = neg[~hit].assign(**{TARGET: np.int8(0)})
+    # (user, item) pairs as one int64 key: user code * n_items + item code
+    user_codes, _ = pd.factorize(positives["user_id"])
+    item_codes = counts.index.get_indexer(positives["item_id"])
+    bought = pd.Index(user_codes.astype(np.int64) * len(counts) + item_codes)
+    neg_keys = np.repeat(user_codes.astype(np.int64), per_positive) * len(counts) + draws
+    neg = neg[~pd.Index(neg_keys).isin(bought)]
+    neg = neg.assign(**{TARGET: np.int8(0)})
     return pd.concat([pos, neg], ignore_index=True)

@@ -1,0 +1,94 @@
+"""Benchmark: synthetic generation and preprocessing throughput and peak memory on this host.
+
+    python bench/data.py --sizes 1e6 1e7 [--device cpu] [--workers N] [--keep DIR]
+
+Each step runs as its own `funnel` process; wall time and the process's peak RSS (wait4)
+are recorded. Prints a table and one JSON document (also written to bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+USERS_PER_INTERACTION = 1 / 12.0  # the generator's defaults give ~12 interactions per user
+
+
+def run(cmd: list[str]) -> dict:
+    """Run a command; return wall seconds and peak RSS (MiB) of that process tree's largest member."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
+    return {"seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024), "stdout": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6], help="target interactions")
+    parser.add_argument("--items", type=int, default=None, help="catalogue size (default: 1% of interactions, >= 10k)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--negatives", type=int, default=4)
+    parser.add_argument("--keep", help="keep generated data under this folder")
+    parser.add_argument("--out", default="bench/results/data.json")
+    args = parser.parse_args()
+
+    funnel = [sys.executable, "-m", "funnel"]
+    base = Path(args.keep or tempfile.mkdtemp(prefix="funnel-bench-"))
+    results = []
+    for size in args.sizes:
+        size = int(size)
+        users = max(100, int(size * USERS_PER_INTERACTION))
+        items = args.items or max(10_000, size // 100)
+        data, pre = base / f"data-{size}", base / f"pre-{size}"
+        gen_cmd = funnel + ["data", "synth", "--out", str(data), "--users", str(users), "--items", str(items)]
+        gen = run(gen_cmd)
+        rows = json.loads((data / "dataset.json").read_text())["rows"]["interactions"]
+        pre_cmd = funnel + ["preprocess", str(data), "--out", str(pre), "--device", args.device,
+                            "--negatives", str(args.negatives)]
+        if args.workers:
+            pre_cmd += ["--workers", str(args.workers)]
+        prep = run(pre_cmd)
+        manifest = json.loads((pre / "preprocess.json").read_text())
+        results.append({
+            "target": size, "interactions": rows, "users": users, "items": items,
+            "generate": {"seconds": gen["seconds"], "rows_per_s": round(rows / gen["seconds"]),
+                         "peak_rss_mib": gen["peak_rss_mib"], "command": " ".join(gen_cmd[2:])},
+            "preprocess": {"seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),
+                           "peak_rss_mib": prep["peak_rss_mib"], "steps_s": manifest["timings_s"],
+                           "ranking_rows": manifest["rows"]["ranking_train"] + manifest["rows"]["ranking_test"],
+                           "command": " ".join(pre_cmd[2:])},
+        })
+        if not args.keep:
+            shutil.rmtree(data)
+            shutil.rmtree(pre)
+    doc = {"host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
+           "device": args.device, "workers": args.workers, "results": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+
+    header = f"{'interactions':>12} {'stage':<10} {'seconds':>8} {'rows/s':>10} {'peak RSS MiB':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        for stage in ("generate", "preprocess"):
+            s = r[stage]
+            print(f"{r['interactions']:>12,} {stage:<10} {s['seconds']:>8.1f} {s['rows_per_s']:>10,} {s['peak_rss_mib']:>12,}")
+    print(json.dumps(doc))
+
+
+if __name__ == "__main__":
+    main()
