@@ -138,6 +138,56 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     print(table(rows, title="funnel preprocess: done"))
 
 
+# --------------------------------------------------------------------------- train
+def cmd_train_retrieval(args: argparse.Namespace) -> None:
+    from models.config import load_config, overrides_from_args
+    from models.config import RetrievalConfig
+    from models.retrieval import train
+    from funnel.report import table
+
+    overrides = overrides_from_args(args, RetrievalConfig)
+    overrides.update(pre=args.pre_dir, out=args.out)
+    cfg = load_config(RetrievalConfig, args.config, overrides)
+    key = f"valid_recall@{cfg.valid_k}"
+
+    def on_epoch(rec: dict) -> None:
+        print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  {key} {rec[key]:.4f}  "
+              f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
+
+    m = train(cfg, on_epoch=on_epoch)
+    rows = [
+        ("device", m["device"]),
+        ("epochs run (best)", f"{m['epochs_run']} ({m['best_epoch']})"),
+        (key, f"{m['metrics'][key]:.4f}"),
+        ("train rows / valid users", f"{m['data']['fit_rows']:,} / {m['data']['valid_users']:,}"),
+        ("time", f"{m['train_seconds']:.1f} s ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size})"),
+        ("written to", cfg.out),
+    ]
+    print(table(rows, title="funnel train retrieval: done"))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from funnel.evaluate import evaluate
+    from funnel.report import progress, table
+
+    with progress(None, "evaluating", unit="methods") as bar:
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        report = evaluate(args.run, args.k, progress=step)
+    ks = report["ks"]
+    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}"]
+    if "oracle" in report["methods"]:
+        cols.append(f"share_of_oracle@{ks[-1]}")
+    rows = [[name] + [f"{figures[c]:.4f}" for c in cols] for name, figures in report["methods"].items()]
+    print(table(rows, header=["method", *cols],
+                title=f"funnel evaluate: {report['dataset']}, {report['test_users']:,} test users"))
+    print(f"report: {Path(args.run) / 'evaluation.md'} (chart: evaluation.png)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -212,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-freq-threshold", type=_positive, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_preprocess)
+
+    train = sub.add_parser("train", help="train the retriever or the ranker")
+    tsub = train.add_subparsers(dest="model", metavar="MODEL")
+    tsub.required = True
+    from models.config import RetrievalConfig, add_config_arguments
+
+    p = tsub.add_parser("retrieval", help="two-tower retriever (in-batch negatives, logQ correction)")
+    p.add_argument("pre_dir", metavar="PRE", help="preprocessing output directory")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", help="YAML file with RetrievalConfig fields; flags override it")
+    add_config_arguments(p, RetrievalConfig, skip=("pre", "out"))
+    p.set_defaults(func=cmd_train_retrieval)
+
+    p = sub.add_parser("evaluate", help="Recall/NDCG/MAP@12 of the run and the baselines on the test split")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--k", type=_positive, nargs="+", default=[10, 12])
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

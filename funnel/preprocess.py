@@ -68,6 +68,10 @@ def _stage(rows: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, folder:
     return str(folder / "*.parquet")
 
 
+def _unix_seconds(ts: pd.Series) -> pd.Series:
+    return (ts.astype("datetime64[ns]").astype(np.int64) // 1_000_000_000).astype(np.int64)
+
+
 def _dataset(paths: str, device: str):
     from merlin.io import Dataset
 
@@ -99,7 +103,7 @@ def _encode(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.Data
 
 def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the preprocessing stage and return the manifest (also written to preprocess.json)."""
-    from workflows import ITEM_SUBGRAPH, TARGET, USER_SUBGRAPH, history
+    from workflows import ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
     from workflows.graph import build_workflow, infer_spec
     from workflows.negatives import sample_negatives
 
@@ -142,12 +146,14 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         user_in = users[user_spec.inputs]
         item_in = items[item_spec.inputs]
         stage = out / "_stage"
-        rows = ["user_id", "item_id", *context]
+        rows = ["user_id", "item_id", *context, TIME]
+        train_rows = train.assign(**{TIME: _unix_seconds(train["timestamp"])})[rows]
+        test_rows = test.assign(**{TIME: _unix_seconds(test["timestamp"])})[rows]
         positive = {TARGET: np.int8(1)}
-        train_glob = _stage(train[rows].assign(**positive), user_in, item_in, stage / "train_pos")
-        test_glob = _stage(test[rows].assign(**positive), user_in, item_in, stage / "test_pos")
-        rank_train = sample_negatives(train[rows], cfg.negatives, cfg.seed)
-        rank_test = sample_negatives(test[rows], cfg.negatives, cfg.seed + 1)
+        train_glob = _stage(train_rows.assign(**positive), user_in, item_in, stage / "train_pos")
+        test_glob = _stage(test_rows.assign(**positive), user_in, item_in, stage / "test_pos")
+        rank_train = sample_negatives(train_rows, cfg.negatives, cfg.seed)
+        rank_test = sample_negatives(test_rows, cfg.negatives, cfg.seed + 1)
         rank_train_glob = _stage(rank_train, user_in, item_in, stage / "rank_train")
         rank_test_glob = _stage(rank_test, user_in, item_in, stage / "rank_test")
         tick("stage")

@@ -65,3 +65,17 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+TINY_TRAIN = dict(epochs=3, batch_size=256, embedding_dim=16, tower_dims=[32], valid_users=500, patience=3)
+
+
+@pytest.fixture(scope="session")
+def retrieval_run(pre_dir, tmp_path_factory) -> Path:
+    """A two-tower model trained for a few epochs on the small synthetic data."""
+    from models.config import RetrievalConfig
+    from models.retrieval import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(RetrievalConfig(pre=str(pre_dir), out=str(out), **TINY_TRAIN))
+    return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from workflows import CONTEXT_SUBGRAPH, ITEM_SUBGRAPH, TARGET, USER_SUBGRAPH
+from workflows import CONTEXT_SUBGRAPH, ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH
 from workflows.history import ITEM_HISTORY, NOT_FEATURES, USER_HISTORY
 
 AGE_BOUNDARIES = [18, 25, 30, 35, 45, 55, 65]
@@ -109,4 +109,5 @@ def build_workflow(
         ctx = context >> nvt.ops.Categorify(dtype="int32") >> nvt.ops.AddTags([Tags.CONTEXT, Tags.CATEGORICAL])
         outputs += Subgraph(CONTEXT_SUBGRAPH, ctx)
     target = [TARGET] >> nvt.ops.AddMetadata(tags=[Tags.BINARY_CLASSIFICATION, Tags.TARGET])
-    return nvt.Workflow(outputs + target)
+    time = [TIME] >> nvt.ops.AddMetadata(tags=[Tags.TIME])
+    return nvt.Workflow(outputs + target + time)

@@ -146,3 +146,16 @@ def test_gpu_device_without_gpu_is_a_clear_error(synth_dir, tmp_path, cli):
     code, _, err = cli("preprocess", synth_dir, "--out", tmp_path / "p", "--device", "gpu")
     assert code == 2 and "--device gpu" in err and err.count("\n") == 1
     assert not (tmp_path / "p").exists()
+
+
+def test_timestamp_passes_through_as_unix_seconds(pre_dir):
+    from merlin.io import Dataset
+    from merlin.schema import Tags
+
+    raw = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    out = read_parquet_dir(pre_dir / "retrieval" / "train")
+    assert out["timestamp"].dtype == np.int64
+    expected = raw["timestamp"].astype(np.int64) // 10**9
+    assert sorted(out["timestamp"]) == sorted(expected)
+    schema = Dataset(str(pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema
+    assert schema.select_by_tag(Tags.TIME).column_names == ["timestamp"]

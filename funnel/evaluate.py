@@ -1,0 +1,216 @@
+"""``funnel evaluate RUN``: the offline funnel and honest baselines on the test split.
+
+Methods (each a list of raw item ids per test user, best first):
+
+- ``popularity``: the most bought items of the last ``popularity_days`` of training;
+- ``repurchase``: the user's own items, most recent first, filled with popularity
+  (only where the domain repurchases, per dataset.json);
+- ``retrieval``: the two-tower query embedding against every item embedding (exact top-k);
+- ``oracle``: the generator's Bayes-optimal ranking (synthetic data only).
+
+Where the domain does not repurchase, items seen in training are excluded for every method,
+as serving does. Figures go to ``RUN/evaluation.json``, ``RUN/evaluation.md`` and a bar chart
+``RUN/evaluation.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from funnel import metrics
+from funnel.errors import FunnelError
+
+USER_BATCH = 2048
+
+
+class EvalData:
+    """Everything evaluation needs from a preprocessing output, loaded once."""
+
+    def __init__(self, pre: Path):
+        self.pre = pre
+        self.manifest = json.loads((pre / "preprocess.json").read_text())
+        self.train = pd.read_parquet(pre / "splits" / "train.parquet")
+        self.test = pd.read_parquet(pre / "splits" / "test.parquet")
+        self.items = pd.read_parquet(pre / "catalogue" / "items.parquet")
+        self.repurchase = bool(self.manifest["dataset"]["repurchase"])
+        truth = self.test.groupby("user_id")["item_id"].apply(set)
+        self.users = truth.index.to_numpy()
+        self.truth = list(truth.to_numpy())
+        ordered = self.train.sort_values("timestamp", ascending=False, kind="stable")
+        self.history = ordered.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(dict.fromkeys(s)))
+        self.cutoff = pd.Timestamp(self.manifest["split"]["cutoff"])
+
+    def seen(self, user: Any) -> list:
+        return self.history.get(user, [])
+
+    def excluded(self, user: Any) -> set:
+        return set() if self.repurchase else set(self.seen(user))
+
+
+def _fill(first: list, fallback: list, exclude: set, k: int) -> list:
+    out, taken = [], set(exclude)
+    for item in list(first) + list(fallback):
+        if item not in taken:
+            out.append(item)
+            taken.add(item)
+            if len(out) == k:
+                break
+    return out
+
+
+def popularity(data: EvalData, k: int, days: int = 7) -> list[list]:
+    recent = data.train[data.train["timestamp"] >= data.train["timestamp"].max() - pd.Timedelta(days=days)]
+    ranked = recent["item_id"].value_counts().index.tolist()
+    ranked += [i for i in data.train["item_id"].value_counts().index if i not in set(ranked)]
+    return [_fill([], ranked, data.excluded(u), k) for u in data.users]
+
+
+def repurchase(data: EvalData, k: int, days: int = 7) -> list[list]:
+    popular = popularity(data, k, days)
+    return [_fill(data.seen(u), pop, set(), k) for u, pop in zip(data.users, popular)]
+
+
+def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
+    """Exact top-k by the saved query tower and item embeddings."""
+    from merlin.io import Dataset
+    from merlin.schema import Tags
+
+    from models.retrieval import encode_rows, top_k
+
+    query = load_query_tower(run / "query_tower")
+    schema = Dataset(str(data.pre / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
+    users = pd.read_parquet(data.pre / "catalogue" / "users.parquet").set_index("user_id_raw")
+    emb = pd.read_parquet(run / "item_embeddings.parquet")
+    item_ids = emb["item_id"].to_numpy()
+    vectors = emb.drop(columns=["item_id"]).to_numpy(np.float32)
+    pos = pd.Index(item_ids)
+    out: list[list] = []
+    for start in range(0, len(data.users), USER_BATCH):
+        batch = data.users[start : start + USER_BATCH]
+        q = encode_rows(query, users.loc[batch].reset_index(), schema)
+        exclude = None if data.repurchase else [pos.get_indexer(data.seen(u)) for u in batch]
+        out.extend(item_ids[top_k(q, vectors, k, exclude)].tolist())
+    return out
+
+
+def oracle(data: EvalData, dataset_dir: Path, k: int) -> list[list]:
+    from funnel.data.synth import Oracle
+
+    end = data.test["timestamp"].max() + pd.Timedelta(seconds=1)
+    model = Oracle.load(dataset_dir, data.cutoff, end)
+    out: list[list] = []
+    for start in range(0, len(data.users), USER_BATCH):
+        batch = data.users[start : start + USER_BATCH]
+        top = model.topk(batch, k + (0 if data.repurchase else 200))
+        out.extend(_fill(row, [], data.excluded(u), k) for row, u in zip(top.tolist(), batch))
+    return out
+
+
+def load_query_tower(path: Path):
+    """The saved merlin-models query tower as a Keras model."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import merlin.models.tf  # noqa: F401  (registers the custom layers)
+    import tensorflow as tf
+
+    if not path.exists():
+        raise FunnelError(f"{path}: no saved query tower (run `funnel train retrieval` first)")
+    return tf.keras.models.load_model(str(path))
+
+
+def score(method: str, recs: list[list], data: EvalData, ks: list[int]) -> dict[str, float]:
+    n_items = len(data.items)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = metrics.recall_at_k(recs, data.truth, k)
+        out[f"ndcg@{k}"] = metrics.ndcg_at_k(recs, data.truth, k)
+        out[f"hit_rate@{k}"] = metrics.hit_rate_at_k(recs, data.truth, k)
+        out[f"coverage@{k}"] = metrics.coverage_at_k(recs, n_items, k)
+    out["map@12"] = metrics.map_at_k(recs, data.truth, 12)
+    return out
+
+
+def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Evaluate every applicable method on the test split; write JSON, Markdown and PNG into RUN."""
+    run = Path(run)
+    manifest_path = run / "retrieval.json"
+    if not manifest_path.exists():
+        raise FunnelError(f"{run}: not a training run (no retrieval.json; run `funnel train retrieval`)")
+    run_manifest = json.loads(manifest_path.read_text())
+    pre = Path(run_manifest["data"]["pre"])
+    if not (pre / "preprocess.json").exists():
+        raise FunnelError(f"{pre}: the run's preprocessing output is gone")
+    ks = sorted(set(ks or [10, 12]))
+    kmax = max(ks + [12])
+    data = EvalData(pre)
+    dataset_dir = Path(data.manifest["dataset"]["path"])
+    progress = progress or (lambda name: None)
+
+    methods: dict[str, Callable[[], list[list]]] = {"popularity": lambda: popularity(data, kmax)}
+    if data.repurchase:
+        methods["repurchase"] = lambda: repurchase(data, kmax)
+    methods["retrieval"] = lambda: retrieval(data, run, kmax)
+    if (dataset_dir / "ground_truth" / "generator.json").exists():
+        methods["oracle"] = lambda: oracle(data, dataset_dir, kmax)
+
+    results: dict[str, dict[str, float]] = {}
+    for name, make in methods.items():
+        progress(name)
+        results[name] = score(name, make(), data, ks)
+    if "oracle" in results:
+        for name, figures in results.items():
+            for k in ks:
+                best = results["oracle"][f"recall@{k}"]
+                figures[f"share_of_oracle@{k}"] = figures[f"recall@{k}"] / best if best else 0.0
+    report = {
+        "run": str(run.resolve()),
+        "dataset": data.manifest["dataset"]["name"],
+        "split": data.manifest["split"],
+        "test_users": int(len(data.users)),
+        "test_rows": int(len(data.test)),
+        "repurchase_domain": data.repurchase,
+        "ks": ks,
+        "methods": results,
+    }
+    (run / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, run)
+    return report
+
+
+def write_markdown(report: dict, run: Path) -> None:
+    """evaluation.md with a table per method and evaluation.png (recall@k side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = report["ks"]
+    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}"]
+    lines = [f"# Evaluation: {report['dataset']}", "",
+             f"{report['test_users']:,} test users, {report['test_rows']:,} test interactions; split {report['split']['how']}.",
+             "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, figures in report["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{figures[c]:.4f}" for c in cols) + " |")
+    lines += ["", "![methods](evaluation.png)", ""]
+    (run / "evaluation.md").write_text("\n".join(lines))
+
+    names = list(report["methods"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.6))
+    width = 0.8 / len(ks)
+    for i, k in enumerate(ks):
+        values = [report["methods"][n][f"recall@{k}"] for n in names]
+        ax.bar(np.arange(len(names)) + i * width, values, width, label=f"Recall@{k}")
+    ax.set_xticks(np.arange(len(names)) + width * (len(ks) - 1) / 2, names)
+    ax.set_ylabel("Recall")
+    ax.set_title(f"{report['dataset']}: methods side by side")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "evaluation.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,30 @@
+"""`funnel train retrieval` and `funnel evaluate` end to end from the CLI on small synthetic data."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.integration
+def test_train_and_evaluate_from_the_cli(pre_dir, tmp_path, cli):
+    (tmp_path / "run.yaml").write_text("epochs: 2\nbatch_size: 256\nembedding_dim: 16\ntower_dims: [32]\n")
+    code, out, err = cli("train", "retrieval", pre_dir, "--out", tmp_path / "run", "--config", tmp_path / "run.yaml",
+                         "--valid-users", "300")
+    assert code == 0, err
+    assert "epoch   1" in err and "funnel train retrieval: done" in out
+    code, out, err = cli("evaluate", tmp_path / "run", "--k", "10", "12", "--json", tmp_path / "eval.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["methods"]) == {"popularity", "repurchase", "retrieval", "oracle"}
+    for figures in report["methods"].values():
+        assert 0 <= figures["recall@12"] <= 1 and figures["recall@12"] >= figures["recall@10"]
+    assert report["methods"]["oracle"]["share_of_oracle@12"] == 1.0
+    assert report["methods"]["retrieval"]["recall@12"] > report["methods"]["popularity"]["recall@12"]
+    assert (tmp_path / "run" / "evaluation.png").stat().st_size > 1000
+    assert "| retrieval |" in (tmp_path / "run" / "evaluation.md").read_text()
+
+
+@pytest.mark.integration
+def test_evaluate_needs_a_run(tmp_path, cli):
+    code, _, err = cli("evaluate", tmp_path)
+    assert code == 2 and "retrieval.json" in err
