@@ -30,7 +30,9 @@ def run(cmd: list[str]) -> dict:
     wall = time.perf_counter() - start
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
+        log = Path(tempfile.mkstemp(prefix="funnel-bench-", suffix=".log")[1])
+        log.write_text(err)
+        sys.exit(f"failed: {' '.join(cmd)}\nfull stderr: {log}\n{err[-3000:]}")
     return {"seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024), "stdout": out}
 
 

@@ -166,6 +166,35 @@ def cmd_train_retrieval(args: argparse.Namespace) -> None:
     print(table(rows, title="funnel train retrieval: done"))
 
 
+def cmd_train_ranking(args: argparse.Namespace) -> None:
+    from models.config import RankingConfig, load_config, overrides_from_args
+    from models.ranking import train
+    from funnel.report import table
+
+    overrides = overrides_from_args(args, RankingConfig)
+    overrides.update(pre=args.pre_dir, run=args.run)
+    cfg = load_config(RankingConfig, args.config, overrides)
+
+    def on_epoch(rec: dict) -> None:
+        print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  valid AUC {rec['valid_auc']:.4f}  "
+              f"log loss {rec['valid_logloss']:.4f}  {rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s",
+              file=sys.stderr, flush=True)
+
+    m = train(cfg, on_epoch=on_epoch)
+    d = m["data"]
+    rows = [
+        ("device", m["device"]),
+        ("label period from", d["label_period_start"][:19]),
+        ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
+        ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
+        ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
+        ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
+                 f"{d['build_seconds']:.1f} s building data"),
+        ("written to", str(Path(cfg.run) / "ranker")),
+    ]
+    print(table(rows, title="funnel train ranking: done"))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from funnel.evaluate import evaluate
     from funnel.report import progress, table
@@ -184,6 +213,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(table(rows, header=["method", *cols],
                 title=f"funnel evaluate: {report['dataset']}, {report['test_users']:,} test users"))
     print(f"report: {Path(args.run) / 'evaluation.md'} (chart: evaluation.png)")
+    if report.get("ranker_on_test_candidates"):
+        r = report["ranker_on_test_candidates"]
+        print(f"ranker on test candidates: AUC {r['auc']:.4f}, log loss {r['logloss']:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -274,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with RetrievalConfig fields; flags override it")
     add_config_arguments(p, RetrievalConfig, skip=("pre", "out"))
     p.set_defaults(func=cmd_train_retrieval)
+
+    from models.config import RankingConfig
+
+    p = tsub.add_parser("ranking", help="DLRM ranker on retriever candidates (hard + random negatives)")
+    p.add_argument("pre_dir", metavar="PRE", help="preprocessing output directory")
+    p.add_argument("--run", required=True, help="run directory with the trained retriever")
+    p.add_argument("--config", help="YAML file with RankingConfig fields; flags override it")
+    add_config_arguments(p, RankingConfig, skip=("pre", "run"))
+    p.set_defaults(func=cmd_train_ranking)
 
     p = sub.add_parser("evaluate", help="Recall/NDCG/MAP@12 of the run and the baselines on the test split")
     p.add_argument("run", help="run directory from `funnel train`")

@@ -81,9 +81,9 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
     from merlin.io import Dataset
     from merlin.schema import Tags
 
-    from models.retrieval import encode_rows, top_k
+    from models.retrieval import encode_rows, load_tower, top_k
 
-    query = load_query_tower(run / "query_tower")
+    query = load_tower(run / "query_tower")
     schema = Dataset(str(data.pre / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     users = pd.read_parquet(data.pre / "catalogue" / "users.parquet").set_index("user_id_raw")
     emb = pd.read_parquet(run / "item_embeddings.parquet")
@@ -99,6 +99,46 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
     return out
 
 
+def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple[list[list], dict[str, float]]:
+    """The offline funnel: retriever top-N (+ own items where the domain repurchases) -> DLRM -> top-k.
+
+    Also returns the ranker's AUC and log loss on these test candidates (labels: test purchases).
+    """
+    from merlin.schema import Tags
+
+    from models.ranking import assemble, candidates, ranking_schema, score_pairs
+    from models.retrieval import encode_rows, load_tower
+    from workflows import TARGET
+
+    schema = ranking_schema(data.pre)
+    query, ranker = load_tower(run / "query_tower"), load_tower(run / "ranker")
+    users = pd.read_parquet(data.pre / "catalogue" / "users.parquet")
+    by_user = users.set_index("user_id_raw")
+    items = pd.read_parquet(data.pre / "catalogue" / "items.parquet")
+    emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[items["item_id_raw"]]
+    vectors = emb.to_numpy(np.float32)
+    item_ids = items["item_id_raw"].to_numpy()
+    history = data.history.to_dict()
+    test_pairs = set(zip(data.test["user_id"], data.test["item_id"]))
+    out: list[list] = []
+    labels, scores = [], []
+    for start in range(0, len(data.users), USER_BATCH):
+        batch = data.users[start : start + USER_BATCH]
+        q = encode_rows(query, by_user.loc[batch].reset_index(), schema.select_by_tag(Tags.USER))
+        cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase)
+        rows = assemble(cands[["user_id", "item_id", "retrieval_score"]], users, items, data.train)
+        rows[TARGET] = 0
+        cands["score"] = score_pairs(ranker, rows, schema)
+        labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
+        scores.append(cands["score"].to_numpy())
+        ranked = cands.sort_values(["user_id", "score"], ascending=[True, False], kind="stable")
+        top = ranked.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(s[:k]))
+        out.extend(top.reindex(batch).tolist())
+    from models.ranking import auc_logloss
+
+    return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
+
+
 def oracle(data: EvalData, dataset_dir: Path, k: int) -> list[list]:
     from funnel.data.synth import Oracle
 
@@ -110,19 +150,6 @@ def oracle(data: EvalData, dataset_dir: Path, k: int) -> list[list]:
         top = model.topk(batch, k + (0 if data.repurchase else 200))
         out.extend(_fill(row, [], data.excluded(u), k) for row, u in zip(top.tolist(), batch))
     return out
-
-
-def load_query_tower(path: Path):
-    """The saved merlin-models query tower as a Keras model."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import merlin.models.tf  # noqa: F401  (registers the custom layers)
-    import tensorflow as tf
-
-    if not path.exists():
-        raise FunnelError(f"{path}: no saved query tower (run `funnel train retrieval` first)")
-    return tf.keras.models.load_model(str(path))
 
 
 def score(method: str, recs: list[list], data: EvalData, ks: list[int]) -> dict[str, float]:
@@ -157,6 +184,16 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
     if data.repurchase:
         methods["repurchase"] = lambda: repurchase(data, kmax)
     methods["retrieval"] = lambda: retrieval(data, run, kmax)
+    ranker_figures: dict[str, float] = {}
+    if (run / "ranker").exists():
+        n_candidates = json.loads((run / "ranking.json").read_text())["config"]["candidates"]
+
+        def ranked() -> list[list]:
+            recs, figures = funnel_ranked(data, run, kmax, n_candidates)
+            ranker_figures.update(figures)
+            return recs
+
+        methods["retrieval+ranking"] = ranked
     if (dataset_dir / "ground_truth" / "generator.json").exists():
         methods["oracle"] = lambda: oracle(data, dataset_dir, kmax)
 
@@ -178,6 +215,7 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         "repurchase_domain": data.repurchase,
         "ks": ks,
         "methods": results,
+        "ranker_on_test_candidates": ranker_figures or None,
     }
     (run / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, run)

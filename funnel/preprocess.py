@@ -2,7 +2,7 @@
 
 Output directory (written to a temporary directory, renamed on success)::
 
-    PRE/splits/{train,test}.parquet        raw ids: user_id, item_id, timestamp
+    PRE/splits/{train,test}.parquet        raw ids: user_id, item_id, timestamp (+ price, channel, ...)
     PRE/features/{users,items}.parquet     raw feature tables as of the cutoff (serving reads these)
     PRE/workflow/                          the fitted NVTabular workflow (+ categories)
     PRE/retrieval/{train,test}/            transformed positives + schema (two-tower input)
@@ -88,7 +88,7 @@ def _write(dataset, out: Path, drop: list[str] | None = None) -> None:
     dataset.to_parquet(str(out), output_files=max(1, dataset.to_ddf().npartitions))
 
 
-def _encode(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
+def encode_table(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
     """Apply a fitted sub-workflow to a whole feature table, keeping the raw id beside the codes."""
     from merlin.io import Dataset
 
@@ -136,7 +136,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
 
     with atomic_output_dir(cfg.out) as out, dask_client(device, cfg.workers, cfg.scheduler) as client:
         (out / "splits").mkdir()
-        cols = ["user_id", "item_id", "timestamp"]
+        cols = list(interactions.columns)  # user_id, item_id, timestamp first, then price, channel, ...
         train[cols].to_parquet(out / "splits" / "train.parquet", index=False)
         test[cols].to_parquet(out / "splits" / "test.parquet", index=False)
         (out / "features").mkdir()
@@ -171,10 +171,10 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         tick("transform_ranking")
 
         (out / "catalogue").mkdir()
-        _encode(workflow.get_subworkflow(ITEM_SUBGRAPH), item_in, "item_id", device).to_parquet(
+        encode_table(workflow.get_subworkflow(ITEM_SUBGRAPH), item_in, "item_id", device).to_parquet(
             out / "catalogue" / "items.parquet", index=False
         )
-        _encode(workflow.get_subworkflow(USER_SUBGRAPH), user_in, "user_id", device).to_parquet(
+        encode_table(workflow.get_subworkflow(USER_SUBGRAPH), user_in, "user_id", device).to_parquet(
             out / "catalogue" / "users.parquet", index=False
         )
         tick("catalogue")

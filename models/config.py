@@ -95,3 +95,31 @@ class RetrievalConfig:
             raise FunnelError("retrieval: need a preprocessing directory and --out")
         if self.epochs < 1 or self.batch_size < 2 or self.embedding_dim < 1 or self.learning_rate <= 0:
             raise FunnelError("retrieval: epochs >= 1, batch_size >= 2, embedding_dim >= 1, learning_rate > 0")
+
+
+@dataclass
+class RankingConfig:
+    """DLRM ranker settings: labelled candidates from the retriever's unseen period."""
+
+    pre: str = field(default="", metadata={"help": "preprocessing output directory"})
+    run: str = field(default="", metadata={"help": "run directory holding the retriever"})
+    candidates: int = field(default=100, metadata={"help": "retriever top-N per user"})
+    hard_negatives: int = field(default=8, metadata={"help": "hard negatives (unbought candidates) per positive"})
+    random_negatives: int = field(default=2, metadata={"help": "popularity-sampled negatives per positive"})
+    max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training"})
+    embedding_dim: int = 32
+    top_dims: list[int] = field(default_factory=lambda: [128, 64])
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    epochs: int = 3
+    valid_share: float = field(default=0.1, metadata={"help": "share of label users held out for AUC"})
+    seed: int = 0
+    threads: int = 0
+
+    def validate(self) -> None:
+        if not self.pre or not self.run:
+            raise FunnelError("ranking: need a preprocessing directory and --run")
+        if self.candidates < 1 or self.epochs < 1 or self.hard_negatives < 0 or self.random_negatives < 0:
+            raise FunnelError("ranking: candidates >= 1, epochs >= 1, negatives >= 0")
+        if not 0 < self.valid_share < 1:
+            raise FunnelError("ranking: valid_share must be in (0, 1)")

@@ -8,6 +8,7 @@ splits); validation Recall@k over the whole catalogue drives early stopping.
 Run directory::
 
     RUN/query_tower/            SavedModel: encoded user features -> embedding
+    RUN/item_tower/             SavedModel: encoded item features -> embedding
     RUN/item_embeddings.parquet item_id (raw) + embedding, for the whole catalogue
     RUN/retrieval.json          manifest: config, data checksum, versions, device, epochs, metrics
 """
@@ -57,6 +58,19 @@ def valid_mask(frame: pd.DataFrame, split: str, valid_days: int) -> np.ndarray:
     day = 86400 if np.issubdtype(ts.dtype, np.integer) else pd.Timedelta(days=1)
     cutoff = ts.max() - valid_days * day
     return (ts > cutoff).to_numpy()
+
+
+def load_tower(path: Path):
+    """A saved merlin-models tower or model (Keras SavedModel) with merlin's layers registered."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import merlin.models.tf  # noqa: F401  (registers the custom layers)
+    import tensorflow as tf
+
+    if not Path(path).exists():
+        raise FunnelError(f"{path}: no saved model (run `funnel train` first)")
+    return tf.keras.models.load_model(str(path))
 
 
 def encode_rows(encoder, frame: pd.DataFrame, schema, batch_size: int = 4096) -> np.ndarray:
@@ -177,6 +191,7 @@ def train(cfg: RetrievalConfig, on_epoch=None) -> dict[str, Any]:
     embeddings = encode_rows(model.candidate_encoder, items, item_schema)
     with atomic_output_dir(cfg.out) as out:
         model.query_encoder.save(str(out / "query_tower"))
+        model.candidate_encoder.save(str(out / "item_tower"))
         emb = pd.DataFrame(embeddings, columns=[str(i) for i in range(embeddings.shape[1])])
         emb.insert(0, "item_id", items["item_id_raw"].to_numpy())
         emb.to_parquet(out / "item_embeddings.parquet", index=False)

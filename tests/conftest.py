@@ -79,3 +79,14 @@ def retrieval_run(pre_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     train(RetrievalConfig(pre=str(pre_dir), out=str(out), **TINY_TRAIN))
     return out
+
+
+@pytest.fixture(scope="session")
+def ranked_run(pre_dir, retrieval_run) -> Path:
+    """The small run with a DLRM ranker trained on top of the retriever."""
+    from models.config import RankingConfig
+    from models.ranking import train
+
+    train(RankingConfig(pre=str(pre_dir), run=str(retrieval_run), candidates=50, embedding_dim=16,
+                        top_dims=[32], epochs=2, batch_size=256))
+    return retrieval_run

@@ -12,10 +12,15 @@ def test_train_and_evaluate_from_the_cli(pre_dir, tmp_path, cli):
                          "--valid-users", "300")
     assert code == 0, err
     assert "epoch   1" in err and "funnel train retrieval: done" in out
+    code, out, err = cli("train", "ranking", pre_dir, "--run", tmp_path / "run", "--epochs", "1", "--candidates", "30",
+                         "--embedding-dim", "8", "--top-dims", "16")
+    assert code == 0, err
+    assert "valid AUC" in err and "funnel train ranking: done" in out
     code, out, err = cli("evaluate", tmp_path / "run", "--k", "10", "12", "--json", tmp_path / "eval.json")
     assert code == 0, err
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert set(report["methods"]) == {"popularity", "repurchase", "retrieval", "oracle"}
+    assert set(report["methods"]) == {"popularity", "repurchase", "retrieval", "retrieval+ranking", "oracle"}
+    assert 0 <= report["ranker_on_test_candidates"]["auc"] <= 1  # learning is asserted on the fixture run
     for figures in report["methods"].values():
         assert 0 <= figures["recall@12"] <= 1 and figures["recall@12"] >= figures["recall@10"]
     assert report["methods"]["oracle"]["share_of_oracle@12"] == 1.0

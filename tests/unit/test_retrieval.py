@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from funnel.evaluate import load_query_tower
+from models.retrieval import load_tower
 
 
 def test_manifest_is_complete(retrieval_run, pre_dir):
@@ -42,8 +42,8 @@ def test_saved_query_tower_round_trip(retrieval_run, pre_dir):
 
     schema = Dataset(str(pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     users = pd.read_parquet(pre_dir / "catalogue" / "users.parquet").head(300)
-    first = encode_rows(load_query_tower(retrieval_run / "query_tower"), users, schema)
-    second = encode_rows(load_query_tower(retrieval_run / "query_tower"), users, schema)
+    first = encode_rows(load_tower(retrieval_run / "query_tower"), users, schema)
+    second = encode_rows(load_tower(retrieval_run / "query_tower"), users, schema)
     assert first.shape == (300, 16)
     np.testing.assert_allclose(first, second, rtol=1e-6)
     assert np.linalg.matrix_rank(first) > 4  # users get different embeddings
