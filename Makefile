@@ -29,6 +29,9 @@ ml-100k: $(ML100K_DIR)/ml-100k.inter
 demo: venv
 	$(FUNNEL) data synth --out $(DEMO_DIR)/data
 	$(FUNNEL) preprocess $(DEMO_DIR)/data --out $(DEMO_DIR)/pre
+	$(FUNNEL) train retrieval $(DEMO_DIR)/pre --out $(DEMO_DIR)/run --config configs/retrieval.yaml
+	$(FUNNEL) train ranking $(DEMO_DIR)/pre --run $(DEMO_DIR)/run --config configs/ranking.yaml
+	$(FUNNEL) evaluate $(DEMO_DIR)/run
 
 test: venv ml-100k
 	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra
@@ -37,7 +40,10 @@ test-unit: venv
 	$(PY) -m pytest -q -ra tests/unit
 
 bench: venv
-	$(PY) bench/data.py
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRA),dev,bench]"
+	$(PY) bench/data.py --sizes 1e6
+	$(PY) bench/train.py
+	$(PY) bench/quality.py
 
 lock: venv
 	$(VENV)/bin/pip freeze --exclude-editable

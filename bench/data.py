@@ -25,14 +25,16 @@ USERS_PER_INTERACTION = 1 / 12.0  # the generator's defaults give ~12 interactio
 def run(cmd: list[str]) -> dict:
     """Run a command; return wall seconds and peak RSS (MiB) of that process tree's largest member."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    out, err = proc.stdout.read(), proc.stderr.read()
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False) as err_f:
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True)  # files: no pipe can fill up
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out_f.seek(0)
+        out = out_f.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        log = Path(tempfile.mkstemp(prefix="funnel-bench-", suffix=".log")[1])
-        log.write_text(err)
-        sys.exit(f"failed: {' '.join(cmd)}\nfull stderr: {log}\n{err[-3000:]}")
+        err = Path(err_f.name).read_text()
+        sys.exit(f"failed: {' '.join(cmd)}\nfull stderr: {err_f.name}\n{err[-3000:]}")
+    os.unlink(err_f.name)
     return {"seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024), "stdout": out}
 
 

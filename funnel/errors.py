@@ -8,7 +8,3 @@ class FunnelError(Exception):
 class DataError(FunnelError):
     """Input data is missing, malformed or inconsistent; the message names file and column."""
 
-
-def describe_path(path: object) -> str:
-    """Return a short printable form of a path for error messages."""
-    return str(path)

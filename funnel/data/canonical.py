@@ -229,21 +229,17 @@ def complete_side_tables(
     interactions: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Make sure every id in the interactions has a row in items/users (features left null)."""
-    item_ids = pd.Series(pd.unique(interactions["item_id"]), name="item_id")
-    user_ids = pd.Series(pd.unique(interactions["user_id"]), name="user_id")
-    if items is None:
-        items = item_ids.sort_values(ignore_index=True).to_frame()
-    else:
-        missing = item_ids[~item_ids.isin(items["item_id"])]
-        if len(missing):
-            items = pd.concat([items, missing.to_frame()], ignore_index=True)
-    if users is None:
-        users = user_ids.sort_values(ignore_index=True).to_frame()
-    else:
-        missing = user_ids[~user_ids.isin(users["user_id"])]
-        if len(missing):
-            users = pd.concat([users, missing.to_frame()], ignore_index=True)
-    return items.reset_index(drop=True), users.reset_index(drop=True)
+    return _complete(items, interactions["item_id"]), _complete(users, interactions["user_id"])
+
+
+def _complete(table: pd.DataFrame | None, ids: pd.Series) -> pd.DataFrame:
+    known = pd.Series(pd.unique(ids), name=ids.name)
+    if table is None:
+        return known.sort_values(ignore_index=True).to_frame()
+    missing = known[~known.isin(table[ids.name])]
+    if len(missing):
+        table = pd.concat([table, missing.to_frame()], ignore_index=True)
+    return table.reset_index(drop=True)
 
 
 def read_table(path: Path, what: str) -> pd.DataFrame:
