@@ -47,8 +47,11 @@ def als_recall(train: pd.DataFrame, test: pd.DataFrame, k: int, factors: int, re
         shape=(len(users), len(items)),
     )
     matrix.sum_duplicates()
+    from threadpoolctl import threadpool_limits
+
     model = AlternatingLeastSquares(factors=factors, regularization=reg, iterations=15, random_state=seed)
-    model.fit(matrix, show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads only slow it
+        model.fit(matrix, show_progress=False)
     truth = test.groupby("user_id")["item_id"].apply(set)
     known = truth.index[truth.index.isin(users)]
     ids, _ = model.recommend(users.get_indexer(known), matrix[users.get_indexer(known)], N=k,

@@ -15,7 +15,7 @@ SPLITS = ("time", "user-last")
 class SplitResult:
     train: pd.DataFrame
     test: pd.DataFrame
-    cutoff: pd.Timestamp  # features are computed as of this time (start of the test period)
+    cutoff: pd.Timestamp  # features are computed as of this time (time: test start; user-last: end of train)
 
 
 def split(interactions: pd.DataFrame, how: str = "time", test_days: int = 7) -> SplitResult:
@@ -41,7 +41,7 @@ def split(interactions: pd.DataFrame, how: str = "time", test_days: int = 7) -> 
         is_test = (ts == last) & (first < last)
         if not is_test.any():
             raise FunnelError("split: no user has more than one basket; user-last leaves no test set")
-        cutoff = ts[is_test].min()
+        cutoff = ts[~is_test].max() + pd.Timedelta(seconds=1)  # features describe all of train
     else:
         raise FunnelError(f"split: unknown split {how!r} (choose from {', '.join(SPLITS)})")
     return SplitResult(interactions[~is_test], interactions[is_test], cutoff)

@@ -168,7 +168,7 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
     raw = pd.read_parquet(pre / "splits" / "train.parquet")
     held = valid_mask(raw, pre_manifest["split"]["how"], rmanifest["config"]["valid_days"])
     before, label = raw[~held], raw[held]
-    cutoff = label["timestamp"].min()
+    cutoff = before["timestamp"].max() + pd.Timedelta(seconds=1)  # every feature describes `before` only
     users, items = features_as_of(pre, before, cutoff)
     schema = ranking_schema(pre)
     user_schema, item_schema = schema.select_by_tag(Tags.USER), schema.select_by_tag(Tags.ITEM)

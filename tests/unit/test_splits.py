@@ -29,6 +29,7 @@ def test_user_last_split():
     assert sorted(s.test["item_id"]) == [2, 3, 7]
     assert sorted(s.train["item_id"]) == [1, 4, 5, 6]
     assert len(s.train) + len(s.test) == len(f)
+    assert s.train["timestamp"].max() < s.cutoff  # history features describe the whole training part
 
 
 def test_split_errors():
