@@ -177,8 +177,8 @@ def cmd_train_ranking(args: argparse.Namespace) -> None:
 
     def on_epoch(rec: dict) -> None:
         print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  valid AUC {rec['valid_auc']:.4f}  "
-              f"log loss {rec['valid_logloss']:.4f}  {rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s",
-              file=sys.stderr, flush=True)
+              f"log loss {rec['valid_logloss']:.4f}  recall@{cfg.valid_k} {rec[f'valid_recall@{cfg.valid_k}']:.4f}  "
+              f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
 
     m = train(cfg, on_epoch=on_epoch)
     d = m["data"]
@@ -188,6 +188,10 @@ def cmd_train_ranking(args: argparse.Namespace) -> None:
         ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
         ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
+        (f"valid recall@{cfg.valid_k}: ranker / retrieval order",
+         f"{m['metrics'][f'valid_recall@{cfg.valid_k}']:.4f} / "
+         f"{m['metrics'][f'valid_recall@{cfg.valid_k}_retrieval_order']:.4f}"
+         + ("" if m["use_ranker"] else "  (ranker not used: retrieval order is better)")),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
                  f"{d['build_seconds']:.1f} s building data"),
         ("written to", str(Path(cfg.run) / "ranker")),
@@ -215,7 +219,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.run) / 'evaluation.md'} (chart: evaluation.png)")
     if report.get("ranker_on_test_candidates"):
         r = report["ranker_on_test_candidates"]
-        print(f"ranker on test candidates: AUC {r['auc']:.4f}, log loss {r['logloss']:.4f}")
+        print(f"ranker on test candidates: AUC {r['auc']:.4f}, log loss {r['logloss']:.4f}"
+              + ("" if r.get("ranker_used", True) else " (not used: it lost to retrieval order on validation)"))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 

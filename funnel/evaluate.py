@@ -99,14 +99,17 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
     return out
 
 
-def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple[list[list], dict[str, float]]:
+def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
+                  use_ranker: bool = True) -> tuple[list[list], dict[str, float]]:
     """The offline funnel: retriever top-N (+ own items where the domain repurchases) -> DLRM -> top-k.
 
     Also returns the ranker's AUC and log loss on these test candidates (labels: test purchases).
+    With ``use_ranker`` False (the ranker lost to retrieval order on its own held-out users, see
+    ranking.json) the candidates are ordered by the two-tower score, as serving would.
     """
     from merlin.schema import Tags
 
-    from models.ranking import assemble, candidates, ranking_schema, score_pairs
+    from models.ranking import assemble, candidates, rank_candidates, ranking_schema, score_pairs
     from models.retrieval import encode_rows, load_tower
     from workflows import TARGET
 
@@ -126,14 +129,13 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple
         batch = data.users[start : start + USER_BATCH]
         q = encode_rows(query, by_user.loc[batch].reset_index(), schema.select_by_tag(Tags.USER))
         cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase)
-        rows = assemble(cands[["user_id", "item_id", "retrieval_score"]], users, items, data.train)
+        rows = assemble(cands[["user_id", "item_id", "retrieval_score"]], users, items, data.train, data.cutoff)
         rows[TARGET] = 0
-        cands["score"] = score_pairs(ranker, rows, schema)
+        ranker_scores = score_pairs(ranker, rows, schema)
         labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
-        scores.append(cands["score"].to_numpy())
-        ranked = cands.sort_values(["user_id", "score"], ascending=[True, False], kind="stable")
-        top = ranked.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(s[:k]))
-        out.extend(top.reindex(batch).tolist())
+        scores.append(ranker_scores)
+        order = ranker_scores if use_ranker else cands["retrieval_score"].to_numpy()
+        out.extend(rank_candidates(order, cands, k).reindex(batch).tolist())
     from models.ranking import auc_logloss
 
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
@@ -186,10 +188,13 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
     methods["retrieval"] = lambda: retrieval(data, run, kmax)
     ranker_figures: dict[str, float] = {}
     if (run / "ranker").exists():
-        n_candidates = json.loads((run / "ranking.json").read_text())["config"]["candidates"]
+        ranking_manifest = json.loads((run / "ranking.json").read_text())
+        n_candidates = ranking_manifest["config"]["candidates"]
+        use_ranker = bool(ranking_manifest.get("use_ranker", True))
+        ranker_figures["ranker_used"] = use_ranker
 
         def ranked() -> list[list]:
-            recs, figures = funnel_ranked(data, run, kmax, n_candidates)
+            recs, figures = funnel_ranked(data, run, kmax, n_candidates, use_ranker)
             ranker_figures.update(figures)
             return recs
 

@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 
 from funnel.errors import FunnelError
+from funnel.metrics import recall_at_k
 from models.config import RankingConfig
 from models.retrieval import configure_tensorflow, encode_rows, load_tower, top_k, valid_mask
 
-PAIR_FEATURES = ["pair_purchases", "retrieval_score"]
+PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
+NEVER_DAYS = 365.0  # pair_days_since for items the user never bought
 
 
 def features_as_of(pre: Path, history: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -89,23 +91,35 @@ def dot_scores(q: np.ndarray, user_ids: np.ndarray, vectors: np.ndarray, item_id
     return np.where(i >= 0, scores, 0.0).astype(np.float32)
 
 
-def pair_purchases(pairs: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
-    """log1p(number of times the user bought the item in ``history``) for each pair."""
-    counts = history.groupby(["user_id", "item_id"]).size().rename("n")
-    joined = pairs[["user_id", "item_id"]].merge(counts.reset_index(), on=["user_id", "item_id"], how="left")
-    return np.log1p(joined["n"].fillna(0).to_numpy()).astype(np.float32)
+def pair_history(pairs: pd.DataFrame, history: pd.DataFrame, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: log1p(times the user bought the item) and log1p(days since the last time, or 365)."""
+    grouped = history.groupby(["user_id", "item_id"])["timestamp"]
+    stats = pd.DataFrame({"n": grouped.size(), "last": grouped.max()}).reset_index()
+    joined = pairs[["user_id", "item_id"]].merge(stats, on=["user_id", "item_id"], how="left")
+    days = ((now - joined["last"]) / pd.Timedelta(days=1)).clip(lower=0).fillna(NEVER_DAYS)
+    return (np.log1p(joined["n"].fillna(0).to_numpy()).astype(np.float32),
+            np.log1p(days.to_numpy()).astype(np.float32))
 
 
-def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame,
+             now: pd.Timestamp) -> pd.DataFrame:
     """Model rows for raw (user_id, item_id) pairs: encoded user + item features + pair features.
 
     ``users``/``items`` are encoded tables with ``user_id_raw``/``item_id_raw``; the result keeps
     the raw ids in ``user_id_raw``/``item_id_raw`` beside the encoded ``user_id``/``item_id``.
+    Pair features describe ``history`` as seen at ``now``.
     """
-    out = pairs.assign(pair_purchases=pair_purchases(pairs, history))
+    bought, since = pair_history(pairs, history, now)
+    out = pairs.assign(pair_purchases=bought, pair_days_since=since)
     out = out.rename(columns={"user_id": "user_id_raw", "item_id": "item_id_raw"})
     out = out.merge(users, on="user_id_raw", how="left").merge(items, on="item_id_raw", how="left")
     return out
+
+
+def rank_candidates(scores: np.ndarray, cands: pd.DataFrame, k: int) -> pd.Series:
+    """Top-k raw item ids per user by ``scores`` (ties keep candidate order)."""
+    ranked = cands.assign(_score=scores).sort_values(["user_id", "_score"], ascending=[True, False], kind="stable")
+    return ranked.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(s[:k]))
 
 
 def ranking_schema(pre: Path):
@@ -204,12 +218,24 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
                        rand.assign(**{TARGET: 0})], ignore_index=True)
     pairs = pairs.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
     pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
-    rows = assemble(pairs, users, items, before)
+    rows = assemble(pairs, users, items, before, cutoff)
     rows[TARGET] = rows[TARGET].astype(np.int32)
     valid_users = rng.choice(label_users, max(1, int(len(label_users) * cfg.valid_share)), replace=False)
     is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
     fit_rows = rows[~is_valid].sample(frac=1.0, random_state=cfg.seed)
     valid_rows = rows[is_valid]
+    # the held-out users' full candidate lists: how the ranker is used, so how it is judged
+    valid_cands = cands[cands["user_id"].isin(valid_users)].reset_index(drop=True)
+    valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score"]], users, items, before, cutoff)
+    valid_full[TARGET] = 0
+    valid_truth = bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set)
+    k = cfg.valid_k
+
+    def valid_recall(scores: np.ndarray) -> float:
+        top = rank_candidates(scores, valid_cands, k).reindex(valid_truth.index)
+        return recall_at_k([t if isinstance(t, list) else [] for t in top], list(valid_truth), k)
+
+    retrieval_recall = valid_recall(valid_cands["retrieval_score"].to_numpy())
     build_seconds = time.perf_counter() - start
 
     model = mm.DLRMModel(
@@ -227,14 +253,15 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
                         train_metrics_steps=10_000)
         seconds = time.perf_counter() - t0
         figures = auc_logloss(valid_rows[TARGET].to_numpy(), score_pairs(model, valid_rows, schema))
+        recall = valid_recall(score_pairs(model, valid_full, schema))
         record = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "valid_auc": figures["auc"],
-                  "valid_logloss": figures["logloss"], "seconds": round(seconds, 2),
+                  "valid_logloss": figures["logloss"], f"valid_recall@{k}": recall, "seconds": round(seconds, 2),
                   "samples_per_s": round(len(fit_rows) / seconds)}
         history_log.append(record)
         if on_epoch:
             on_epoch(record)
-        if figures["auc"] > best:
-            best, best_weights = figures["auc"], model.get_weights()
+        if recall > best:
+            best, best_weights = recall, model.get_weights()
     model.set_weights(best_weights)
     train_seconds = time.perf_counter() - t_train
 
@@ -242,7 +269,7 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
 
     with atomic_output_dir(run / "ranker") as out:
         model.save(str(out))
-    best_rec = max(history_log, key=lambda h: h["valid_auc"])
+    best_rec = max(history_log, key=lambda h: h[f"valid_recall@{k}"])
     manifest = {
         "stage": "ranking",
         "config": asdict(cfg),
@@ -259,7 +286,11 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 2),
         "samples_per_s": round(len(fit_rows) * len(history_log) / sum(h["seconds"] for h in history_log)),
         "history": history_log,
-        "metrics": {"valid_auc": best_rec["valid_auc"], "valid_logloss": best_rec["valid_logloss"]},
+        "metrics": {"valid_auc": best_rec["valid_auc"], "valid_logloss": best_rec["valid_logloss"],
+                    f"valid_recall@{k}": best_rec[f"valid_recall@{k}"],
+                    f"valid_recall@{k}_retrieval_order": retrieval_recall},
+        # a ranker that orders the held-out users' candidates worse than the retrieval score is not used
+        "use_ranker": bool(best_rec[f"valid_recall@{k}"] >= retrieval_recall),
     }
     (run / "ranking.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

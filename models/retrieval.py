@@ -70,7 +70,7 @@ def load_tower(path: Path):
 
     if not Path(path).exists():
         raise FunnelError(f"{path}: no saved model (run `funnel train` first)")
-    return tf.keras.models.load_model(str(path))
+    return tf.keras.models.load_model(str(path), compile=False)  # inference only
 
 
 def encode_rows(encoder, frame: pd.DataFrame, schema, batch_size: int = 4096) -> np.ndarray:

@@ -34,6 +34,9 @@ def user_table(train: pd.DataFrame, users: pd.DataFrame, cutoff: pd.Timestamp) -
     )
     if "price" in train.columns:
         agg["user_mean_price"] = grouped["price"].mean().astype(np.float32)
+    # habit: the share of a user's purchases that repeat an item they bought before
+    repeat = train.sort_values("timestamp", kind="stable").duplicated(["user_id", "item_id"])
+    agg["user_repeat_share"] = repeat.groupby(train["user_id"]).mean().reindex(agg.index).astype(np.float32)
     agg.index.name = "user_id"
     return plain_dtypes(users.merge(agg.reset_index(), on="user_id", how="left"))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ranking import auc_logloss, candidates, pair_purchases
+from models.ranking import auc_logloss, candidates, pair_history
 
 
 def test_auc_and_logloss_hand_computed():
@@ -19,10 +19,13 @@ def test_auc_and_logloss_hand_computed():
     assert figures["logloss"] == pytest.approx(expected)
 
 
-def test_pair_purchases_counts_history():
-    history = pd.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": [1, 1, 2, 1]})
+def test_pair_history_counts_and_recency():
+    ts = pd.to_datetime(["2020-01-01", "2020-01-05", "2020-01-03", "2020-01-09"])
+    history = pd.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": [1, 1, 2, 1], "timestamp": ts})
     pairs = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": [1, 3, 1, 1]})
-    np.testing.assert_allclose(pair_purchases(pairs, history), np.log1p([2, 0, 1, 0]), rtol=1e-6)
+    bought, since = pair_history(pairs, history, pd.Timestamp("2020-01-10"))
+    np.testing.assert_allclose(bought, np.log1p([2, 0, 1, 0]), rtol=1e-6)
+    np.testing.assert_allclose(since, np.log1p([5, 365, 1, 365]), rtol=1e-6)
 
 
 def test_candidates_merge_sources_and_respect_domain():
@@ -46,6 +49,8 @@ def test_ranker_manifest_and_learning(ranked_run):
     assert d["positives"] > 0 and d["hard_negatives"] > 0 and d["random_negatives"] > 0
     assert m["epochs_run"] == 2 and m["device"] == "cpu"
     assert m["metrics"]["valid_auc"] > 0.6  # clearly better than chance on held-out users
+    assert 0 < m["metrics"]["valid_recall@12_retrieval_order"] <= 1 and isinstance(m["use_ranker"], bool)
+    assert all("valid_recall@12" in h for h in m["history"])
     pre = json.loads((ranked_run / "retrieval.json").read_text())
     split_cutoff = pd.Timestamp(json.loads((pd.io.common.Path(pre["data"]["pre"]) / "preprocess.json").read_text())
                                 ["split"]["cutoff"])
@@ -64,7 +69,7 @@ def test_saved_ranker_round_trip(ranked_run):
     items = pd.read_parquet(pre / "catalogue" / "items.parquet")
     history = pd.read_parquet(pre / "splits" / "train.parquet")
     pairs = history[["user_id", "item_id"]].head(50).assign(retrieval_score=np.float32(0.5))
-    rows = assemble(pairs, users, items, history).assign(**{TARGET: 0})
+    rows = assemble(pairs, users, items, history, pd.Timestamp("2030-01-01")).assign(**{TARGET: 0})
     schema = ranking_schema(pre)
     a = score_pairs(load_tower(ranked_run / "ranker"), rows, schema)
     b = score_pairs(load_tower(ranked_run / "ranker"), rows, schema)
