@@ -58,7 +58,6 @@ def test_ranker_manifest_and_learning(ranked_run):
 
 
 def test_saved_ranker_round_trip(ranked_run):
-
     from models.ranking import assemble, ranking_schema, score_pairs
     from models.retrieval import load_tower
     from workflows import TARGET
