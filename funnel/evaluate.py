@@ -42,8 +42,9 @@ class EvalData:
         truth = self.test.groupby("user_id")["item_id"].apply(set)
         self.users = truth.index.to_numpy()
         self.truth = list(truth.to_numpy())
-        ordered = self.train.sort_values("timestamp", ascending=False, kind="stable")
-        self.history = ordered.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(dict.fromkeys(s)))
+        from models.ranking import recent_items
+
+        self.history = recent_items(self.train)
         self.cutoff = pd.Timestamp(self.manifest["split"]["cutoff"])
 
     def seen(self, user: Any) -> list:

@@ -55,6 +55,12 @@ def features_as_of(pre: Path, history: pd.DataFrame, cutoff: pd.Timestamp) -> tu
     return users, items
 
 
+def recent_items(interactions: pd.DataFrame) -> pd.Series:
+    """user_id -> the user's distinct items, most recently bought first."""
+    ordered = interactions.sort_values("timestamp", ascending=False, kind="stable")
+    return ordered.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(dict.fromkeys(s)))
+
+
 def item_vectors(run: Path, items: pd.DataFrame, item_schema) -> np.ndarray:
     """Item-tower embeddings for encoded item rows (the run's saved item tower)."""
     return encode_rows(load_tower(run / "item_tower"), items, item_schema)
@@ -178,7 +184,7 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     start = time.perf_counter()
 
-    # The label period = the retriever's validation period; features as of its start.
+    # The label period = the retriever's validation period; features describe only what came before.
     raw = pd.read_parquet(pre / "splits" / "train.parquet")
     held = valid_mask(raw, pre_manifest["split"]["how"], rmanifest["config"]["valid_days"])
     before, label = raw[~held], raw[held]
@@ -190,8 +196,7 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
     label_users = label["user_id"].unique()
     if len(label_users) > cfg.max_users:
         label_users = rng.choice(label_users, cfg.max_users, replace=False)
-    ordered = before.sort_values("timestamp", ascending=False, kind="stable")
-    history = ordered.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(dict.fromkeys(s))).to_dict()
+    history = recent_items(before).to_dict()
 
     item_ids = items["item_id_raw"].to_numpy()
     vectors = item_vectors(run, items, item_schema)
