@@ -1,0 +1,276 @@
+"""``funnel export RUN --out triton_repo``: build the retrieve -> filter -> rank ensemble and export it.
+
+Repository layout (built in a temporary directory next to ``--out`` and swapped in whole)::
+
+    triton_repo/funnel/config.pbtxt          python-backend model: the whole graph in one executor
+    triton_repo/funnel/1/model.py            imports ensemble.triton_model (installed funnel)
+    triton_repo/funnel/1/ensemble/           merlin-systems Ensemble (graph config only) + artifacts:
+        ensemble.pkl, metadata.json          Ensemble.save (its sha256 is checked before loading)
+        users.parquet, items.parquet         encoded user / item features (the fitted sub-workflows' output)
+        item_attributes.parquet              raw item attributes (category rules, raw ids)
+        inventory.parquet                    item_id, in_stock (the ops stage may replace it live)
+        history.npz, trending.npz            purchases per user; trending items and their shares
+        query_tower/, ranker/                SavedModels
+        item_index.faiss, index.json         Faiss index and its measured recall
+        item_vectors.npy                     item embeddings (scores for non-retrieved candidates)
+    triton_repo/funnel/1/ensemble/export.json  the export manifest (also printed by the CLI)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from funnel.errors import FunnelError
+
+MODEL_NAME = "funnel"
+
+
+@dataclass
+class ExportConfig:
+    """How the serving graph is built (one YAML per export plus command-line overrides)."""
+
+    run: str = field(default="", metadata={"help": "training run directory"})
+    out: str = field(default="triton_repo", metadata={"help": "Triton model repository to write"})
+    candidates: int = field(default=200, metadata={"help": "Faiss top-N per user"})
+    recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
+    trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
+    trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
+    k: int = field(default=12, metadata={"help": "items returned when a request does not say"})
+    max_k: int = field(default=100, metadata={"help": "largest k a request may ask for"})
+    max_batch: int = field(default=4096, metadata={"help": "most users in one request"})
+    exclude_seen: str = field(default="auto", metadata={"help": "auto, all, days or never"})
+    seen_days: int = field(default=30, metadata={"help": "window for exclude_seen=days"})
+    out_of_stock: bool = field(default=True, metadata={"help": "drop items the inventory marks out of stock"})
+    exclude_categories: list[str] = field(default_factory=list, metadata={"help": "item attribute rules COLUMN=VALUE"})
+    exclude_items: list[str] = field(default_factory=list, metadata={"help": "raw item ids never served"})
+    index: str = field(default="auto", metadata={"help": "Faiss index: auto, flat, ivf or hnsw"})
+    tf_runtime: str = field(default="auto", metadata={"help": "auto, python (TF inside the python backend) or tensorflow"})
+    instances: int = field(default=1, metadata={"help": "Triton model instances (processes)"})
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.run:
+            raise FunnelError("export: need a run directory")
+        if self.candidates < 1 or self.k < 1 or self.max_k < self.k or self.max_batch < 1:
+            raise FunnelError("export: candidates >= 1, 1 <= k <= max_k, max_batch >= 1")
+        if self.exclude_seen not in ("auto", "all", "days", "never"):
+            raise FunnelError(f"export: exclude_seen must be auto, all, days or never (got {self.exclude_seen!r})")
+        if self.tf_runtime not in ("auto", "python", "tensorflow"):
+            raise FunnelError(f"export: tf_runtime must be auto, python or tensorflow (got {self.tf_runtime!r})")
+        if self.tf_runtime == "tensorflow":
+            raise FunnelError("export: --tf-runtime tensorflow (Triton's TensorFlow backend) is not built yet; "
+                              "use python (works with every Triton build, GPU included)")
+        for rule in self.exclude_categories:
+            if "=" not in rule:
+                raise FunnelError(f"export: exclude_categories rule {rule!r} is not COLUMN=VALUE")
+
+    def category_rules(self) -> dict[str, list[str]]:
+        rules: dict[str, list[str]] = {}
+        for rule in self.exclude_categories:
+            col, value = rule.split("=", 1)
+            rules.setdefault(col.strip(), []).append(value.strip())
+        return rules
+
+
+def request_schema():
+    """The graph's inputs (after the runtime broadcast request-level values to every user)."""
+    from merlin.schema import Schema
+
+    from ensemble.ops.base import EXCLUDE, K, SEED, TEMPERATURE, USER_ID, column
+
+    return Schema([column(USER_ID, np.object_), column(K, np.int32), column(EXCLUDE, np.object_, True),
+                   column(TEMPERATURE, np.float32), column(SEED, np.int64)])
+
+
+def _load_run(run: Path) -> tuple[dict, dict | None, dict, Path]:
+    if not (run / "retrieval.json").exists():
+        raise FunnelError(f"{run}: not a training run (no retrieval.json; run `funnel train retrieval`)")
+    retrieval = json.loads((run / "retrieval.json").read_text())
+    ranking = json.loads((run / "ranking.json").read_text()) if (run / "ranker").exists() else None
+    pre = Path(retrieval["data"]["pre"])
+    if not (pre / "preprocess.json").exists():
+        raise FunnelError(f"{pre}: the run's preprocessing output is gone (needed for the feature tables)")
+    return retrieval, ranking, json.loads((pre / "preprocess.json").read_text()), pre
+
+
+def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, dest: Path) -> dict[str, Any]:
+    """Write every data artifact of the graph into ``dest``; return facts for the manifest."""
+    from ensemble.history import PurchaseHistory
+    from funnel.data.canonical import read_dataset
+
+    dataset = read_dataset(pre_manifest["dataset"]["path"])
+    users = pd.read_parquet(pre / "catalogue" / "users.parquet")
+    items = pd.read_parquet(pre / "catalogue" / "items.parquet")
+    users.to_parquet(dest / "users.parquet", index=False)
+    items.to_parquet(dest / "items.parquet", index=False)
+
+    emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id")
+    missing = items.loc[~items["item_id_raw"].isin(emb.index), "item_id_raw"]
+    if len(missing):
+        raise FunnelError(f"{run / 'item_embeddings.parquet'}: no embedding for item {missing.iloc[0]!r} "
+                          f"({len(missing)} missing); retrain or re-run preprocessing")
+    vectors = np.ascontiguousarray(emb.loc[items["item_id_raw"]].to_numpy(np.float32))
+    np.save(dest / "item_vectors.npy", vectors)
+
+    raw_items = dataset.items()
+    attrs = items[["item_id_raw"]].rename(columns={"item_id_raw": "item_id"}).merge(raw_items, on="item_id", how="left")
+    for col, _ in cfg.category_rules().items():
+        if col not in attrs.columns:
+            raise FunnelError(f"export: exclude_categories column {col!r} is not an item attribute "
+                              f"(have: {', '.join(c for c in attrs.columns if c != 'item_id')})")
+    in_stock = attrs["in_stock"].fillna(True).astype(bool) if "in_stock" in attrs else pd.Series(True, index=attrs.index)
+    attrs.drop(columns=[c for c in ("in_stock",) if c in attrs]).to_parquet(dest / "item_attributes.parquet", index=False)
+    pd.DataFrame({"item_id": attrs["item_id"].astype(str), "in_stock": in_stock.to_numpy()}).to_parquet(
+        dest / "inventory.parquet", index=False)
+
+    train = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
+    as_of = pd.Timestamp(pre_manifest["split"]["cutoff"])
+    user_index, item_index = pd.Index(users["user_id_raw"]), pd.Index(items["item_id_raw"])
+    PurchaseHistory.build(train, user_index, item_index, as_of).save(dest / "history.npz")
+
+    recent = train[train["timestamp"] >= train["timestamp"].max() - pd.Timedelta(days=cfg.trending_days)]
+    counts = recent["item_id"].value_counts()
+    rows = item_index.get_indexer(counts.index)
+    keep = rows >= 0
+    np.savez(dest / "trending.npz", items=rows[keep].astype(np.int32),
+             share=(counts.to_numpy()[keep] / max(counts.sum(), 1)).astype(np.float32))
+
+    shutil.copytree(run / "query_tower", dest / "query_tower")
+    if (run / "ranker").exists():
+        shutil.copytree(run / "ranker", dest / "ranker")
+    return {"users": int(len(users)), "items": int(len(items)), "as_of": str(as_of), "vectors": vectors,
+            "in_stock": int(in_stock.sum()), "trending_items": int(keep.sum())}
+
+
+def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
+    """Query-tower embeddings of up to ``users`` known users (the index's recall check)."""
+    from ensemble.savedmodel import SavedModelRunner
+
+    table = pd.read_parquet(dest / "users.parquet")
+    if len(table) > users:
+        table = table.sample(users, random_state=seed)
+    tower = SavedModelRunner(dest / "query_tower")
+    return tower({c: table[c].to_numpy() for c in table.columns if c != "user_id_raw"})
+
+
+def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool):
+    """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
+    from merlin.dag import ColumnSelector
+    from merlin.systems.dag.ensemble import Ensemble
+
+    from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
+    from ensemble.ops.base import REQUEST_COLUMNS
+
+    users = pd.read_parquet(dest / "users.parquet")
+    items = pd.read_parquet(dest / "items.parquet")
+    user_cols = [c for c in users.columns if c != "user_id_raw"]
+    item_cols = [c for c in items.columns if c != "item_id_raw"]
+    exclude_seen = cfg.exclude_seen if cfg.exclude_seen != "auto" else ("never" if repurchase else "all")
+    graph = (
+        ColumnSelector(REQUEST_COLUMNS)
+        >> UserFeatures(dest, user_cols, {c: str(users[c].dtype) for c in user_cols})
+        >> RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase)
+        >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
+                            cfg.exclude_items)
+        >> RankCandidates(dest, item_cols, use_ranker)
+        >> OrderItems(dest, cfg.max_k)
+    )
+    return Ensemble(graph, request_schema()), exclude_seen
+
+
+CONFIG_PBTXT = """name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [
+  {{ name: "user_id" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true }},
+  {{ name: "exclude_items" data_type: TYPE_STRING dims: [ -1 ] optional: true }},
+  {{ name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true }},
+  {{ name: "seed" data_type: TYPE_INT64 dims: [ 1 ] optional: true }}
+]
+output [
+  {{ name: "item_ids" data_type: TYPE_STRING dims: [ -1, -1 ] }},
+  {{ name: "scores" data_type: TYPE_FP32 dims: [ -1, -1 ] }},
+  {{ name: "sources" data_type: TYPE_STRING dims: [ -1, -1 ] }}
+]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+"""
+
+MODEL_PY = '''"""Triton python-backend entry point of a funnel export (the code lives in the installed funnel)."""
+from ensemble.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
+    """Build the ensemble from a run and write a complete Triton repository atomically."""
+    from funnel.fsutil import atomic_output_dir, sha256_files
+    from models.retrieval import _versions
+
+    cfg.validate()
+    progress = progress or (lambda step: None)
+    run = Path(cfg.run)
+    retrieval, ranking, pre_manifest, pre = _load_run(run)
+    repurchase = bool(pre_manifest["dataset"]["repurchase"])
+    use_ranker = bool(ranking and ranking.get("use_ranker", True))
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    with atomic_output_dir(out) as tmp:
+        if (out / "README.md").exists():
+            shutil.copy2(out / "README.md", tmp / "README.md")
+        dest = tmp / MODEL_NAME / "1" / "ensemble"
+        dest.mkdir(parents=True)
+        progress("tables")
+        facts = write_tables(cfg, run, pre, pre_manifest, dest)
+        vectors = facts.pop("vectors")
+        progress("index")
+        from ensemble.index import build_index, save_index
+
+        queries = sample_queries(dest, 1000, cfg.seed)
+        index, index_info = build_index(vectors, queries, min(cfg.candidates, len(vectors)), cfg.index, cfg.seed)
+        save_index(index, dest / "item_index.faiss")
+        (dest / "index.json").write_text(json.dumps(index_info, indent=2) + "\n")
+        progress("graph")
+        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker)
+        ensemble.save(str(dest))
+        from merlin.dag import postorder_iter_nodes
+
+        for node in postorder_iter_nodes(ensemble.graph.output_node):
+            node.op.save_artifacts(str(dest))
+        (tmp / MODEL_NAME / "config.pbtxt").write_text(CONFIG_PBTXT.format(name=MODEL_NAME, instances=cfg.instances))
+        (tmp / MODEL_NAME / "1" / "model.py").write_text(MODEL_PY)
+        manifest = {
+            "model": MODEL_NAME,
+            "version": 1,
+            "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+            "run": str(run.resolve()),
+            "config": asdict(cfg),
+            "data": {"content_checksum": pre_manifest["dataset"]["content_checksum"],
+                     "dataset": pre_manifest["dataset"]["name"], "repurchase": repurchase, **facts},
+            "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
+                       "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None)},
+            "index": index_info,
+            "filters": {"exclude_seen": exclude_seen, "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,
+                        "exclude_categories": cfg.category_rules(), "exclude_items": cfg.exclude_items},
+            "limits": {"k": cfg.k, "max_k": cfg.max_k, "max_batch": cfg.max_batch},
+            "tf_runtime": "python",
+            "ensemble_checksum": sha256_files([dest / "ensemble.pkl"]),
+            "versions": _versions(),
+            "export_seconds": round(time.perf_counter() - start, 2),
+        }
+        (dest / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(repo: str | Path) -> dict[str, Any]:
+    path = Path(repo) / MODEL_NAME / "1" / "ensemble" / "export.json"
+    if not path.exists():
+        raise FunnelError(f"{repo}: not a funnel export (no {path.relative_to(repo)}; run `funnel export`)")
+    return json.loads(path.read_text())

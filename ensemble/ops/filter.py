@@ -1,0 +1,95 @@
+"""FilterCandidates: business rules per user (seen, out of stock, categories, explicit lists)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from merlin.schema import ColumnSchema, Schema
+
+from ensemble.history import PurchaseHistory
+from ensemble.ops.base import CANDIDATES, EXCLUDE, USER_ROW, ServingOperator
+
+INVENTORY = "inventory.parquet"
+
+
+class FilterCandidates(ServingOperator):
+    """Replace excluded candidates with ``-1``.
+
+    Rules: ``exclude_seen`` = ``all`` (anything the user bought), ``days`` (bought within
+    ``seen_days``) or ``never``; ``out_of_stock`` drops items whose ``in_stock`` is false in
+    ``inventory.parquet`` (re-read whenever the file changes, so the ops stage can update stock
+    without a re-export); ``exclude_categories`` maps an item attribute to values to drop;
+    ``exclude_items`` lists raw ids to drop always; the request's ``exclude_items`` too.
+    """
+
+    files = ("history.npz", "item_attributes.parquet", INVENTORY)
+
+    def __init__(self, source_dir: str | Path, exclude_seen: str = "all", seen_days: int = 0,
+                 out_of_stock: bool = True, exclude_categories: dict[str, list] | None = None,
+                 exclude_items: list | None = None):
+        super().__init__(source_dir)
+        if exclude_seen not in ("all", "days", "never"):
+            raise ValueError(f"exclude_seen must be all, days or never (got {exclude_seen!r})")
+        self.exclude_seen, self.seen_days = exclude_seen, int(seen_days)
+        self.out_of_stock = bool(out_of_stock)
+        self.exclude_categories = {str(k): list(v) for k, v in (exclude_categories or {}).items()}
+        self.exclude_items = [str(i) for i in (exclude_items or [])]
+
+    def load(self, path: Path) -> None:
+        self._path = path
+        self._history = PurchaseHistory.load(path / "history.npz")
+        attrs = pd.read_parquet(path / "item_attributes.parquet")
+        self._item_index = pd.Index(attrs["item_id"].astype(str))
+        blocked = np.zeros(len(attrs), dtype=bool)
+        for col, values in self.exclude_categories.items():
+            blocked |= attrs[col].isin(values).to_numpy()
+        blocked[self._lookup(self.exclude_items)] = True
+        self._static_blocked = blocked
+        self._inventory_stamp = None
+        self._refresh_inventory()
+
+    def _lookup(self, raw_ids) -> np.ndarray:
+        pos = self._item_index.get_indexer([v.decode() if isinstance(v, bytes) else str(v) for v in raw_ids])
+        return pos[pos >= 0]
+
+    def _refresh_inventory(self) -> None:
+        """Re-read the inventory when its file changed (one stat per request)."""
+        stat = os.stat(self._path / INVENTORY)
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if stamp == self._inventory_stamp:
+            return
+        inventory = pd.read_parquet(self._path / INVENTORY)
+        out = np.zeros(len(self._item_index), dtype=bool)
+        if self.out_of_stock:
+            gone = inventory.loc[~inventory["in_stock"].astype(bool), "item_id"]
+            out[self._lookup(gone)] = True
+        self._blocked = self._static_blocked | out
+        self._inventory_stamp = stamp
+
+    def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
+        return [input_schema[CANDIDATES]]
+
+    def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._refresh_inventory()
+        cands = columns[CANDIDATES].copy()
+        rows = columns[USER_ROW]
+        valid = cands >= 0
+        drop = valid & self._blocked[np.maximum(cands, 0)]
+        extra = columns.get(EXCLUDE)
+        for u in range(len(cands)):
+            banned = []
+            if self.exclude_seen != "never" and rows[u] >= 0:
+                part = self._history.of(int(rows[u]))
+                seen = self._history.items[part]
+                if self.exclude_seen == "days":
+                    seen = seen[self._history.days_ago[part] <= self.seen_days]
+                banned.append(seen)
+            if extra is not None and extra.shape[-1]:
+                banned.append(self._lookup(extra[u]))
+            if banned:
+                drop[u] |= valid[u] & np.isin(cands[u], np.concatenate(banned))
+        cands[drop] = -1
+        return {CANDIDATES: cands}

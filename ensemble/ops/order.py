@@ -1,0 +1,71 @@
+"""OrderItems: top-k by score (deterministic), or softmax sampling with a temperature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from merlin.schema import ColumnSchema, Schema
+
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCE_NAMES, SOURCES, TEMPERATURE,
+                               ServingOperator, column)
+
+ITEM_IDS, SCORES, ITEM_SOURCES = "item_ids", "scores", "sources"
+
+
+def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """Slot positions of the k best candidates per row (``-1`` where fewer survive).
+
+    ``temperature <= 0``: by score, ties broken by candidate order (deterministic).
+    ``temperature > 0``: k draws without replacement with probability softmax(score / T)
+    (the Gumbel-top-k trick), so T -> 0 approaches the deterministic order and large T
+    approaches uniform over the surviving candidates.
+    """
+    keys = scores.astype(np.float64)
+    if temperature > 0:
+        rng = rng or np.random.default_rng()
+        keys = keys / temperature + rng.gumbel(size=keys.shape)
+    keys = np.where(np.isfinite(scores), keys, -np.inf)
+    order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    alive = np.isfinite(np.take_along_axis(scores, order, axis=1))
+    return np.where(alive, order, -1)
+
+
+class OrderItems(ServingOperator):
+    """Final lists: raw ``item_ids``, ``scores`` and candidate ``sources`` per user, ``k`` wide.
+
+    Rows with fewer than k surviving candidates are padded with empty ids and NaN scores.
+    The request's ``temperature`` (0 = deterministic) and ``seed`` (-1 = fresh randomness)
+    control sampling.
+    """
+
+    files = ("item_attributes.parquet",)
+    passthrough = False
+
+    def __init__(self, source_dir: str | Path, max_k: int):
+        super().__init__(source_dir)
+        self.max_k = int(max_k)
+
+    def load(self, path: Path) -> None:
+        attrs = pd.read_parquet(path / "item_attributes.parquet", columns=["item_id"])
+        self._raw_ids = np.array([str(v).encode() for v in attrs["item_id"]] + [b""], dtype=object)
+        self._source_names = np.array([s.encode() for s in SOURCE_NAMES] + [b""], dtype=object)
+
+    def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
+        return [column(ITEM_IDS, np.object_, True), column(SCORES, np.float32, True),
+                column(ITEM_SOURCES, np.object_, True)]
+
+    def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scores, cands, sources = columns[CANDIDATE_SCORES], columns[CANDIDATES], columns[SOURCES]
+        k = int(columns[K].reshape(-1)[0]) if len(cands) else self.max_k
+        temperature = float(columns[TEMPERATURE].reshape(-1)[0]) if len(cands) else 0.0
+        seed = int(columns[SEED].reshape(-1)[0]) if len(cands) else -1
+        rng = np.random.default_rng(None if seed < 0 else seed)
+        slots = order_slots(np.where(cands >= 0, scores, -np.inf), k, temperature, rng)
+        safe = np.maximum(slots, 0)
+        picked = np.where(slots >= 0, np.take_along_axis(cands, safe, axis=1), -1)
+        out_scores = np.where(slots >= 0, np.take_along_axis(scores, safe, axis=1), np.nan).astype(np.float32)
+        out_sources = np.where(slots >= 0, np.take_along_axis(sources, safe, axis=1), -1)
+        return {ITEM_IDS: self._raw_ids[picked], SCORES: out_scores, ITEM_SOURCES: self._source_names[out_sources]}

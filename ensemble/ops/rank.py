@@ -1,0 +1,87 @@
+"""RankCandidates: the DLRM scores every surviving candidate (batched over all users at once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from merlin.schema import ColumnSchema, Schema
+
+from ensemble.history import PurchaseHistory
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, USER_ROW, ServingOperator,
+                               column, user_features)
+
+NEVER_DAYS = 365.0  # pair_days_since for items never bought (as in training)
+
+
+class RankCandidates(ServingOperator):
+    """``candidate_scores``: the ranker's probability per candidate, ``-inf`` where there is none.
+
+    Inputs of the DLRM: the user's encoded features, the candidate's encoded item features
+    (``items.parquet``) and the pair features training used (log1p purchases of the item by
+    the user, log1p days since, the two-tower score). With ``use_ranker`` false (the ranker
+    lost to retrieval order on held-out users at training time) the two-tower score orders
+    the candidates. Unknown users are ordered by trending popularity.
+    """
+
+    files = ("ranker", "items.parquet", "history.npz", "trending.npz")
+
+    def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True):
+        super().__init__(source_dir)
+        self.item_features = list(item_features)
+        self.use_ranker = bool(use_ranker)
+
+    def load(self, path: Path) -> None:
+        from ensemble.savedmodel import SavedModelRunner
+
+        self._ranker = SavedModelRunner(path / "ranker") if self.use_ranker else None
+        items = pd.read_parquet(path / "items.parquet")
+        self._items = {name: items[name].to_numpy() for name in self.item_features}
+        self._history = PurchaseHistory.load(path / "history.npz")
+        with np.load(path / "trending.npz", allow_pickle=False) as data:
+            popularity = np.zeros(len(items), dtype=np.float32)
+            popularity[data["items"]] = data["share"]
+        self._popularity = popularity
+
+    def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
+        return [column(CANDIDATE_SCORES, np.float32, True)]
+
+    def pair_features(self, rows: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log1p(purchases) and log1p(days since last purchase) for each (user row, candidate)."""
+        bought = np.zeros(cands.shape, dtype=np.float32)
+        days = np.full(cands.shape, NEVER_DAYS, dtype=np.float32)
+        for u in range(len(rows)):
+            part = self._history.of(int(rows[u]))
+            items = self._history.items[part]
+            if not len(items):
+                continue
+            order = np.argsort(items, kind="stable")
+            pos = np.searchsorted(items[order], cands[u])
+            pos = np.minimum(pos, len(items) - 1)
+            hit = items[order][pos] == cands[u]
+            bought[u, hit] = self._history.counts[part][order][pos[hit]]
+            days[u, hit] = self._history.days_ago[part][order][pos[hit]]
+        return np.log1p(bought), np.log1p(days)
+
+    def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cands, rows = columns[CANDIDATES], columns[USER_ROW]
+        valid = cands >= 0
+        known = (rows >= 0)[:, None] & valid
+        scores = np.full(cands.shape, -np.inf, dtype=np.float32)
+        cold = valid & ~known
+        scores[cold] = self._popularity[cands[cold]]
+        if not known.any():
+            return {CANDIDATE_SCORES: scores}
+        if self._ranker is None:
+            scores[known] = columns[RETRIEVAL_SCORES][known]
+            return {CANDIDATE_SCORES: scores}
+        users, slots = np.nonzero(known)
+        items = cands[users, slots]
+        bought, since = self.pair_features(rows, np.maximum(cands, 0))
+        feed = {name: values[users] for name, values in user_features(columns).items()}
+        feed.update({name: values[items] for name, values in self._items.items()})
+        feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
+                    retrieval_score=columns[RETRIEVAL_SCORES][users, slots])
+        scores[users, slots] = self._ranker(feed).reshape(-1)
+        return {CANDIDATE_SCORES: scores}

@@ -1,0 +1,87 @@
+"""RetrieveCandidates: query tower + Faiss top-N, merged with own recent items and trending items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from merlin.schema import ColumnSchema, Schema
+
+from ensemble.history import PurchaseHistory
+from ensemble.ops.base import (CANDIDATES, RETRIEVAL_SCORES, SOURCES, USER_ROW, ServingOperator, column,
+                               user_features)
+
+RETRIEVAL, REPURCHASE, TRENDING = 0, 1, 2
+
+
+class RetrieveCandidates(ServingOperator):
+    """Candidates per user, ``-1``-padded to ``n + recent + trending`` columns.
+
+    Known users: the query tower's embedding searched in the Faiss index (top ``n``), then,
+    where the domain repurchases, the user's ``recent`` latest items, then ``trending``
+    items; the first source of a duplicate wins. Unknown users get trending items only.
+    ``retrieval_scores`` is the two-tower dot product of every candidate (0 for cold users).
+    """
+
+    files = ("query_tower", "item_index.faiss", "index.json", "item_vectors.npy", "history.npz", "trending.npz")
+
+    def __init__(self, source_dir: str | Path, n: int, recent: int, trending: int, repurchase: bool):
+        super().__init__(source_dir)
+        self.n, self.recent, self.trending, self.repurchase = int(n), int(recent), int(trending), bool(repurchase)
+
+    @property
+    def width(self) -> int:
+        return self.n + (self.recent if self.repurchase else 0) + self.trending
+
+    def load(self, path: Path) -> None:
+        from ensemble.index import load_index
+        from ensemble.savedmodel import SavedModelRunner
+
+        self._tower = SavedModelRunner(path / "query_tower")
+        self._index = load_index(path / "item_index.faiss", json.loads((path / "index.json").read_text()))
+        self._vectors = np.load(path / "item_vectors.npy", allow_pickle=False)
+        self._history = PurchaseHistory.load(path / "history.npz")
+        with np.load(path / "trending.npz", allow_pickle=False) as data:
+            self._trending = data["items"][: self.trending].astype(np.int32)
+
+    def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
+        return [column(CANDIDATES, np.int32, True), column(SOURCES, np.int8, True),
+                column(RETRIEVAL_SCORES, np.float32, True)]
+
+    def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = columns[USER_ROW]
+        users = len(rows)
+        known = np.flatnonzero(rows >= 0)
+        cands = np.full((users, self.width), -1, dtype=np.int32)
+        sources = np.full((users, self.width), -1, dtype=np.int8)
+        scores = np.zeros((users, self.width), dtype=np.float32)
+        queries = np.zeros((users, self._vectors.shape[1]), dtype=np.float32)
+        found = np.full((users, 0), -1, dtype=np.int64)
+        if len(known):
+            feats = {name: values[known] for name, values in user_features(columns).items()}
+            queries[known] = self._tower(feats)
+            n = min(self.n, self._vectors.shape[0])
+            found = np.full((users, n), -1, dtype=np.int64)
+            _, found[known] = self._index.search(np.ascontiguousarray(queries[known]), n)
+        for u in range(users):
+            parts = [found[u][found[u] >= 0]] if rows[u] >= 0 else []
+            kinds = [RETRIEVAL] if parts else []
+            if self.repurchase and rows[u] >= 0:
+                own = self._history.items[self._history.of(int(rows[u]))][: self.recent]
+                parts.append(own)
+                kinds.append(REPURCHASE)
+            parts.append(self._trending)
+            kinds.append(TRENDING)
+            ids = np.concatenate(parts).astype(np.int32)
+            src = np.concatenate([np.full(len(p), kind, dtype=np.int8) for p, kind in zip(parts, kinds)])
+            _, first = np.unique(ids, return_index=True)
+            keep = np.sort(first)  # first occurrence wins, original order kept
+            cands[u, : len(keep)] = ids[keep]
+            sources[u, : len(keep)] = src[keep]
+        valid = cands >= 0
+        if len(known):
+            vec = self._vectors[np.maximum(cands, 0)]
+            dots = np.einsum("ucd,ud->uc", vec, queries)
+            scores = np.where(valid & (rows >= 0)[:, None], dots, 0.0).astype(np.float32)
+        return {CANDIDATES: cands, SOURCES: sources, RETRIEVAL_SCORES: scores}

@@ -1,0 +1,86 @@
+"""The exported ensemble in-process: what the Triton model runs, and the reference for parity tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from funnel.errors import FunnelError
+
+MAX_EXCLUDE = 10_000
+
+
+class RequestError(ValueError):
+    """A malformed request: answered with a clear error, the server stays up."""
+
+
+class Recommender:
+    """Load an export's ensemble directory and answer batches of users.
+
+    The pickled graph (``ensemble.pkl``, configuration only) is loaded only if its sha256
+    matches the export manifest written next to it.
+    """
+
+    def __init__(self, ensemble_dir: str | Path):
+        from merlin.dag import postorder_iter_nodes
+        from merlin.systems.dag.ensemble import Ensemble
+
+        from funnel.fsutil import sha256_files
+
+        self.path = Path(ensemble_dir)
+        manifest_path = self.path / "export.json"
+        if not manifest_path.exists():
+            raise FunnelError(f"{self.path}: not a funnel ensemble (no export.json)")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        found = sha256_files([self.path / "ensemble.pkl"])
+        if found != self.manifest["ensemble_checksum"]:
+            raise FunnelError(f"{self.path / 'ensemble.pkl'}: checksum {found} does not match export.json; "
+                              "refusing to unpickle a graph funnel did not write (re-export)")
+        self.ensemble = Ensemble.load(str(self.path))
+        for node in postorder_iter_nodes(self.ensemble.graph.output_node):
+            node.op.load_artifacts(str(self.path))
+        limits = self.manifest["limits"]
+        self.k, self.max_k, self.max_batch = limits["k"], limits["max_k"], limits["max_batch"]
+        from merlin.dag.runtime import Runtime
+
+        self._runtime = Runtime()
+
+    def request_table(self, user_ids, k: int | None = None, exclude_items=None, temperature: float = 0.0,
+                      seed: int = -1):
+        """Validate one request and broadcast its request-level values to every user."""
+        from merlin.table import TensorTable
+
+        users = np.asarray(user_ids, dtype=object).reshape(-1) if not isinstance(user_ids, np.ndarray) else user_ids
+        if users.ndim != 1:
+            raise RequestError(f"user_id must be a 1-D list of ids (got shape {tuple(users.shape)})")
+        if not 1 <= len(users) <= self.max_batch:
+            raise RequestError(f"user_id: between 1 and {self.max_batch} users per request (got {len(users)})")
+        k = self.k if k is None else int(k)
+        if not 1 <= k <= self.max_k:
+            raise RequestError(f"k must be between 1 and {self.max_k} (got {k})")
+        temperature = float(temperature)
+        if not np.isfinite(temperature) or temperature < 0:
+            raise RequestError(f"temperature must be finite and >= 0 (got {temperature})")
+        exclude = np.asarray([] if exclude_items is None else exclude_items, dtype=object).reshape(-1)
+        if len(exclude) > MAX_EXCLUDE:
+            raise RequestError(f"exclude_items: at most {MAX_EXCLUDE} ids (got {len(exclude)})")
+        n = len(users)
+        return TensorTable({
+            "user_id": users.astype(object),
+            "k": np.full(n, k, dtype=np.int32),
+            "exclude_items": np.tile(exclude, (n, 1)) if len(exclude) else np.empty((n, 0), dtype=object),
+            "temperature": np.full(n, temperature, dtype=np.float32),
+            "seed": np.full(n, int(seed), dtype=np.int64),
+        })
+
+    def run(self, table) -> dict[str, np.ndarray]:
+        out = self._runtime.transform(self.ensemble.graph, table)
+        return {name: out[name].values for name in ("item_ids", "scores", "sources")}
+
+    def recommend(self, user_ids, k: int | None = None, exclude_items=None, temperature: float = 0.0,
+                  seed: int = -1) -> dict[str, np.ndarray]:
+        """``item_ids`` (bytes), ``scores``, ``sources`` (bytes): arrays of shape (users, k)."""
+        return self.run(self.request_table(user_ids, k, exclude_items, temperature, seed))

@@ -1,0 +1,66 @@
+"""Triton python-backend model running the whole funnel graph (``funnel/1/model.py`` imports this)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+LOG = logging.getLogger("funnel.triton")
+
+
+def _model_dir(args: dict) -> Path:
+    repo = Path(args["model_repository"])
+    return repo.parent.parent if repo.suffix == ".py" else repo  # some Triton builds pass model.py
+
+
+class TritonPythonModel:
+    """Loads the export's :class:`ensemble.runtime.Recommender`; one response per request."""
+
+    def initialize(self, args: dict) -> None:
+        import os
+
+        import faiss
+
+        from ensemble.runtime import Recommender
+
+        faiss.omp_set_num_threads(int(os.environ.get("FUNNEL_FAISS_THREADS", "1")))
+        path = _model_dir(args) / str(args["model_version"]) / "ensemble"
+        self.recommender = Recommender(path)
+        self.config = json.loads(args["model_config"])
+
+    def execute(self, requests):
+        import triton_python_backend_utils as pb_utils
+
+        from ensemble.runtime import RequestError
+
+        def optional(request, name, default):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            return default if tensor is None else tensor.as_numpy().reshape(-1)
+
+        responses = []
+        for request in requests:
+            try:
+                users = pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()
+                k = optional(request, "k", None)
+                temperature = optional(request, "temperature", np.zeros(1, np.float32))
+                seed = optional(request, "seed", np.full(1, -1, np.int64))
+                exclude = optional(request, "exclude_items", None)
+                if k is not None and len(k) != 1:
+                    raise RequestError("k: one value per request")
+                out = self.recommender.recommend(users.reshape(-1) if users.ndim == 1 else users,
+                                                 None if k is None else int(k[0]), exclude,
+                                                 float(temperature[0]), int(seed[0]))
+                tensors = [pb_utils.Tensor("item_ids", out["item_ids"].astype(np.object_)),
+                           pb_utils.Tensor("scores", out["scores"].astype(np.float32)),
+                           pb_utils.Tensor("sources", out["sources"].astype(np.object_))]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except RequestError as exc:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+            except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+                LOG.exception("funnel request failed")
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"internal error: {type(exc).__name__}: {exc}")))
+        return responses
