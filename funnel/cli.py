@@ -225,6 +225,124 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
+# --------------------------------------------------------------------------- serve
+def cmd_export(args: argparse.Namespace) -> None:
+    from ensemble.config import ExportConfig
+    from funnel.report import progress, table
+    from models.config import load_config, overrides_from_args
+
+    overrides = overrides_from_args(args, ExportConfig)
+    overrides.update(run=args.run, out=args.out)
+    cfg = load_config(ExportConfig, args.config, overrides)
+    from ensemble.build import export
+
+    with progress(3, "exporting", unit="steps") as bar:
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        m = export(cfg, progress=step)
+    idx, f, d = m["index"], m["filters"], m["data"]
+    recall_key = next(key for key in idx if key.startswith("recall@"))
+    ranker = m["models"]["ranker"]
+    rows = [
+        ("catalogue / users", f"{d['items']:,} items ({d['in_stock']:,} in stock) / {d['users']:,} users"),
+        ("Faiss index", f"{idx['kind']} ({idx['search_param'] or 'exact'}"
+                        + (f"={idx['search_value']}" if idx["search_param"] else "")
+                        + f"), {recall_key.replace('_', ' ')} {idx[recall_key]:.3f}"),
+        ("candidates", f"top {cfg.candidates} + {cfg.recent if d['repurchase'] else 0} own recent + {cfg.trending} trending"),
+        ("filters", f"seen: {f['exclude_seen']}, out of stock: {'yes' if f['out_of_stock'] else 'no'}, "
+                    f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
+        ("ranker", "DLRM" if ranker and ranker["used"] else "two-tower score (no ranker or ranker not used)"),
+        ("TensorFlow runtime", m["tf_runtime"] + " backend"),
+        ("time", f"{m['export_seconds']:.1f} s"),
+        ("written to", f"{cfg.out} (serve it: funnel serve {cfg.out})"),
+    ]
+    print(table(rows, title="funnel export: done"))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import signal
+    import time
+
+    from ensemble.build import read_manifest
+    from funnel.serving import TritonServer
+
+    manifest = read_manifest(args.repo)
+    server = TritonServer(args.repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                          binary=args.tritonserver, log_path=args.log)
+    stop = []
+
+    def on_signal(signum, frame) -> None:
+        stop.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"starting Triton on {args.repo} ({manifest['data']['items']:,} items, "
+          f"{manifest['data']['users']:,} users) ...", file=sys.stderr, flush=True)
+    try:
+        server.start(timeout=args.timeout)
+        print(f"ready: gRPC {server.url}  HTTP {server.host}:{server.http_port}  model 'funnel'", flush=True)
+        print(f"try:   funnel recommend --url {server.url} --user <ID>   (Ctrl-C stops)", flush=True)
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+        if server.process is not None:
+            raise FunnelError(f"tritonserver exited with code {server.process.returncode}"
+                              + (f" (log: {args.log})" if args.log else ""))
+    except KeyboardInterrupt:
+        print("stopping Triton ...", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    print("stopped", file=sys.stderr)
+
+
+def _read_users_file(path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise FunnelError(f"{p}: users file not found")
+    if p.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(p)
+        if "user_id" not in frame.columns:
+            raise FunnelError(f"{p}: no column 'user_id'")
+        return frame["user_id"].astype(str).tolist()
+    users = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if users and users[0] == "user_id":
+        users = users[1:]
+    if not users:
+        raise FunnelError(f"{p}: no user ids (one per line)")
+    return users
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from funnel.client import Client
+    from funnel.report import table
+
+    users = list(args.user or []) + (_read_users_file(args.users_file) if args.users_file else [])
+    if not users:
+        raise FunnelError("recommend: give --user ID or --users-file FILE")
+    try:
+        client = Client(args.url, batch_size=args.batch_size)
+    except Exception as exc:  # noqa: BLE001 - bad URL
+        raise FunnelError(f"{args.url}: cannot create a gRPC client ({exc})") from None
+    with client:
+        if not client.ready():
+            raise FunnelError(f"{args.url}: no ready 'funnel' model there (start one: funnel serve triton_repo)")
+        answers = client.recommend(users, args.k, args.exclude_item, args.temperature, args.seed)
+        if args.json:
+            for rec in answers:
+                print(json.dumps(rec.as_dict()), flush=True)
+            return
+        rows = []
+        for rec in answers:
+            for rank, (item, score, source) in enumerate(zip(rec.items, rec.scores, rec.sources), 1):
+                rows.append([rec.user_id if rank == 1 else "", rank, item, f"{score:.4f}", source])
+            if not rec.items:
+                rows.append([rec.user_id, "-", "(nothing survives the filters)", "", ""])
+        print(table(rows, header=["user", "rank", "item", "score", "source"], title=f"recommendations from {args.url}"))
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -326,6 +444,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive, nargs="+", default=[10, 12])
     p.add_argument("--json", help="also write the figures to this file")
     p.set_defaults(func=cmd_evaluate)
+
+    from ensemble.config import ExportConfig
+
+    p = sub.add_parser("export", help="build the retrieve -> filter -> rank ensemble into a Triton repository")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--out", default="triton_repo", help="Triton model repository (replaced atomically)")
+    p.add_argument("--config", help="YAML file with ExportConfig fields; flags override it")
+    add_config_arguments(p, ExportConfig, skip=("run", "out"))
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="run a real Triton Inference Server on an exported repository")
+    p.add_argument("repo", nargs="?", default="triton_repo", help="repository from `funnel export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--tritonserver", help="tritonserver binary (default: PATH, else the one in nvidia-pytriton)")
+    p.add_argument("--log", help="append the server's log to this file")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("recommend", help="ask a running funnel server for recommendations (gRPC)")
+    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT")
+    p.add_argument("--user", action="append", help="raw user id (repeatable)")
+    p.add_argument("--users-file", help="user ids, one per line (or parquet with user_id)")
+    p.add_argument("--k", type=_positive, default=None, help="items per user (default: the export's k)")
+    p.add_argument("--exclude-item", action="append", help="raw item id not to recommend (repeatable)")
+    p.add_argument("--temperature", type=float, default=None, help="> 0: sample with softmax(score / T)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--batch-size", type=_positive, default=256, help="users per request")
+    p.add_argument("--json", action="store_true", help="one JSON line per user")
+    p.set_defaults(func=cmd_recommend)
     return parser
 
 
