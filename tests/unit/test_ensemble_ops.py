@@ -1,0 +1,142 @@
+"""The serving operators on their own: ordering, sampling, history, Faiss choice, filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble.history import PurchaseHistory
+from ensemble.index import build_index, choose_kind, exact_top_k, recall_vs_exact
+from ensemble.ops.base import CANDIDATES, EXCLUDE, USER_ROW
+from ensemble.ops.order import order_slots
+
+
+def test_top_k_is_by_score_with_ties_in_candidate_order():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9, -np.inf], [-np.inf, -np.inf, 0.2, -np.inf, -np.inf]], dtype=np.float32)
+    slots = order_slots(scores, 3)
+    assert slots[0].tolist() == [1, 3, 2]
+    assert slots[1].tolist() == [2, -1, -1]  # fewer survivors than k: padded
+
+
+def test_sampling_is_a_softmax_with_temperature():
+    scores = np.log(np.array([[1.0, 2.0, 4.0]]))
+    rng = np.random.default_rng(0)
+    firsts = np.array([order_slots(scores, 1, temperature=1.0, rng=rng)[0, 0] for _ in range(20_000)])
+    share = np.bincount(firsts, minlength=3) / len(firsts)
+    np.testing.assert_allclose(share, [1 / 7, 2 / 7, 4 / 7], atol=0.015)
+    # hotter: flatter; colder: the deterministic order
+    hot = np.array([order_slots(scores, 1, temperature=50.0, rng=rng)[0, 0] for _ in range(6_000)])
+    assert abs(np.bincount(hot, minlength=3) / len(hot) - 1 / 3).max() < 0.03
+    cold = [order_slots(scores, 3, temperature=1e-4, rng=rng)[0].tolist() for _ in range(50)]
+    assert all(c == [2, 1, 0] for c in cold)
+
+
+def test_sampling_never_returns_filtered_candidates():
+    scores = np.array([[1.0, -np.inf, 0.5, -np.inf]])
+    slots = order_slots(scores, 4, temperature=5.0, rng=np.random.default_rng(1))
+    assert sorted(slots[0][slots[0] >= 0].tolist()) == [0, 2] and (slots[0] == -1).sum() == 2
+
+
+def test_purchase_history_counts_recency_and_round_trip(tmp_path):
+    t = pd.Timestamp("2020-01-10")
+    frame = pd.DataFrame({"user_id": ["a", "a", "a", "b", "zz"], "item_id": [1, 2, 1, 2, 1],
+                          "timestamp": [t - pd.Timedelta(days=d) for d in (5, 1, 3, 2, 1)]})
+    hist = PurchaseHistory.build(frame, pd.Index(["a", "b", "c"]), pd.Index([1, 2]), t)
+    a = hist.of(0)
+    assert hist.items[a].tolist() == [1, 0]  # item 2 (row 1) bought most recently
+    assert hist.counts[a].tolist() == [1.0, 2.0] and hist.days_ago[a].tolist() == [1.0, 3.0]
+    assert hist.items[hist.of(2)].size == 0 and hist.items[hist.of(-1)].size == 0  # no history, unknown user
+    hist.save(tmp_path / "h.npz")
+    again = PurchaseHistory.load(tmp_path / "h.npz")
+    assert np.array_equal(again.offsets, hist.offsets) and np.array_equal(again.days_ago, hist.days_ago)
+
+
+def test_index_kind_follows_catalogue_size():
+    assert choose_kind(400) == "flat" and choose_kind(100_000) == "ivf" and choose_kind(2_000_000) == "hnsw"
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_index_recall_is_measured_against_exact_search(kind):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    queries = rng.normal(size=(200, 16)).astype(np.float32)
+    index, info = build_index(vectors, queries, 50, kind)
+    _, found = index.search(queries, 50)
+    measured = recall_vs_exact(found, exact_top_k(queries, vectors, 50))
+    assert info["kind"] == kind and info["recall@50_vs_exact"] == round(measured, 4)
+    assert measured >= (1.0 if kind == "flat" else 0.95)
+
+
+def test_recall_counts_minus_one_padding_as_a_miss():
+    assert recall_vs_exact(np.array([[3, -1]]), np.array([[3, 4]])) == 0.5
+
+
+@pytest.fixture
+def filter_dir(tmp_path):
+    t = pd.Timestamp("2020-01-31")
+    frame = pd.DataFrame({"user_id": ["u0", "u0"], "item_id": ["i1", "i2"],
+                          "timestamp": [t - pd.Timedelta(days=2), t - pd.Timedelta(days=40)]})
+    items = pd.Index(["i0", "i1", "i2", "i3", "i4"])
+    PurchaseHistory.build(frame, pd.Index(["u0", "u1"]), items, t).save(tmp_path / "history.npz")
+    pd.DataFrame({"item_id": items, "colour": ["red", "blue", "red", "blue", "green"]}).to_parquet(
+        tmp_path / "item_attributes.parquet")
+    pd.DataFrame({"item_id": items, "in_stock": [True, True, True, False, True]}).to_parquet(
+        tmp_path / "inventory.parquet")
+    return tmp_path
+
+
+def _filter(path, **rules):
+    from ensemble.ops.filter import FilterCandidates
+
+    op = FilterCandidates(path, **rules)
+    op.load_artifacts(str(path))
+    return op
+
+
+def _run(op, rows, exclude=None):
+    cands = np.tile(np.arange(5, dtype=np.int32), (len(rows), 1))
+    exclude = np.empty((len(rows), 0), dtype=object) if exclude is None else np.tile(np.array(exclude, dtype=object), (len(rows), 1))
+    return op.compute({CANDIDATES: cands, USER_ROW: np.array(rows), EXCLUDE: exclude})[CANDIDATES]
+
+
+def test_filter_rules(filter_dir):
+    # seen (all time) + out of stock (i3); user u1 has no history; unknown user -1
+    out = _run(_filter(filter_dir), [0, 1, -1])
+    assert out[0].tolist() == [0, -1, -1, -1, 4] and out[1].tolist() == [0, 1, 2, -1, 4] and out[2].tolist() == out[1].tolist()
+    # seen within 30 days only: i2 (40 days ago) comes back
+    assert _run(_filter(filter_dir, exclude_seen="days", seen_days=30), [0])[0].tolist() == [0, -1, 2, -1, 4]
+    # repurchase domains: never exclude seen; stock rule off
+    assert _run(_filter(filter_dir, exclude_seen="never", out_of_stock=False), [0])[0].tolist() == [0, 1, 2, 3, 4]
+    # categories, explicit ids from config and from the request
+    op = _filter(filter_dir, exclude_seen="never", exclude_categories={"colour": ["red"]}, exclude_items=["i4"])
+    assert _run(op, [1], exclude=[b"i1", b"unknown"])[0].tolist() == [-1, -1, -1, -1, -1]
+    with pytest.raises(ValueError, match="exclude_seen"):
+        _filter(filter_dir, exclude_seen="sometimes")
+
+
+def test_filter_sees_inventory_updates_without_reload(filter_dir):
+    from ensemble.ops.filter import FilterCandidates
+
+    op = FilterCandidates(filter_dir, exclude_seen="never")
+    op.load_artifacts(str(filter_dir))
+    assert _run(op, [1])[0].tolist() == [0, 1, 2, -1, 4]
+    inv = pd.DataFrame({"item_id": ["i0", "i1", "i2", "i3", "i4"], "in_stock": [False, True, True, True, True]})
+    inv.to_parquet(filter_dir / ".tmp.parquet")
+    (filter_dir / ".tmp.parquet").replace(filter_dir / "inventory.parquet")
+    assert _run(op, [1])[0].tolist() == [-1, 1, 2, 3, 4]
+
+
+def test_pickled_operator_holds_configuration_only(filter_dir):
+    import pickle
+
+    op = _filter(filter_dir)
+    state = pickle.loads(pickle.dumps(op)).__dict__
+    assert not any(k.startswith("_") for k in state) and state["exclude_seen"] == "all"
+
+
+def test_missing_artifacts_are_named(tmp_path):
+    from ensemble.ops.filter import FilterCandidates
+
+    with pytest.raises(FileNotFoundError, match="history.npz"):
+        FilterCandidates(tmp_path).load_artifacts(str(tmp_path))

@@ -1,0 +1,122 @@
+"""`funnel export`: the built ensemble in-process (Recommender), its manifest and atomic replacement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble.build import ExportConfig, export, read_manifest
+from ensemble.runtime import Recommender, RequestError
+from funnel.errors import FunnelError
+
+
+@pytest.fixture(scope="module")
+def exported(ranked_run, tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("export") / "repo"
+    export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
+                        max_batch=64))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def recommender(exported) -> Recommender:
+    return Recommender(exported / "funnel" / "1" / "ensemble")
+
+
+@pytest.fixture(scope="module")
+def known_users(pre_dir) -> list[str]:
+    train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    return train["user_id"].astype(str).drop_duplicates().head(40).tolist()
+
+
+def test_manifest_is_complete(exported, pre_dir):
+    m = read_manifest(exported)
+    pre = json.loads((pre_dir / "preprocess.json").read_text())
+    assert m["data"]["content_checksum"] == pre["dataset"]["content_checksum"]
+    assert m["index"]["kind"] == "flat" and m["index"]["recall@60_vs_exact"] == 1.0
+    assert m["filters"]["exclude_seen"] == "all" and m["filters"]["out_of_stock"] is True
+    assert m["models"]["ranker"] is not None and m["ensemble_checksum"].startswith("sha256:")
+    assert (exported / "funnel" / "config.pbtxt").exists() and (exported / "funnel" / "1" / "model.py").exists()
+
+
+def test_recommendations_shape_sources_and_order(recommender, known_users):
+    out = recommender.recommend(known_users[:5] + ["no-such-user"], k=7)
+    assert out["item_ids"].shape == (6, 7) and out["scores"].dtype == np.float32
+    for row in out["scores"]:
+        live = row[~np.isnan(row)]
+        assert np.all(np.diff(live) <= 0)  # best first
+    assert set(out["sources"][-1]) == {b"trending"}  # cold start: trending, not an error
+    assert all(len(set(r)) == len(r) for r in out["item_ids"].tolist())  # no duplicates
+
+
+def test_filters_seen_and_out_of_stock_and_request_exclusions(recommender, known_users, exported, pre_dir):
+    train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    seen = train.assign(u=train["user_id"].astype(str), i=train["item_id"].astype(str)).groupby("u")["i"].apply(set)
+    stock = pd.read_parquet(exported / "funnel" / "1" / "ensemble" / "inventory.parquet")
+    gone = set(stock.loc[~stock["in_stock"], "item_id"])
+    assert gone  # the synthetic catalogue has stock-outs
+    out = recommender.recommend(known_users + ["no-such-user"], k=12)
+    for user, ids in zip(known_users + ["no-such-user"], out["item_ids"]):
+        served = {i.decode() for i in ids if i}
+        assert served and not served & gone and not served & seen.get(user, set())
+    first = out["item_ids"][0][0].decode()
+    again = recommender.recommend(known_users[:1], k=12, exclude_items=[first])
+    assert first not in {i.decode() for i in again["item_ids"][0]}
+
+
+def test_a_batch_answers_like_single_requests(recommender, known_users):
+    batch = recommender.recommend(known_users[:20], k=10)
+    for row, user in enumerate(known_users[:20]):
+        single = recommender.recommend([user], k=10)
+        assert single["item_ids"][0].tolist() == batch["item_ids"][row].tolist()
+        np.testing.assert_allclose(single["scores"][0], batch["scores"][row], rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_is_reproducible_with_a_seed(recommender, known_users):
+    a = recommender.recommend(known_users[:3], k=10, temperature=0.05, seed=3)
+    b = recommender.recommend(known_users[:3], k=10, temperature=0.05, seed=3)
+    assert a["item_ids"].tolist() == b["item_ids"].tolist()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(user_ids=["a"], k=0), "k must be between"),
+    (dict(user_ids=["a"], k=101), "k must be between"),
+    (dict(user_ids=["a"] * 65), "between 1 and 64 users"),
+    (dict(user_ids=[]), "between 1 and 64 users"),
+    (dict(user_ids=["a"], temperature=-1), "temperature"),
+])
+def test_malformed_requests_are_named(recommender, kwargs, message):
+    with pytest.raises(RequestError, match=message):
+        recommender.recommend(**kwargs)
+
+
+def test_failed_export_leaves_the_previous_repository(exported, ranked_run):
+    before = (exported / "funnel" / "1" / "ensemble" / "export.json").read_text()
+    with pytest.raises(FunnelError, match="not an item attribute"):
+        export(ExportConfig(run=str(ranked_run), out=str(exported), exclude_categories=["no_such_column=x"]))
+    assert (exported / "funnel" / "1" / "ensemble" / "export.json").read_text() == before
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".repo.tmp")]
+
+
+def test_tampered_graph_is_not_unpickled(exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(exported, copy)
+    pkl = copy / "funnel" / "1" / "ensemble" / "ensemble.pkl"
+    pkl.write_bytes(pkl.read_bytes() + b"\0")
+    with pytest.raises(FunnelError, match="checksum"):
+        Recommender(pkl.parent)
+
+
+def test_export_config_errors(ranked_run, tmp_path):
+    with pytest.raises(FunnelError, match="tensorflow"):
+        export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), tf_runtime="tensorflow"))
+    with pytest.raises(FunnelError, match="COLUMN=VALUE"):
+        export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), exclude_categories=["colour"]))
+    with pytest.raises(FunnelError, match="not a training run"):
+        export(ExportConfig(run=str(tmp_path), out=str(tmp_path / "r")))
