@@ -43,14 +43,17 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                users = pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()
+                users = pb_utils.get_input_tensor_by_name(request, "user_id")
+                if users is None:
+                    raise RequestError("missing input 'user_id' (BYTES: one raw user id per user)")
+                users = users.as_numpy()
                 k = optional(request, "k", None)
                 temperature = optional(request, "temperature", np.zeros(1, np.float32))
                 seed = optional(request, "seed", np.full(1, -1, np.int64))
                 exclude = optional(request, "exclude_items", None)
                 if k is not None and len(k) != 1:
                     raise RequestError("k: one value per request")
-                out = self.recommender.recommend(users.reshape(-1) if users.ndim == 1 else users,
+                out = self.recommender.recommend(users,
                                                  None if k is None else int(k[0]), exclude,
                                                  float(temperature[0]), int(seed[0]))
                 tensors = [pb_utils.Tensor("item_ids", out["item_ids"].astype(np.object_)),

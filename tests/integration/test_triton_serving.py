@@ -1,0 +1,174 @@
+"""A real Triton server (the bundled CPU build, python backend) serving a funnel export over gRPC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble.build import ExportConfig, export
+from ensemble.runtime import Recommender
+from funnel.client import Client
+from funnel.errors import FunnelError
+from funnel.serving import TritonServer
+
+ENSEMBLE = Path("funnel") / "1" / "ensemble"
+
+
+@pytest.fixture(scope="module")
+def repo(ranked_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("triton") / "triton_repo"
+    export(ExportConfig(run=str(ranked_run), out=str(out), candidates=60, trending=20, exclude_seen="all",
+                        max_batch=64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "triton.log"
+    with TritonServer(repo, grpc_port=0, log_path=log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.url, batch_size=16) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def users(pre_dir) -> list[str]:
+    train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    return train["user_id"].astype(str).drop_duplicates().sample(60, random_state=1).tolist()
+
+
+def test_grpc_equals_the_in_process_ensemble(client, repo, users):
+    local = Recommender(repo / ENSEMBLE)
+    asked = users[:25] + ["never-seen-user"]
+    served = client.infer(asked, k=12)
+    expected = local.recommend(asked, k=12)
+    assert served["item_ids"].tolist() == expected["item_ids"].tolist()
+    assert served["sources"].tolist() == expected["sources"].tolist()
+    np.testing.assert_allclose(served["scores"], expected["scores"], rtol=0, atol=1e-5)
+
+
+def test_filters_over_grpc(client, repo, users, pre_dir):
+    train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    seen = train.assign(u=train["user_id"].astype(str), i=train["item_id"].astype(str)).groupby("u")["i"].apply(set)
+    stock = pd.read_parquet(repo / ENSEMBLE / "inventory.parquet")
+    gone = set(stock.loc[~stock["in_stock"], "item_id"])
+    for rec in client.recommend(users, k=12):
+        assert rec.items and not set(rec.items) & gone and not set(rec.items) & seen.get(rec.user_id, set())
+    first = next(client.recommend(users[:1], k=12))
+    excluded = first.items[:3]
+    again = next(client.recommend(users[:1], k=12, exclude_items=excluded))
+    assert not set(again.items) & set(excluded) and len(again.items) == 12
+
+
+def test_stock_update_changes_the_next_answer_without_reexport(client, repo, users):
+    from ensemble.inventory import read_inventory, update_inventory
+
+    before = next(client.recommend(users[:1], k=12))
+    top = before.items[0]
+    cold_top = next(client.recommend(["never-seen-user"], k=5)).items[0]
+    original = read_inventory(repo)
+    try:
+        update_inventory(repo, pd.DataFrame({"item_id": [top, cold_top], "in_stock": [False, False]}))
+        after = next(client.recommend(users[:1], k=12))
+        cold = next(client.recommend(["never-seen-user"], k=5))
+        assert top not in after.items and after.items[:1] != [top] and len(after.items) == 12
+        assert cold_top not in cold.items and set(cold.sources) == {"trending"}
+    finally:
+        update_inventory(repo, original)
+    assert next(client.recommend(users[:1], k=12)).items == before.items
+
+
+def test_cold_start_user_gets_trending_items(client):
+    rec = next(client.recommend(["never-seen-user"], k=8))
+    assert len(rec.items) == 8 and set(rec.sources) == {"trending"}
+    assert rec.scores == sorted(rec.scores, reverse=True)
+
+
+def test_many_users_in_batches_equal_single_requests(client, users):
+    batched = list(client.recommend(users, k=10))  # 60 users, 16 per request
+    assert [r.user_id for r in batched] == users
+    for rec in batched[::7]:
+        single = next(client.recommend([rec.user_id], k=10))
+        assert single.items == rec.items
+
+
+def test_malformed_requests_get_clear_errors_and_the_server_stays_up(server, client, users):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    raw = grpcclient.InferenceServerClient(server.url)
+
+    def call(inputs):
+        with pytest.raises(InferenceServerException) as err:
+            raw.infer("funnel", inputs)
+        return err.value.message()
+
+    wrong = grpcclient.InferInput("user_id", [2], "INT64")
+    wrong.set_data_from_numpy(np.array([1, 2], dtype=np.int64))
+    message = call([wrong])
+    assert "user_id" in message and "expects 'BYTES'" in message
+    k = grpcclient.InferInput("k", [1], "INT32")
+    k.set_data_from_numpy(np.array([3], dtype=np.int32))
+    assert "missing input 'user_id'" in call([k])
+    with pytest.raises(FunnelError, match="k must be between 1 and 100"):
+        client.infer(users[:1], k=0)
+    with pytest.raises(FunnelError, match="between 1 and 64 users"):
+        client.infer(users[:1] * 65)
+    with pytest.raises(FunnelError, match="temperature"):
+        client.infer(users[:1], temperature=float("nan"))
+    assert server.process.poll() is None
+    assert len(next(client.recommend(users[:1], k=5)).items) == 5
+    raw.close()
+
+
+def test_restart_serves_a_reexported_repository(repo, ranked_run, tmp_path, users):
+    export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
+                        k=5, max_batch=64))
+    with TritonServer(repo, grpc_port=0, log_path=tmp_path / "triton.log") as srv, Client(srv.url) as c:
+        rec = next(c.recommend(users[:1]))
+        assert len(rec.items) == 5  # the new export's default k
+
+
+def test_cli_export_serve_recommend(ranked_run, tmp_path, users, cli):
+    repo = tmp_path / "repo"
+    code, out, err = cli("export", ranked_run, "--out", repo, "--candidates", "50", "--k", "6")
+    assert code == 0, err
+    assert "funnel export: done" in out and "flat" in out
+    port = str(__import__("funnel.serving", fromlist=["free_port"]).free_port())
+    funnel = [sys.executable, "-m", "funnel"]
+    proc = subprocess.Popen([*funnel, "serve", str(repo), "--grpc-port", port, "--http-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()  # blocks until ready (or exit)
+        assert line.startswith(f"ready: gRPC 127.0.0.1:{port}"), proc.stderr.read() if proc.poll() is not None else line
+        users_file = tmp_path / "users.txt"
+        users_file.write_text("\n".join(users[:5] + ["never-seen-user"]) + "\n")
+        result = subprocess.run([*funnel, "recommend", "--url", f"127.0.0.1:{port}", "--users-file", str(users_file),
+                                 "--json", "--batch-size", "4"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        lines = [__import__("json").loads(x) for x in result.stdout.splitlines()]
+        assert [x["user_id"] for x in lines] == users[:5] + ["never-seen-user"]
+        assert all(len(x["items"]) == 6 == len(x["scores"]) == len(x["sources"]) for x in lines)
+        bad = subprocess.run([*funnel, "recommend", "--url", f"127.0.0.1:{port}", "--user", users[0], "--k", "500"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "k must be between 1 and 100" in bad.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0 and "stopped" in proc.stderr.read()
+    start = time.monotonic()
+    down = subprocess.run([*funnel, "recommend", "--url", f"127.0.0.1:{port}", "--user", "x"],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 2 and "no ready 'funnel' model" in down.stderr and time.monotonic() - start < 30
