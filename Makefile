@@ -6,6 +6,9 @@ FUNNEL := $(VENV)/bin/funnel
 # CUDA hosts get the gpu extra (TensorFlow with CUDA, cuDF, faiss-gpu); others the CPU build.
 EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_DIR ?= demo
+TRITON_REPO ?= triton_repo
+DEMO_GRPC_PORT ?= 8001
+DEMO_HTTP_PORT ?= 8000
 ML100K_DIR := .cache/ml-100k
 
 .PHONY: venv demo test test-unit test-integration ml-100k bench lock clean
@@ -32,6 +35,14 @@ demo: venv
 	$(FUNNEL) train retrieval $(DEMO_DIR)/pre --out $(DEMO_DIR)/run --config configs/retrieval.yaml
 	$(FUNNEL) train ranking $(DEMO_DIR)/pre --run $(DEMO_DIR)/run --config configs/ranking.yaml
 	$(FUNNEL) evaluate $(DEMO_DIR)/run
+	$(FUNNEL) export $(DEMO_DIR)/run --out $(TRITON_REPO)
+	$(PY) -c "import pandas as pd; t = pd.read_parquet('$(DEMO_DIR)/pre/splits/test.parquet'); print('\\n'.join(t['user_id'].astype(str).drop_duplicates().head(3).tolist() + ['a-new-customer']))" > $(DEMO_DIR)/users.txt
+	@# serve the export with a real Triton server, ask it over gRPC, stop it
+	@$(FUNNEL) serve $(TRITON_REPO) --grpc-port $(DEMO_GRPC_PORT) --http-port $(DEMO_HTTP_PORT) --log $(DEMO_DIR)/triton.log > $(DEMO_DIR)/serve.out & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid' EXIT; \
+	until grep -q '^ready' $(DEMO_DIR)/serve.out; do kill -0 $$pid 2>/dev/null || { cat $(DEMO_DIR)/serve.out; exit 1; }; sleep 1; done; \
+	cat $(DEMO_DIR)/serve.out; \
+	$(FUNNEL) recommend --url 127.0.0.1:$(DEMO_GRPC_PORT) --users-file $(DEMO_DIR)/users.txt --k 6
 
 test: venv ml-100k
 	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra
@@ -44,6 +55,7 @@ bench: venv
 	$(PY) bench/data.py --sizes 1e6
 	$(PY) bench/train.py
 	$(PY) bench/quality.py
+	$(PY) bench/serve.py
 
 lock: venv
 	$(VENV)/bin/pip freeze --exclude-editable

@@ -13,7 +13,7 @@ class ExportConfig:
 
     run: str = field(default="", metadata={"help": "training run directory"})
     out: str = field(default="triton_repo", metadata={"help": "Triton model repository to write"})
-    candidates: int = field(default=200, metadata={"help": "Faiss top-N per user"})
+    candidates: int = field(default=100, metadata={"help": "Faiss top-N per user (the ranker trains on top-100)"})
     recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})

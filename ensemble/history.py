@@ -21,6 +21,13 @@ class PurchaseHistory:
     items: np.ndarray  # int32 item rows
     counts: np.ndarray  # float32 purchases of that item
     days_ago: np.ndarray  # float32 days between the last purchase and as_of
+    n_items: int  # size of the item table (pair keys are user_row * n_items + item_row)
+
+    def __post_init__(self) -> None:
+        users = np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
+        keys = users * self.n_items + self.items
+        self._order = np.argsort(keys, kind="stable")
+        self._keys = keys[self._order]
 
     @classmethod
     def build(cls, interactions: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index,
@@ -37,17 +44,40 @@ class PurchaseHistory:
         offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         return cls(offsets, stats["i"].to_numpy(np.int32), stats["size"].to_numpy(np.float32),
-                   days.to_numpy(np.float32))
+                   days.to_numpy(np.float32), len(item_ids))
 
     def of(self, user_row: int) -> slice:
         if user_row < 0:
             return slice(0, 0)
         return slice(int(self.offsets[user_row]), int(self.offsets[user_row + 1]))
 
+    def lookup(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Entry index of each (user row, item row) pair, ``-1`` where the user never bought it.
+
+        ``rows`` is ``(users,)``, ``items`` is ``(users, width)``; negative rows/items never match.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 1)
+        keys = rows * self.n_items + items
+        if not len(self._keys):
+            return np.full(items.shape, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        hit = (self._keys[pos] == keys) & (rows >= 0) & (items >= 0)
+        return np.where(hit, self._order[pos], -1)
+
+    def recent(self, rows: np.ndarray, n: int) -> np.ndarray:
+        """``(users, n)`` latest distinct items per user row, ``-1``-padded (unknown users: all ``-1``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        safe = np.maximum(rows, 0)
+        start, end = self.offsets[safe], self.offsets[safe + 1]
+        idx = start[:, None] + np.arange(n)[None, :]
+        ok = (idx < end[:, None]) & (rows >= 0)[:, None]
+        return np.where(ok, self.items[np.minimum(idx, max(len(self.items) - 1, 0))] if len(self.items) else -1, -1)
+
     def save(self, path: Path) -> None:
-        np.savez(path, offsets=self.offsets, items=self.items, counts=self.counts, days_ago=self.days_ago)
+        np.savez(path, offsets=self.offsets, items=self.items, counts=self.counts, days_ago=self.days_ago,
+                 n_items=np.int64(self.n_items))
 
     @classmethod
     def load(cls, path: Path) -> "PurchaseHistory":
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["offsets"], data["items"], data["counts"], data["days_ago"])
+            return cls(data["offsets"], data["items"], data["counts"], data["days_ago"], int(data["n_items"]))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 FLAT_MAX = 20_000  # exact search is fast enough up to here
-IVF_MAX = 500_000  # beyond this, HNSW
+IVF_MAX = 2_000_000  # beyond this, HNSW (IVF's coarse search stops paying off)
 TARGET_RECALL = 0.95
 
 
@@ -65,7 +65,9 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, k: int, kind: str = "a
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(vectors)
+        rng = np.random.default_rng(seed)
+        sample = vectors if n <= 64 * nlist else vectors[rng.choice(n, 64 * nlist, replace=False)]
+        index.train(sample)
         param, values = "nprobe", [v for v in (8, 16, 32, 64, 128, 256, 512) if v < nlist] + [nlist]
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)

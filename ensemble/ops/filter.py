@@ -78,18 +78,14 @@ class FilterCandidates(ServingOperator):
         rows = columns[USER_ROW]
         valid = cands >= 0
         drop = valid & self._blocked[np.maximum(cands, 0)]
+        if self.exclude_seen != "never":
+            entry = self._history.lookup(rows, cands)
+            seen = entry >= 0
+            if self.exclude_seen == "days":
+                seen &= self._history.days_ago[np.maximum(entry, 0)] <= self.seen_days
+            drop |= seen
         extra = columns.get(EXCLUDE)
-        for u in range(len(cands)):
-            banned = []
-            if self.exclude_seen != "never" and rows[u] >= 0:
-                part = self._history.of(int(rows[u]))
-                seen = self._history.items[part]
-                if self.exclude_seen == "days":
-                    seen = seen[self._history.days_ago[part] <= self.seen_days]
-                banned.append(seen)
-            if extra is not None and extra.shape[-1]:
-                banned.append(self._lookup(extra[u]))
-            if banned:
-                drop[u] |= valid[u] & np.isin(cands[u], np.concatenate(banned))
+        if extra is not None and extra.shape[-1] and len(cands):
+            drop |= valid & np.isin(cands, self._lookup(extra[0]))  # request-level: the same for every user
         cands[drop] = -1
         return {CANDIDATES: cands}

@@ -49,19 +49,10 @@ class RankCandidates(ServingOperator):
 
     def pair_features(self, rows: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log1p(purchases) and log1p(days since last purchase) for each (user row, candidate)."""
-        bought = np.zeros(cands.shape, dtype=np.float32)
-        days = np.full(cands.shape, NEVER_DAYS, dtype=np.float32)
-        for u in range(len(rows)):
-            part = self._history.of(int(rows[u]))
-            items = self._history.items[part]
-            if not len(items):
-                continue
-            order = np.argsort(items, kind="stable")
-            pos = np.searchsorted(items[order], cands[u])
-            pos = np.minimum(pos, len(items) - 1)
-            hit = items[order][pos] == cands[u]
-            bought[u, hit] = self._history.counts[part][order][pos[hit]]
-            days[u, hit] = self._history.days_ago[part][order][pos[hit]]
+        entry = self._history.lookup(rows, cands)
+        hit, safe = entry >= 0, np.maximum(entry, 0)
+        bought = np.where(hit, self._history.counts[safe], 0.0).astype(np.float32)
+        days = np.where(hit, self._history.days_ago[safe], NEVER_DAYS).astype(np.float32)
         return np.log1p(bought), np.log1p(days)
 
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -78,7 +69,7 @@ class RankCandidates(ServingOperator):
             return {CANDIDATE_SCORES: scores}
         users, slots = np.nonzero(known)
         items = cands[users, slots]
-        bought, since = self.pair_features(rows, np.maximum(cands, 0))
+        bought, since = self.pair_features(rows, cands)
         feed = {name: values[users] for name, values in user_features(columns).items()}
         feed.update({name: values[items] for name, values in self._items.items()})
         feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],

@@ -15,6 +15,17 @@ from ensemble.ops.base import (CANDIDATES, RETRIEVAL_SCORES, SOURCES, USER_ROW, 
 RETRIEVAL, REPURCHASE, TRENDING = 0, 1, 2
 
 
+def first_occurrence(ids: np.ndarray) -> np.ndarray:
+    """1 where an id appears for the first time in its row (scanning left to right), else 0; -1 never counts."""
+    order = np.argsort(ids, axis=1, kind="stable")
+    ordered = np.take_along_axis(ids, order, axis=1)
+    repeat = np.zeros(ids.shape, dtype=bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    first = np.empty(ids.shape, dtype=np.int8)
+    np.put_along_axis(first, order, (~repeat & (ordered >= 0)).astype(np.int8), axis=1)
+    return first
+
+
 class RetrieveCandidates(ServingOperator):
     """Candidates per user, ``-1``-padded to ``n + recent + trending`` columns.
 
@@ -64,21 +75,18 @@ class RetrieveCandidates(ServingOperator):
             n = min(self.n, self._vectors.shape[0])
             found = np.full((users, n), -1, dtype=np.int64)
             _, found[known] = self._index.search(np.ascontiguousarray(queries[known]), n)
-        for u in range(users):
-            parts = [found[u][found[u] >= 0]] if rows[u] >= 0 else []
-            kinds = [RETRIEVAL] if parts else []
-            if self.repurchase and rows[u] >= 0:
-                own = self._history.items[self._history.of(int(rows[u]))][: self.recent]
-                parts.append(own)
-                kinds.append(REPURCHASE)
-            parts.append(self._trending)
-            kinds.append(TRENDING)
-            ids = np.concatenate(parts).astype(np.int32)
-            src = np.concatenate([np.full(len(p), kind, dtype=np.int8) for p, kind in zip(parts, kinds)])
-            _, first = np.unique(ids, return_index=True)
-            keep = np.sort(first)  # first occurrence wins, original order kept
-            cands[u, : len(keep)] = ids[keep]
-            sources[u, : len(keep)] = src[keep]
+        parts = [np.where((rows >= 0)[:, None], found, -1)]
+        kinds = [RETRIEVAL]
+        if self.repurchase:
+            parts.append(self._history.recent(rows, self.recent))
+            kinds.append(REPURCHASE)
+        parts.append(np.tile(self._trending, (users, 1)))
+        kinds.append(TRENDING)
+        ids = np.concatenate(parts, axis=1).astype(np.int32)
+        src = np.concatenate([np.full(p.shape, kind, dtype=np.int8) for p, kind in zip(parts, kinds)], axis=1)
+        ids[first_occurrence(ids) == 0] = -1  # a duplicate keeps its first source
+        cands[:, : ids.shape[1]] = ids
+        sources[:, : ids.shape[1]] = np.where(ids >= 0, src, -1)
         valid = cands >= 0
         if len(known):
             vec = self._vectors[np.maximum(cands, 0)]

@@ -53,7 +53,7 @@ def test_purchase_history_counts_recency_and_round_trip(tmp_path):
 
 
 def test_index_kind_follows_catalogue_size():
-    assert choose_kind(400) == "flat" and choose_kind(100_000) == "ivf" and choose_kind(2_000_000) == "hnsw"
+    assert choose_kind(400) == "flat" and choose_kind(100_000) == "ivf" and choose_kind(5_000_000) == "hnsw"
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
@@ -140,3 +140,21 @@ def test_missing_artifacts_are_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="history.npz"):
         FilterCandidates(tmp_path).load_artifacts(str(tmp_path))
+
+
+def test_history_lookup_and_recent_are_vectorised_views():
+    t = pd.Timestamp("2020-01-10")
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": [1, 2, 3],
+                          "timestamp": [t - pd.Timedelta(days=d) for d in (5, 1, 2)]})
+    hist = PurchaseHistory.build(frame, pd.Index(["a", "b", "c"]), pd.Index([1, 2, 3]), t)
+    entry = hist.lookup(np.array([0, 1, -1]), np.array([[0, 1, 2, -1], [0, 1, 2, -1], [0, 1, 2, -1]]))
+    assert (entry >= 0).tolist() == [[True, True, False, False], [False, False, True, False], [False] * 4]
+    assert hist.counts[entry[0, 0]] == 1 and hist.days_ago[entry[0, 1]] == 1
+    assert hist.recent(np.array([0, 1, 2, -1]), 3).tolist() == [[1, 0, -1], [2, -1, -1], [-1] * 3, [-1] * 3]
+
+
+def test_duplicates_keep_their_first_source():
+    from ensemble.ops.retrieve import first_occurrence
+
+    ids = np.array([[5, 3, 5, -1, 3, 7], [1, 1, 1, 2, -1, -1]])
+    assert first_occurrence(ids).tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 0, 0]]
