@@ -134,7 +134,7 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
         >> RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase)
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
-        >> RankCandidates(dest, item_cols, use_ranker)
+        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known)
         >> OrderItems(dest, cfg.max_k)
     )
     return Ensemble(graph, request_schema()), exclude_seen
@@ -211,6 +211,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
                        "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None)},
             "index": index_info,
+            "trending_for_known": cfg.trending_for_known,
             "filters": {"exclude_seen": exclude_seen, "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,
                         "exclude_categories": cfg.category_rules(), "exclude_items": cfg.exclude_items},
             "limits": {"k": cfg.k, "max_k": cfg.max_k, "max_batch": cfg.max_batch},

@@ -17,6 +17,8 @@ class ExportConfig:
     recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
+    trending_for_known: str = field(default="fill", metadata={
+        "help": "trending items for known users: fill (after ranked candidates) or rank (scored by the ranker)"})
     k: int = field(default=12, metadata={"help": "items returned when a request does not say"})
     max_k: int = field(default=100, metadata={"help": "largest k a request may ask for"})
     max_batch: int = field(default=4096, metadata={"help": "most users in one request"})
@@ -37,6 +39,8 @@ class ExportConfig:
             raise FunnelError("export: candidates >= 1, 1 <= k <= max_k, max_batch >= 1")
         if self.exclude_seen not in ("auto", "all", "days", "never"):
             raise FunnelError(f"export: exclude_seen must be auto, all, days or never (got {self.exclude_seen!r})")
+        if self.trending_for_known not in ("fill", "rank"):
+            raise FunnelError(f"export: trending_for_known must be fill or rank (got {self.trending_for_known!r})")
         if self.tf_runtime not in ("auto", "python", "tensorflow"):
             raise FunnelError(f"export: tf_runtime must be auto, python or tensorflow (got {self.tf_runtime!r})")
         if self.tf_runtime == "tensorflow":

@@ -15,8 +15,8 @@ USER_ID, K, EXCLUDE, TEMPERATURE, SEED = "user_id", "k", "exclude_items", "tempe
 REQUEST_COLUMNS = [USER_ID, K, EXCLUDE, TEMPERATURE, SEED]
 USER_ROW = "user_row"  # position in the export's user table, -1 for unknown users
 USER_PREFIX = "user__"  # encoded user features travel as user__<feature>
-CANDIDATES, SOURCES, RETRIEVAL_SCORES, CANDIDATE_SCORES = (
-    "candidate_rows", "candidate_sources", "retrieval_scores", "candidate_scores")
+CANDIDATES, SOURCES, RETRIEVAL_SCORES, CANDIDATE_SCORES, TIERS = (
+    "candidate_rows", "candidate_sources", "retrieval_scores", "candidate_scores", "candidate_tiers")
 SOURCE_NAMES = ("retrieval", "repurchase", "trending")
 
 

@@ -8,15 +8,17 @@ import numpy as np
 import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
-from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCE_NAMES, SOURCES, TEMPERATURE,
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCE_NAMES, SOURCES, TEMPERATURE, TIERS,
                                ServingOperator, column)
 
 ITEM_IDS, SCORES, ITEM_SOURCES = "item_ids", "scores", "sources"
 
 
 def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
-                rng: np.random.Generator | None = None) -> np.ndarray:
+                rng: np.random.Generator | None = None, tiers: np.ndarray | None = None) -> np.ndarray:
     """Slot positions of the k best candidates per row (``-1`` where fewer survive).
+
+    ``tiers`` (optional, lower first) order before scores: fills come after ranked candidates.
 
     ``temperature <= 0``: by score, ties broken by candidate order (deterministic).
     ``temperature > 0``: k draws without replacement with probability softmax(score / T)
@@ -28,7 +30,10 @@ def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
         rng = rng or np.random.default_rng()
         keys = keys / temperature + rng.gumbel(size=keys.shape)
     keys = np.where(np.isfinite(scores), keys, -np.inf)
-    order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    if tiers is None:
+        order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    else:
+        order = np.lexsort((-keys, tiers), axis=1)[:, :k]  # stable: ties keep candidate order
     alive = np.isfinite(np.take_along_axis(scores, order, axis=1))
     return np.where(alive, order, -1)
 
@@ -63,7 +68,7 @@ class OrderItems(ServingOperator):
         temperature = float(columns[TEMPERATURE].reshape(-1)[0]) if len(cands) else 0.0
         seed = int(columns[SEED].reshape(-1)[0]) if len(cands) else -1
         rng = np.random.default_rng(None if seed < 0 else seed)
-        slots = order_slots(np.where(cands >= 0, scores, -np.inf), k, temperature, rng)
+        slots = order_slots(np.where(cands >= 0, scores, -np.inf), k, temperature, rng, columns.get(TIERS))
         safe = np.maximum(slots, 0)
         picked = np.where(slots >= 0, np.take_along_axis(cands, safe, axis=1), -1)
         out_scores = np.where(slots >= 0, np.take_along_axis(scores, safe, axis=1), np.nan).astype(np.float32)

@@ -9,28 +9,39 @@ import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
 from ensemble.history import PurchaseHistory
-from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, USER_ROW, ServingOperator,
-                               column, user_features)
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, SOURCES, TIERS, USER_ROW,
+                               ServingOperator, column, user_features)
+from ensemble.ops.retrieve import TRENDING
 
 NEVER_DAYS = 365.0  # pair_days_since for items never bought (as in training)
 
 
 class RankCandidates(ServingOperator):
-    """``candidate_scores``: the ranker's probability per candidate, ``-inf`` where there is none.
+    """``candidate_scores`` per candidate (``-inf`` where there is none) and ``candidate_tiers``.
 
     Inputs of the DLRM: the user's encoded features, the candidate's encoded item features
     (``items.parquet``) and the pair features training used (log1p purchases of the item by
     the user, log1p days since, the two-tower score). With ``use_ranker`` false (the ranker
     lost to retrieval order on held-out users at training time) the two-tower score orders
     the candidates. Unknown users are ordered by trending popularity.
+
+    Tiers order before scores: 0 = ranked candidates, 1 = fill, 2 = none. With
+    ``trending_for_known="fill"`` (default) trending items that only trending brought in
+    fill a known user's list after every ranked candidate, by popularity: the ranker never
+    saw such candidates in training (ranking them cost 0.07 Recall@12 on the synthetic default).
+    ``"rank"`` lets the ranker score them like the others.
     """
 
     files = ("ranker", "items.parquet", "history.npz", "trending.npz")
 
-    def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True):
+    def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
+                 trending_for_known: str = "fill"):
         super().__init__(source_dir)
+        if trending_for_known not in ("fill", "rank"):
+            raise ValueError(f"trending_for_known must be fill or rank (got {trending_for_known!r})")
         self.item_features = list(item_features)
         self.use_ranker = bool(use_ranker)
+        self.trending_for_known = trending_for_known
 
     def load(self, path: Path) -> None:
         from ensemble.savedmodel import SavedModelRunner
@@ -45,7 +56,7 @@ class RankCandidates(ServingOperator):
         self._popularity = popularity
 
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
-        return [column(CANDIDATE_SCORES, np.float32, True)]
+        return [column(CANDIDATE_SCORES, np.float32, True), column(TIERS, np.int8, True)]
 
     def pair_features(self, rows: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log1p(purchases) and log1p(days since last purchase) for each (user row, candidate)."""
@@ -59,20 +70,23 @@ class RankCandidates(ServingOperator):
         cands, rows = columns[CANDIDATES], columns[USER_ROW]
         valid = cands >= 0
         known = (rows >= 0)[:, None] & valid
+        tiers = np.where(valid, 0, 2).astype(np.int8)
+        fill = valid & ~known
+        if self.trending_for_known == "fill":
+            fill |= known & (columns[SOURCES] == TRENDING)
+            known &= ~fill
+            tiers[fill & (rows >= 0)[:, None]] = 1
         scores = np.full(cands.shape, -np.inf, dtype=np.float32)
-        cold = valid & ~known
-        scores[cold] = self._popularity[cands[cold]]
-        if not known.any():
-            return {CANDIDATE_SCORES: scores}
-        if self._ranker is None:
+        scores[fill] = self._popularity[cands[fill]]
+        if known.any() and self._ranker is None:
             scores[known] = columns[RETRIEVAL_SCORES][known]
-            return {CANDIDATE_SCORES: scores}
-        users, slots = np.nonzero(known)
-        items = cands[users, slots]
-        bought, since = self.pair_features(rows, cands)
-        feed = {name: values[users] for name, values in user_features(columns).items()}
-        feed.update({name: values[items] for name, values in self._items.items()})
-        feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
-                    retrieval_score=columns[RETRIEVAL_SCORES][users, slots])
-        scores[users, slots] = self._ranker(feed).reshape(-1)
-        return {CANDIDATE_SCORES: scores}
+        elif known.any():
+            users, slots = np.nonzero(known)
+            items = cands[users, slots]
+            bought, since = self.pair_features(rows, cands)
+            feed = {name: values[users] for name, values in user_features(columns).items()}
+            feed.update({name: values[items] for name, values in self._items.items()})
+            feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
+                        retrieval_score=columns[RETRIEVAL_SCORES][users, slots])
+            scores[users, slots] = self._ranker(feed).reshape(-1)
+        return {CANDIDATE_SCORES: scores, TIERS: tiers}

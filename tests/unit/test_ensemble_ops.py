@@ -158,3 +158,11 @@ def test_duplicates_keep_their_first_source():
 
     ids = np.array([[5, 3, 5, -1, 3, 7], [1, 1, 1, 2, -1, -1]])
     assert first_occurrence(ids).tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 0, 0]]
+
+
+def test_tiers_order_before_scores():
+    scores = np.array([[0.2, 0.9, 0.5, -np.inf]])
+    tiers = np.array([[0, 1, 0, 2]])
+    assert order_slots(scores, 4, tiers=tiers)[0].tolist() == [2, 0, 1, -1]
+    sampled = order_slots(scores, 4, temperature=0.5, rng=np.random.default_rng(0), tiers=tiers)[0]
+    assert sampled[2] == 1 and sampled[3] == -1  # the fill stays behind ranked candidates
