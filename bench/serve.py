@@ -84,7 +84,7 @@ def faiss_vs_exact(n_items: int, dim: int = 64, queries: int = 200, k: int = 200
     _, found = index.search(q, k)
     recall = recall_vs_exact(found, exact_top_k(q, vectors, k))
     f50, e50 = float(np.median(t_faiss)) * 1000, float(np.median(t_exact)) * 1000
-    return {"items": n_items, "index": info["kind"], "search": f"{info['search_param']}={info['search_value']}",
+    return {"items": n_items, "index": info["kind"], "search": f"{info['search_param']}={info['search_value']}" if info["search_param"] else "exact",
             "build_s": round(build, 1), f"recall@{k}": round(recall, 4), "faiss_p50_ms": round(f50, 3),
             "exact_p50_ms": round(e50, 3), "speedup": round(e50 / f50, 1)}
 
