@@ -1,0 +1,38 @@
+"""Every notebook runs top to bottom on a fresh checkout (nbclient, a real Jupyter kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks_and_they_are_stored_without_outputs():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03"]
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert code and all(not c["outputs"] and c["execution_count"] is None for c in code), path.name
+        assert "parameters" in cells[1]["metadata"].get("tags", []), f"{path.name}: second cell holds the parameters"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, ml100k_source):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    monkeypatch.setenv("FUNNEL_NOTEBOOK_WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("FUNNEL_ML100K", str(Path(ml100k_source).resolve()))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    client = NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()  # raises CellExecutionError naming the cell when one fails
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert os.listdir(tmp_path / "work")
