@@ -11,6 +11,8 @@ import numpy as np
 from funnel.errors import FunnelError
 
 MAX_EXCLUDE = 10_000
+OUTPUTS = ("item_ids", "scores", "sources")
+CANDIDATE_OUTPUTS = ("candidate_ids", "candidate_sources", "candidate_scores")
 
 
 class RequestError(ValueError):
@@ -76,11 +78,16 @@ class Recommender:
             "seed": np.full(n, int(seed), dtype=np.int64),
         })
 
-    def run(self, table) -> dict[str, np.ndarray]:
+    def run(self, table, with_candidates: bool = False) -> dict[str, np.ndarray]:
         out = self._runtime.transform(self.ensemble.graph, table)
-        return {name: out[name].values for name in ("item_ids", "scores", "sources")}
+        names = OUTPUTS + (CANDIDATE_OUTPUTS if with_candidates else ())
+        return {name: out[name].values for name in names}
 
     def recommend(self, user_ids, k: int | None = None, exclude_items=None, temperature: float = 0.0,
-                  seed: int = -1) -> dict[str, np.ndarray]:
-        """``item_ids`` (bytes), ``scores``, ``sources`` (bytes): arrays of shape (users, k)."""
-        return self.run(self.request_table(user_ids, k, exclude_items, temperature, seed))
+                  seed: int = -1, with_candidates: bool = False) -> dict[str, np.ndarray]:
+        """``item_ids`` (bytes), ``scores``, ``sources`` (bytes): arrays of shape (users, k).
+
+        ``with_candidates`` adds every ranked candidate (``candidate_ids``, ``candidate_sources``,
+        ``candidate_scores``), as the served-prediction log records them.
+        """
+        return self.run(self.request_table(user_ids, k, exclude_items, temperature, seed), with_candidates)

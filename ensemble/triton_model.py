@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,6 @@ class TritonPythonModel:
     """Loads the export's :class:`ensemble.runtime.Recommender`; one response per request."""
 
     def initialize(self, args: dict) -> None:
-        import os
-
         import faiss
 
         from ensemble.runtime import Recommender
@@ -30,6 +30,21 @@ class TritonPythonModel:
         path = _model_dir(args) / str(args["model_version"]) / "ensemble"
         self.recommender = Recommender(path)
         self.config = json.loads(args["model_config"])
+        self.logger = None
+        log_dir = os.environ.get("FUNNEL_LOG_DIR")
+        sample = float(os.environ.get("FUNNEL_LOG_SAMPLE", "0.05"))
+        if log_dir and sample > 0:
+            from ensemble.prediction_log import PredictionLogger
+
+            m = self.recommender.manifest
+            version = f"{m['model']}/{m['version']}@{m['created']} {m['ensemble_checksum'][7:19]}"
+            self.logger = PredictionLogger(log_dir, sample, version)
+        self._requests = 0
+
+    def finalize(self) -> None:
+        """Triton unloads the model (clean shutdown): flush the prediction log."""
+        if self.logger is not None:
+            self.logger.close()
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
@@ -53,13 +68,17 @@ class TritonPythonModel:
                 exclude = optional(request, "exclude_items", None)
                 if k is not None and len(k) != 1:
                     raise RequestError("k: one value per request")
-                out = self.recommender.recommend(users,
-                                                 None if k is None else int(k[0]), exclude,
-                                                 float(temperature[0]), int(seed[0]))
+                out = self.recommender.recommend(users, None if k is None else int(k[0]), exclude,
+                                                 float(temperature[0]), int(seed[0]),
+                                                 with_candidates=self.logger is not None)
                 tensors = [pb_utils.Tensor("item_ids", out["item_ids"].astype(np.object_)),
                            pb_utils.Tensor("scores", out["scores"].astype(np.float32)),
                            pb_utils.Tensor("sources", out["sources"].astype(np.object_))]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+                if self.logger is not None:
+                    self._requests += 1
+                    request_id = request.request_id() or uuid.uuid4().hex
+                    self.logger.log_batch(request_id, users, out)
             except RequestError as exc:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
             except Exception as exc:  # noqa: BLE001 - answer, log, keep serving

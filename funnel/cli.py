@@ -270,7 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     manifest = read_manifest(args.repo)
     server = TritonServer(args.repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-                          binary=args.tritonserver, log_path=args.log)
+                          binary=args.tritonserver, log_path=args.log,
+                          prediction_log=args.prediction_log or None, log_sample=args.log_sample)
     stop = []
 
     def on_signal(signum, frame) -> None:
@@ -284,6 +285,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         server.start(timeout=args.timeout)
         print(f"ready: gRPC {server.url}  HTTP {server.host}:{server.http_port}  model 'funnel'", flush=True)
         print(f"try:   funnel recommend --url {server.url} --user <ID>   (Ctrl-C stops)", flush=True)
+        if server.prediction_log and args.log_sample > 0:
+            print(f"logging {args.log_sample:.0%} of served users to {server.prediction_log}", flush=True)
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
         if server.process is not None:
@@ -462,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tritonserver", help="tritonserver binary (default: PATH, else the one in nvidia-pytriton)")
     p.add_argument("--log", help="append the server's log to this file")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--prediction-log", default="prediction_logs",
+                   help="directory for the served-prediction log (parquet; '' turns it off)")
+    p.add_argument("--log-sample", type=float, default=0.05, help="share of served users logged (0..1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("recommend", help="ask a running funnel server for recommendations (gRPC)")

@@ -68,13 +68,17 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, host: str = "127.0.0.1", grpc_port: int = 8001,
                  http_port: int | None = None, binary: str | None = None, log_path: str | Path | None = None,
-                 stop_timeout: float = 20.0):
+                 stop_timeout: float = 60.0, prediction_log: str | Path | None = None, log_sample: float = 0.05):
         self.repo = Path(repo).resolve()
         if not (self.repo / "funnel" / "config.pbtxt").exists():
             raise FunnelError(f"{repo}: not a funnel Triton repository (run `funnel export` first)")
         self.host, self.grpc_port = host, grpc_port or free_port()
         self.http_port = http_port if http_port is not None else free_port()
         self.binary, self.log_path, self.stop_timeout = binary, log_path, stop_timeout
+        if not 0.0 <= log_sample <= 1.0:
+            raise FunnelError(f"--log-sample must be within [0, 1] (got {log_sample})")
+        self.prediction_log = Path(prediction_log).resolve() if prediction_log else None
+        self.log_sample = log_sample
         self.process: subprocess.Popen | None = None
         self._log = None
 
@@ -87,6 +91,9 @@ class TritonServer:
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("FEAST_USAGE", "False")
+        env.pop("FUNNEL_LOG_DIR", None)
+        if self.prediction_log and self.log_sample > 0:
+            env["FUNNEL_LOG_DIR"], env["FUNNEL_LOG_SAMPLE"] = str(self.prediction_log), str(self.log_sample)
         flags = [f"--model-repository={self.repo}", f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                  f"--http-address={self.host}", f"--http-port={self.http_port}", "--allow-metrics=false",
                  "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]

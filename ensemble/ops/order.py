@@ -12,6 +12,8 @@ from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCE_NAM
                                ServingOperator, column)
 
 ITEM_IDS, SCORES, ITEM_SOURCES = "item_ids", "scores", "sources"
+# every candidate that reached the ranker, for the served-prediction log (not sent to clients)
+LOG_CANDIDATES, LOG_SOURCES, LOG_SCORES = "candidate_ids", "candidate_sources", "candidate_scores"
 
 
 def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
@@ -60,7 +62,8 @@ class OrderItems(ServingOperator):
 
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
         return [column(ITEM_IDS, np.object_, True), column(SCORES, np.float32, True),
-                column(ITEM_SOURCES, np.object_, True)]
+                column(ITEM_SOURCES, np.object_, True), column(LOG_CANDIDATES, np.object_, True),
+                column(LOG_SOURCES, np.object_, True), column(LOG_SCORES, np.float32, True)]
 
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores, cands, sources = columns[CANDIDATE_SCORES], columns[CANDIDATES], columns[SOURCES]
@@ -73,4 +76,8 @@ class OrderItems(ServingOperator):
         picked = np.where(slots >= 0, np.take_along_axis(cands, safe, axis=1), -1)
         out_scores = np.where(slots >= 0, np.take_along_axis(scores, safe, axis=1), np.nan).astype(np.float32)
         out_sources = np.where(slots >= 0, np.take_along_axis(sources, safe, axis=1), -1)
-        return {ITEM_IDS: self._raw_ids[picked], SCORES: out_scores, ITEM_SOURCES: self._source_names[out_sources]}
+        alive = cands >= 0
+        return {ITEM_IDS: self._raw_ids[picked], SCORES: out_scores, ITEM_SOURCES: self._source_names[out_sources],
+                LOG_CANDIDATES: self._raw_ids[np.where(alive, cands, -1)],
+                LOG_SOURCES: self._source_names[np.where(alive, sources, -1)],
+                LOG_SCORES: np.where(alive & np.isfinite(scores), scores, np.nan).astype(np.float32)}

@@ -172,3 +172,32 @@ def test_cli_export_serve_recommend(ranked_run, tmp_path, users, cli):
     down = subprocess.run([*funnel, "recommend", "--url", f"127.0.0.1:{port}", "--user", "x"],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 2 and "no ready 'funnel' model" in down.stderr and time.monotonic() - start < 30
+
+
+def test_prediction_log_counts_every_served_user_under_load(repo, users, tmp_path):
+    import threading
+
+    from ensemble.prediction_log import read_logs
+
+    logs = tmp_path / "prediction_logs"
+    server = TritonServer(repo, grpc_port=0, log_path=tmp_path / "triton.log", prediction_log=logs, log_sample=1.0)
+    served = []
+
+    def load(offset: int) -> None:
+        with Client(server.url, batch_size=4) as c:
+            asked = [users[(offset + i) % len(users)] for i in range(500)] + ["never-seen-user"] * 4
+            served.append(len(list(c.recommend(asked, k=5))))
+
+    with server:
+        threads = [threading.Thread(target=load, args=(i * 7,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # the server is stopped: a clean shutdown flushed the log
+    frame = read_logs(logs)
+    assert sum(served) == 4 * 504 == len(frame)
+    assert frame["request_id"].nunique() == 4 * 126  # 4 users per request
+    cold = frame[frame["user_id"] == "never-seen-user"]
+    assert len(cold) == 16 and all(set(s) == {"trending"} for s in cold["sources"])
+    assert all(len(i) == 5 and len(c) >= 5 for i, c in zip(frame["items"], frame["candidates"]))

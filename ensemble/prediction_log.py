@@ -1,0 +1,120 @@
+"""Served-prediction logging: a sampled record per served user, written asynchronously as parquet.
+
+Records are queued by the serving thread (a cheap append) and written by a background thread
+every ``flush_records`` records or ``flush_seconds`` seconds into hive-partitioned parquet:
+``LOG_DIR/date=YYYY-MM-DD/part-<pid>-<n>.parquet``. Each file is written under a temporary name
+and renamed, so readers never see half a file. The queue is bounded (``max_buffer`` records):
+when the writer falls behind, new records are dropped and counted (``dropped``), never blocking
+a request. ``close()`` (Triton's ``finalize``, a clean shutdown) flushes everything; a crash
+loses at most the unflushed buffer: ``flush_records`` records or ``flush_seconds`` of traffic.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_FIELDS = ("request_id", "time", "model_version", "user_id", "items", "scores", "sources",
+                 "candidates", "candidate_sources", "candidate_scores")
+
+
+class PredictionLogger:
+    """Sample and write served predictions; thread-safe ``log_batch`` from the serving path."""
+
+    def __init__(self, log_dir: str | Path, sample: float = 0.05, model_version: str = "",
+                 flush_records: int = 1000, flush_seconds: float = 5.0, max_buffer: int = 100_000, seed: int | None = None):
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"log sample rate must be within [0, 1] (got {sample})")
+        self.dir = Path(log_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.sample, self.model_version = float(sample), model_version
+        self.flush_records, self.flush_seconds = int(flush_records), float(flush_seconds)
+        self.logged = self.dropped = self.files = 0
+        self._rng = np.random.default_rng(seed)
+        self._queue: queue.Queue = queue.Queue(maxsize=max_buffer)
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._run, name="funnel-prediction-log", daemon=True)
+        self._writer.start()
+
+    def log_batch(self, request_id: str, user_ids: np.ndarray, out: dict[str, np.ndarray]) -> int:
+        """Queue the sampled users of one answered request; returns how many were queued."""
+        if self.sample <= 0:
+            return 0
+        keep = np.flatnonzero(self._rng.random(len(user_ids)) < self.sample) if self.sample < 1 else range(len(user_ids))
+        now = time.time()
+        queued = 0
+        for row in keep:
+            record = {
+                "request_id": request_id, "time": now, "model_version": self.model_version,
+                "user_id": _text(user_ids[row]),
+                "items": [_text(v) for v in out["item_ids"][row] if v],
+                "scores": [float(s) for s in out["scores"][row] if not np.isnan(s)],
+                "sources": [_text(v) for v in out["sources"][row] if v],
+                "candidates": [_text(v) for v in out["candidate_ids"][row] if v],
+                "candidate_sources": [_text(v) for v in out["candidate_sources"][row] if v],
+                "candidate_scores": [float(s) for s in out["candidate_scores"][row] if not np.isnan(s)],
+            }
+            try:
+                self._queue.put_nowait(record)
+                queued += 1
+            except queue.Full:
+                self.dropped += 1
+        return queued
+
+    def _run(self) -> None:
+        buffer: list[dict[str, Any]] = []
+        last = time.monotonic()
+        while True:
+            try:
+                buffer.append(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            due = len(buffer) >= self.flush_records or (buffer and time.monotonic() - last >= self.flush_seconds)
+            stopping = self._stop.is_set() and self._queue.empty()
+            if due or (stopping and buffer):
+                self._write(buffer)
+                buffer, last = [], time.monotonic()
+            if stopping:
+                return
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        day = time.strftime("%Y-%m-%d", time.gmtime(records[0]["time"]))
+        folder = self.dir / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{os.getpid()}-{self.files:06d}.parquet"
+        table = pa.Table.from_pylist(records)
+        tmp = folder / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / name)
+        self.files += 1
+        self.logged += len(records)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush every queued record and stop the writer."""
+        self._stop.set()
+        self._writer.join(timeout)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_logs(log_dir: str | Path):
+    """All logged records as a pandas frame (empty when there are none)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    path = Path(log_dir)
+    if not path.exists() or not any(path.rglob("*.parquet")):
+        return pd.DataFrame(columns=list(SCHEMA_FIELDS))
+    return ds.dataset(str(path), format="parquet", partitioning="hive",
+                      exclude_invalid_files=True).to_table().to_pandas()
