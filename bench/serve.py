@@ -6,7 +6,8 @@
 2. in-process ``Recommender`` latency for one user per request;
 3. starts Triton (the same command as `funnel serve`), single-user gRPC latency p50/p95/p99;
 4. throughput for 1, 16 and 64 users per request at concurrency 1, 4 and 16;
-5. Faiss (index chosen by catalogue size) vs exact numpy top-k on random vectors.
+5. the single-user latency again with the served-prediction log at 5%;
+6. Faiss (index chosen by catalogue size) vs exact numpy top-k on random vectors.
 Prints a table and one JSON document (also written to bench/results/serve.json).
 """
 
@@ -134,16 +135,28 @@ def main() -> None:
                 client.infer([u], k=12)
                 t_grpc.append(time.perf_counter() - t1)
         grid = [throughput(server.url, users, b, c, args.requests) for b in args.batches for c in args.concurrency]
+    # the same single-user requests with the served-prediction log at 5% (the default of `funnel serve`)
+    with TritonServer(work / "repo", grpc_port=0, log_path=work / "triton-logged.log",
+                      prediction_log=work / "prediction_logs", log_sample=0.05) as server:
+        with Client(server.url) as client:
+            for u in single[:20]:
+                client.infer([u])
+            t_logged = []
+            for u in single:
+                t1 = time.perf_counter()
+                client.infer([u], k=12)
+                t_logged.append(time.perf_counter() - t1)
     faiss_rows = [faiss_vs_exact(n) for n in args.faiss_items]
 
-    local_p, grpc_p = percentiles(t_local), percentiles(t_grpc)
+    local_p, grpc_p, logged_p = percentiles(t_local), percentiles(t_grpc), percentiles(t_logged)
     base = next((g["users_per_s"] for g in grid if g["users_per_request"] == 1 and g["concurrency"] == 1), None)
     big = max((g["users_per_s"] for g in grid if g["users_per_request"] == max(args.batches)), default=None)
     doc = {
         "catalogue_items": manifest["data"]["items"], "users": manifest["data"]["users"],
         "index": manifest["index"], "server_ready_s": round(ready_s, 1),
-        "single_user": {"in_process": local_p, "grpc": grpc_p,
-                        "grpc_over_in_process_p50": round(grpc_p["p50_ms"] / local_p["p50_ms"], 2)},
+        "single_user": {"in_process": local_p, "grpc": grpc_p, "grpc_logging_5pct": logged_p,
+                        "grpc_over_in_process_p50": round(grpc_p["p50_ms"] / local_p["p50_ms"], 2),
+                        "logging_p99_ratio": round(logged_p["p99_ms"] / grpc_p["p99_ms"], 2)},
         "throughput": grid,
         "batch_gain_users_per_s": round(big / base, 1) if base and big else None,
         "faiss_vs_exact": faiss_rows,
@@ -154,9 +167,10 @@ def main() -> None:
 
     print(f"catalogue {doc['catalogue_items']:,} items, {doc['users']:,} users; server ready in {ready_s:.1f} s")
     print(f"{'one user per request':<24} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-    for name, p in (("in-process", local_p), ("gRPC (Triton)", grpc_p)):
+    for name, p in (("in-process", local_p), ("gRPC (Triton)", grpc_p), ("gRPC, 5% logged", logged_p)):
         print(f"{name:<24} {p['p50_ms']:>8} {p['p95_ms']:>8} {p['p99_ms']:>8}")
-    print(f"gRPC / in-process p50: {doc['single_user']['grpc_over_in_process_p50']}x")
+    print(f"gRPC / in-process p50: {doc['single_user']['grpc_over_in_process_p50']}x; "
+          f"p99 with 5% logging / without: {doc['single_user']['logging_p99_ratio']}x")
     print(f"\n{'users/req':>9} {'conc':>5} {'req/s':>8} {'users/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for g in grid:
         print(f"{g['users_per_request']:>9} {g['concurrency']:>5} {g['requests_per_s']:>8} {g['users_per_s']:>9} "
