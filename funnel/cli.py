@@ -318,32 +318,105 @@ def _read_users_file(path: str) -> list[str]:
     return users
 
 
+def _print_recommendations(answers, as_json: bool, title: str) -> None:
+    from funnel.report import table
+
+    if as_json:
+        for rec in answers:
+            print(json.dumps(rec), flush=True)
+        return
+    rows = []
+    for rec in answers:
+        for rank, (item, score, source) in enumerate(zip(rec["items"], rec["scores"], rec["sources"]), 1):
+            rows.append([rec["user_id"] if rank == 1 else "", rank, item, f"{score:.4f}", source]
+                        + ([rec["served_from"]] if "served_from" in rec and rank == 1 else [""] if "served_from" in rec else []))
+        if not rec["items"]:
+            rows.append([rec["user_id"], "-", "(nothing survives the filters)", "", ""] + ([""] if "served_from" in rec else []))
+    header = ["user", "rank", "item", "score", "source"] + (["served from"] if any("served_from" in r for r in answers) else [])
+    print(table(rows, header=header, title=title))
+
+
 def cmd_recommend(args: argparse.Namespace) -> None:
     from funnel.client import Client
-    from funnel.report import table
 
     users = list(args.user or []) + (_read_users_file(args.users_file) if args.users_file else [])
     if not users:
         raise FunnelError("recommend: give --user ID or --users-file FILE")
-    try:
-        client = Client(args.url, batch_size=args.batch_size)
-    except Exception as exc:  # noqa: BLE001 - bad URL
-        raise FunnelError(f"{args.url}: cannot create a gRPC client ({exc})") from None
+    if args.from_cache:
+        _recommend_from_cache(args, users)
+        return
+    url = args.url or "127.0.0.1:8001"
+    client = _client(url, args.batch_size)
     with client:
-        if not client.ready():
-            raise FunnelError(f"{args.url}: no ready 'funnel' model there (start one: funnel serve triton_repo)")
-        answers = client.recommend(users, args.k, args.exclude_item, args.temperature, args.seed)
+        answers = (rec.as_dict() for rec in client.recommend(users, args.k, args.exclude_item, args.temperature, args.seed))
         if args.json:
-            for rec in answers:
-                print(json.dumps(rec.as_dict()), flush=True)
-            return
-        rows = []
-        for rec in answers:
-            for rank, (item, score, source) in enumerate(zip(rec.items, rec.scores, rec.sources), 1):
-                rows.append([rec.user_id if rank == 1 else "", rank, item, f"{score:.4f}", source])
-            if not rec.items:
-                rows.append([rec.user_id, "-", "(nothing survives the filters)", "", ""])
-        print(table(rows, header=["user", "rank", "item", "score", "source"], title=f"recommendations from {args.url}"))
+            _print_recommendations(answers, True, "")
+        else:
+            _print_recommendations(list(answers), False, f"recommendations from {url}")
+
+
+def _client(url: str, batch_size: int):
+    from funnel.client import Client
+
+    try:
+        client = Client(url, batch_size=batch_size)
+    except Exception as exc:  # noqa: BLE001 - bad URL
+        raise FunnelError(f"{url}: cannot create a gRPC client ({exc})") from None
+    if not client.ready():
+        client.close()
+        raise FunnelError(f"{url}: no ready 'funnel' model there (start one: funnel serve triton_repo)")
+    return client
+
+
+def _recommend_from_cache(args: argparse.Namespace, users: list[str]) -> None:
+    from funnel.cache import open_cache
+
+    cache = open_cache(args.from_cache)
+    meta = cache.meta()
+    age = cache.age_hours()
+    if age > args.max_age_hours:
+        print(f"funnel: warning: cache {args.from_cache} is stale: built {age:.1f} h ago "
+              f"(more than --max-age-hours {args.max_age_hours:g})", file=sys.stderr)
+    k = args.k or meta["k"]
+    live = _client(args.url, args.batch_size) if args.url else None
+    answers, misses = [], []
+    for user in users:
+        entry = cache.get(user)
+        if entry is not None:
+            answers.append({"user_id": user, **{key: entry[key][:k] for key in ("items", "scores", "sources")},
+                            "served_from": "cache"})
+        else:
+            answers.append(None)
+            misses.append(user)
+    fallback: dict[str, dict] = {}
+    if misses and live is not None:
+        with live:
+            fallback = {r.user_id: {**r.as_dict(), "served_from": "live"} for r in live.recommend(misses, k)}
+    elif misses:
+        t = meta["trending"]
+        fallback = {u: {"user_id": u, "items": t["items"][:k], "scores": t["scores"][:k], "sources": t["sources"][:k],
+                        "served_from": "trending"} for u in misses}
+    answers = [a if a is not None else fallback[u] for a, u in zip(answers, users)]
+    cache.close()
+    _print_recommendations(answers, args.json, f"recommendations from cache {args.from_cache} "
+                                               f"(built {age:.1f} h ago, {meta['users']:,} users)")
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from funnel.cache import build
+    from funnel.report import progress, table
+
+    import pandas as pd  # noqa: F401  (warm import outside the progress bar)
+
+    with progress(None, "answering users", unit="users") as bar:
+        summary = build(args.run, args.out, args.redis, k=args.k, batch_users=args.batch_size, progress=bar.update)
+    rows = [("users", f"{summary['users']:,} (k = {summary['k']})"),
+            ("answering", f"{summary['answer_seconds']:.1f} s ({summary['users_per_s']:,.0f} users/s)"),
+            ("export + answering", f"{summary['compute_seconds']:.1f} s"),
+            ("total time", f"{summary['total_seconds']:.1f} s")]
+    rows += [(f"written to {'SQLite ' + args.out if name == 'sqlite' else 'Redis ' + args.redis}", f"{n:,} entries")
+             for name, n in summary["written"].items()]
+    print(table(rows, title="funnel batch: done"))
 
 
 # --------------------------------------------------------------------------- parser
@@ -470,8 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-sample", type=float, default=0.05, help="share of served users logged (0..1)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("recommend", help="ask a running funnel server for recommendations (gRPC)")
-    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT")
+    p = sub.add_parser("batch", help="precompute every known user's top-k into a cache (SQLite and/or Redis)")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--out", help="SQLite file to write (replaced atomically)")
+    p.add_argument("--redis", help="also (or only) write to this Redis, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--k", type=_positive, default=12)
+    p.add_argument("--batch-size", type=_positive, default=512, help="users per funnel call")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("recommend", help="ask a running funnel server (gRPC) or a cache for recommendations")
+    p.add_argument("--url", default=None, help="gRPC HOST:PORT (default 127.0.0.1:8001; with --from-cache: "
+                                               "where cache misses go, else they get trending items)")
+    p.add_argument("--from-cache", metavar="STORE", help="read a `funnel batch` cache: SQLite file or redis:// URL")
+    p.add_argument("--max-age-hours", type=float, default=24.0, help="warn when the cache is older than this")
     p.add_argument("--user", action="append", help="raw user id (repeatable)")
     p.add_argument("--users-file", help="user ids, one per line (or parquet with user_id)")
     p.add_argument("--k", type=_positive, default=None, help="items per user (default: the export's k)")

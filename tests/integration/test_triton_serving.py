@@ -201,3 +201,16 @@ def test_prediction_log_counts_every_served_user_under_load(repo, users, tmp_pat
     cold = frame[frame["user_id"] == "never-seen-user"]
     assert len(cold) == 16 and all(set(s) == {"trending"} for s in cold["sources"])
     assert all(len(i) == 5 and len(c) >= 5 for i, c in zip(frame["items"], frame["candidates"]))
+
+
+def test_cache_misses_go_to_the_live_server(ranked_run, server, users, tmp_path, cli):
+    import json
+
+    from funnel.cache import build
+
+    build(ranked_run, str(tmp_path / "recs.sqlite"), None, k=4)
+    code, out, err = cli("recommend", "--from-cache", tmp_path / "recs.sqlite", "--url", server.url,
+                         "--user", users[0], "--user", "never-seen-user", "--json")
+    assert code == 0, err
+    cached, live = (json.loads(line) for line in out.splitlines())
+    assert cached["served_from"] == "cache" and live["served_from"] == "live" and len(live["items"]) == 4
