@@ -50,7 +50,8 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     cfg = SynthConfig(users=args.users, items=args.items, days=args.days, seed=args.seed, styles=args.styles,
                       activity=args.activity, basket_size=args.basket_size,
-                      repurchase_rate=args.repurchase_rate, end_date=args.end_date)
+                      repurchase_rate=args.repurchase_rate, end_date=args.end_date, shift_day=args.shift_day,
+                      shift_price=args.shift_price, shift_tastes=args.shift_tastes)
     cfg.validate()
     start = time.perf_counter()
     with progress(cfg.expected_interactions(), "generating") as bar, atomic_output_dir(args.out) as tmp:
@@ -419,6 +420,27 @@ def cmd_batch(args: argparse.Namespace) -> None:
     print(table(rows, title="funnel batch: done"))
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from funnel.monitor import EXIT_DRIFT, monitor
+    from funnel.report import table
+
+    report = monitor(args.reference, args.current, args.out, args.psi_threshold, args.since, args.outcomes)
+    if report["features"]:
+        rows = [[f["feature"], f["kind"], f"{f['psi']:.3f}", "DRIFT" if f["drifted"] else ""] for f in report["features"]]
+        print(table(rows, header=["feature", "kind", "PSI", ""], title=f"funnel monitor: {report['current']}"))
+    if "served" in report:
+        s = report["served"]
+        print(f"served: {s['records']:,} logged users, {s['requests']:,} requests; scores {report['scores']}; "
+              f"sources {report['sources']}")
+        if "hit_rate" in report:
+            print(f"hit rate of served lists (7 days): {report['hit_rate']['overall']:.1%}")
+    print(f"report: {Path(args.out) / 'monitor.md'}")
+    if report["alert"]:
+        print(f"funnel: drift: {', '.join(report['drifted'])} crossed PSI {args.psi_threshold}", file=sys.stderr)
+        return EXIT_DRIFT
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -445,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--basket-size", type=float, default=2.2)
     p.add_argument("--repurchase-rate", type=float, default=0.15)
     p.add_argument("--end-date", default="2020-09-22")
+    p.add_argument("--shift-day", type=int, default=0, help="planted drift from this day on (0 = none)")
+    p.add_argument("--shift-price", type=float, default=1.0, help="price multiplier after --shift-day")
+    p.add_argument("--shift-tastes", type=float, default=0.0,
+                   help="share of fresh purchases that move to a few hot styles after --shift-day")
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("hm", help="H&M Personalized Fashion Recommendations (Kaggle files)")
@@ -551,6 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=512, help="users per funnel call")
     p.set_defaults(func=cmd_batch)
 
+    p = sub.add_parser("monitor", help="data drift vs a reference period; served-prediction health (exit 3 on drift)")
+    p.add_argument("--reference", required=True, help="preprocessing output whose training split is the reference")
+    p.add_argument("--current", required=True, help="dataset directory (new purchases) or prediction-log directory")
+    p.add_argument("--out", default="monitor_report", help="report directory (replaced atomically)")
+    p.add_argument("--psi-threshold", type=float, default=0.2, help="alert when a feature's PSI reaches this")
+    p.add_argument("--since", help="current period starts after this time (default: the reference's end)")
+    p.add_argument("--outcomes", help="dataset with later purchases: hit rate of served lists (logs only)")
+    p.set_defaults(func=cmd_monitor)
+
     p = sub.add_parser("recommend", help="ask a running funnel server (gRPC) or a cache for recommendations")
     p.add_argument("--url", default=None, help="gRPC HOST:PORT (default 127.0.0.1:8001; with --from-cache: "
                                                "where cache misses go, else they get trending items)")
@@ -584,14 +619,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except FunnelError as exc:
         print(f"funnel: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("funnel: interrupted; no partial output was kept", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ class SynthConfig:
     launch_share: float = 0.2  # share of articles launched during the period
     stockout_share: float = 0.15  # share of articles that sell out at some point
     end_date: str = "2020-09-22"
+    # planted drift (monitoring tests): from day `shift_day` (0 = none) on, prices paid are multiplied
+    # by `shift_price` and a `shift_tastes` share of fresh purchases moves to a few "hot" styles
+    shift_day: int = 0
+    shift_price: float = 1.0
+    shift_tastes: float = 0.0
 
     def validate(self) -> None:
         if self.users < 1 or self.items < 2 or self.days < 2:
@@ -76,6 +81,8 @@ class SynthConfig:
             raise FunnelError("synth: --repurchase-rate must be in [0, 1)")
         if self.activity <= 0 or self.basket_size < 1:
             raise FunnelError("synth: --activity must be > 0 and --basket-size >= 1")
+        if not 0 <= self.shift_day < self.days or self.shift_price <= 0 or not 0 <= self.shift_tastes <= 1:
+            raise FunnelError("synth: --shift-day in [0, days), --shift-price > 0, --shift-tastes in [0, 1]")
         try:
             dt.date.fromisoformat(self.end_date)
         except ValueError:
@@ -260,8 +267,12 @@ def generate_chunk(cfg: SynthConfig, cat: Catalogue, chunk: int, n_users: int, f
     u_draw = rng.random(len(f_idx))
     slot = (u_draw[:, None] > taste_cum[ev_user[f_idx]]).sum(axis=1)
     f_style = top[ev_user[f_idx], np.minimum(slot, 2)]
-    f_u = rng.random(len(f_idx))
     f_day = ev_day[f_idx]
+    if cfg.shift_day and cfg.shift_tastes > 0:  # planted taste drift: a few styles become the fashion
+        hot = np.arange(max(1, cfg.styles // 8))
+        moved = (f_day >= cfg.shift_day) & (rng.random(len(f_idx)) < cfg.shift_tastes)
+        f_style = np.where(moved, hot[rng.integers(0, len(hot), len(f_idx))], f_style)
+    f_u = rng.random(len(f_idx))
     day_of_year = (cfg.start.dayofyear + np.arange(cfg.days)) % 365
     by_day = np.argsort(f_day, kind="stable")
     bounds = np.searchsorted(f_day[by_day], np.arange(cfg.days + 1))
@@ -288,6 +299,8 @@ def generate_chunk(cfg: SynthConfig, cat: Catalogue, chunk: int, n_users: int, f
         items_idx[r_idx] = items_idx[fresh_order[user_fresh_start[ev_user[r_idx]] + k_pick]]
 
     price = cat.features["price"].to_numpy()[items_idx] * np.where(rng.random(n_ev) < 0.1, 0.7, 1.0)
+    if cfg.shift_day and cfg.shift_price != 1.0:  # planted price drift
+        price = price * np.where(ev_day >= cfg.shift_day, cfg.shift_price, 1.0)
     timestamp = (
         cfg.start.to_datetime64()
         + ev_day.astype("timedelta64[D]").astype("timedelta64[s]")
