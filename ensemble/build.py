@@ -115,23 +115,32 @@ def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
     return tower({c: table[c].to_numpy() for c in table.columns if c != "user_id_raw"})
 
 
-def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool):
+def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = ""):
     """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
     from merlin.dag import ColumnSelector
     from merlin.systems.dag.ensemble import Ensemble
 
     from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
     from ensemble.ops.base import REQUEST_COLUMNS
+    from ensemble.ops.online import OnlineHistory
 
     users = pd.read_parquet(dest / "users.parquet")
     items = pd.read_parquet(dest / "items.parquet")
     user_cols = [c for c in users.columns if c != "user_id_raw"]
     item_cols = [c for c in items.columns if c != "item_id_raw"]
     exclude_seen = cfg.exclude_seen if cfg.exclude_seen != "auto" else ("never" if repurchase else "all")
+    graph = ColumnSelector(REQUEST_COLUMNS) >> UserFeatures(dest, user_cols, {c: str(users[c].dtype) for c in user_cols})
+    retrieve = RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase)
+    if cfg.features:
+        from funnel.features import open_store
+
+        open_store(cfg.features)  # fail now, not at serving time
+        online = OnlineHistory(dest, cfg.features, as_of, cfg.recent)
+        retrieve.online_width = online.width
+        graph = graph >> online
     graph = (
-        ColumnSelector(REQUEST_COLUMNS)
-        >> UserFeatures(dest, user_cols, {c: str(users[c].dtype) for c in user_cols})
-        >> RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase)
+        graph
+        >> retrieve
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
         >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known)
@@ -192,7 +201,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         save_index(index, dest / "item_index.faiss")
         (dest / "index.json").write_text(json.dumps(index_info, indent=2) + "\n")
         progress("graph")
-        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker)
+        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"])
         ensemble.save(str(dest))
         from merlin.dag import postorder_iter_nodes
 
@@ -213,7 +222,8 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "index": index_info,
             "trending_for_known": cfg.trending_for_known,
             "filters": {"exclude_seen": exclude_seen, "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,
-                        "exclude_categories": cfg.category_rules(), "exclude_items": cfg.exclude_items},
+                        "exclude_categories": cfg.category_rules(), "exclude_items": cfg.exclude_items,
+                        "online_features": str(Path(cfg.features).resolve()) if cfg.features else None},
             "limits": {"k": cfg.k, "max_k": cfg.max_k, "max_batch": cfg.max_batch},
             "tf_runtime": "python",
             "ensemble_checksum": sha256_files([dest / "ensemble.pkl"]),

@@ -27,6 +27,8 @@ class ExportConfig:
     out_of_stock: bool = field(default=True, metadata={"help": "drop items the inventory marks out of stock"})
     exclude_categories: list[str] = field(default_factory=list, metadata={"help": "item attribute rules COLUMN=VALUE"})
     exclude_items: list[str] = field(default_factory=list, metadata={"help": "raw item ids never served"})
+    features: str = field(default="", metadata={
+        "help": "Feast feature repository (funnel features apply): read users' new purchases per request"})
     index: str = field(default="auto", metadata={"help": "Faiss index: auto, flat, ivf or hnsw"})
     tf_runtime: str = field(default="auto", metadata={"help": "auto, python (TF inside the python backend) or tensorflow"})
     instances: int = field(default=1, metadata={"help": "Triton model instances (processes)"})

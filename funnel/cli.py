@@ -441,6 +441,40 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features_apply(args: argparse.Namespace) -> None:
+    from funnel.features import apply
+    from funnel.report import table
+
+    m = apply(args.run, args.repo, args.redis)
+    rows = [(name, f"{n:,} rows") for name, n in m["rows"].items()]
+    rows += [("online store", m["online_store"]), ("as of", m["as_of"]), ("repository", args.repo)]
+    print(table(rows, title="funnel features apply: done (materialized)"))
+
+
+def cmd_events_ingest(args: argparse.Namespace) -> None:
+    from funnel.features import ingest, read_events
+
+    done = ingest(args.features, read_events(args.source), args.triton_repo)
+    print(f"ingested {done['purchases']:,} purchases ({done['users']:,} users) and {done['stock']:,} stock updates"
+          + (f"; inventory of {args.triton_repo} updated" if args.triton_repo and done["stock"] else ""))
+
+
+def cmd_check_skew(args: argparse.Namespace) -> int:
+    from funnel.features import check_skew
+    from funnel.report import table
+
+    report = check_skew(args.run, args.features, args.users, export=args.export)
+    rows = [[f["side"], f["feature"], f["checked"], f"{f['match']:.1%}", f["first_mismatch"] or ""]
+            for f in report["features"]]
+    print(table(rows, header=["side", "feature", "rows", "match", "first mismatch"],
+                title="funnel check-skew: online features through the saved workflow vs served features"))
+    if report["skew"]:
+        print("funnel: skew: some served features differ from what the workflow makes of the online store",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -577,6 +611,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=512, help="users per funnel call")
     p.set_defaults(func=cmd_batch)
 
+    feats = sub.add_parser("features", help="the Feast feature repository (online features)")
+    fsub = feats.add_subparsers(dest="action", metavar="ACTION")
+    fsub.required = True
+    p = fsub.add_parser("apply", help="create the repository from a run and materialize every view")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--repo", default="feature_repo", help="feature repository directory")
+    p.add_argument("--redis", help="Redis online store (redis://host:port) instead of the SQLite file")
+    p.set_defaults(func=cmd_features_apply)
+    p = fsub.add_parser("materialize", help="same as apply: rebuild and re-materialize from the run")
+    p.add_argument("run")
+    p.add_argument("--repo", default="feature_repo")
+    p.add_argument("--redis")
+    p.set_defaults(func=cmd_features_apply)
+
+    events = sub.add_parser("events", help="feed new purchases and stock updates to the online store")
+    esub = events.add_subparsers(dest="action", metavar="ACTION")
+    esub.required = True
+    p = esub.add_parser("ingest", help="JSON lines (file or -) or parquet of purchase/stock events")
+    p.add_argument("source", help="events file, or - for standard input")
+    p.add_argument("--features", default="feature_repo", help="feature repository")
+    p.add_argument("--triton-repo", help="also update this export's inventory (stock events)")
+    p.set_defaults(func=cmd_events_ingest)
+
+    p = sub.add_parser("check-skew", help="train/serve consistency of features, per feature (exit 3 on skew)")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--features", default="feature_repo", help="feature repository")
+    p.add_argument("--export", help="compare with this export's tables (default: the run's catalogue)")
+    p.add_argument("--users", type=_positive, default=200, help="users (and items) sampled")
+    p.set_defaults(func=cmd_check_skew)
+
     p = sub.add_parser("monitor", help="data drift vs a reference period; served-prediction health (exit 3 on drift)")
     p.add_argument("--reference", required=True, help="preprocessing output whose training split is the reference")
     p.add_argument("--current", required=True, help="dataset directory (new purchases) or prediction-log directory")
@@ -609,6 +673,7 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("FEAST_USAGE", "False")  # Feast reports usage online unless told not to
     warnings.filterwarnings("ignore", message=".*in CPU mode.*")
     warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

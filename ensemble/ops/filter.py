@@ -11,6 +11,7 @@ from merlin.schema import ColumnSchema, Schema
 
 from ensemble.history import PurchaseHistory
 from ensemble.ops.base import CANDIDATES, EXCLUDE, USER_ROW, ServingOperator
+from ensemble.ops.online import ONLINE_ITEMS, online_matches
 
 INVENTORY = "inventory.parquet"
 
@@ -84,6 +85,8 @@ class FilterCandidates(ServingOperator):
             if self.exclude_seen == "days":
                 seen &= self._history.days_ago[np.maximum(entry, 0)] <= self.seen_days
             drop |= seen
+            if ONLINE_ITEMS in columns:  # bought since the export (online store): seen, and recent
+                drop |= valid & online_matches(cands, columns[ONLINE_ITEMS])
         extra = columns.get(EXCLUDE)
         if extra is not None and extra.shape[-1] and len(cands):
             drop |= valid & np.isin(cands, self._lookup(extra[0]))  # request-level: the same for every user

@@ -11,6 +11,7 @@ from merlin.schema import ColumnSchema, Schema
 from ensemble.history import PurchaseHistory
 from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, SOURCES, TIERS, USER_ROW,
                                ServingOperator, column, user_features)
+from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.ops.retrieve import TRENDING
 
 NEVER_DAYS = 365.0  # pair_days_since for items never bought (as in training)
@@ -84,6 +85,10 @@ class RankCandidates(ServingOperator):
             users, slots = np.nonzero(known)
             items = cands[users, slots]
             bought, since = self.pair_features(rows, cands)
+            if ONLINE_ITEMS in columns:  # one more purchase each, just now
+                fresh = online_matches(cands, columns[ONLINE_ITEMS])
+                bought = np.where(fresh, np.log1p(np.expm1(bought) + 1), bought).astype(np.float32)
+                since = np.where(fresh, 0.0, since).astype(np.float32)
             feed = {name: values[users] for name, values in user_features(columns).items()}
             feed.update({name: values[items] for name, values in self._items.items()})
             feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],

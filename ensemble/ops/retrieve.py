@@ -9,6 +9,7 @@ import numpy as np
 from merlin.schema import ColumnSchema, Schema
 
 from ensemble.history import PurchaseHistory
+from ensemble.ops.online import ONLINE_ITEMS
 from ensemble.ops.base import (CANDIDATES, RETRIEVAL_SCORES, SOURCES, USER_ROW, ServingOperator, column,
                                user_features)
 
@@ -41,9 +42,11 @@ class RetrieveCandidates(ServingOperator):
         super().__init__(source_dir)
         self.n, self.recent, self.trending, self.repurchase = int(n), int(recent), int(trending), bool(repurchase)
 
+    online_width: int = 0  # set when an OnlineHistory operator feeds this one
+
     @property
     def width(self) -> int:
-        return self.n + (self.recent if self.repurchase else 0) + self.trending
+        return self.n + ((self.recent + self.online_width) if self.repurchase else 0) + self.trending
 
     def load(self, path: Path) -> None:
         from ensemble.index import load_index
@@ -78,7 +81,10 @@ class RetrieveCandidates(ServingOperator):
         parts = [np.where((rows >= 0)[:, None], found, -1)]
         kinds = [RETRIEVAL]
         if self.repurchase:
-            parts.append(self._history.recent(rows, self.recent))
+            own = self._history.recent(rows, self.recent)
+            if ONLINE_ITEMS in columns:  # purchases since the export, from the online store, come first
+                own = np.concatenate([columns[ONLINE_ITEMS], own], axis=1)
+            parts.append(own)
             kinds.append(REPURCHASE)
         parts.append(np.tile(self._trending, (users, 1)))
         kinds.append(TRENDING)
