@@ -167,6 +167,42 @@ output [
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 """
 
+TOWER_PBTXT = """name: "{name}"
+{backend}
+max_batch_size: 0
+input [
+{inputs}
+]
+output [
+  {{ name: "{output}" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
+]
+{instances}"""
+
+TOWER_PY = '''"""Triton python-backend model for one funnel SavedModel (--tf-runtime python-bls)."""
+from ensemble.triton_tower import TritonPythonModel  # noqa: F401
+'''
+
+
+def write_model_runtime(tmp: Path, dest: Path, name: str, runtime: str, instances: int) -> tuple[str, dict]:
+    """Put the SavedModel ``dest/name`` into its own Triton model; return its model name and signature."""
+    from ensemble.savedmodel import NUMPY_TO_TRITON, signature_spec
+
+    spec = signature_spec(dest / name)
+    model = f"{MODEL_NAME}_{name}"
+    (tmp / model / "1").mkdir(parents=True)
+    shutil.copytree(dest / name, tmp / model / "1" / "model.savedmodel")
+    inputs = ",\n".join(f'  {{ name: "{n}" data_type: {NUMPY_TO_TRITON[d]} dims: [ -1{", 1" if r == 2 else ""} ] }}'
+                        for n, (d, r) in spec["inputs"].items())
+    if runtime == "tensorflow":
+        backend, group = 'platform: "tensorflow_savedmodel"', ""  # Triton places it (GPU when there is one)
+    else:
+        backend, group = 'backend: "python"', f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
+        (tmp / model / "1" / "model.py").write_text(TOWER_PY)
+    (tmp / model / "config.pbtxt").write_text(TOWER_PBTXT.format(name=model, backend=backend, inputs=inputs,
+                                                                output=spec["output"], instances=group))
+    return model, spec
+
+
 MODEL_PY = '''"""Triton python-backend entry point of a funnel export (the code lives in the installed funnel)."""
 from ensemble.triton_model import TritonPythonModel  # noqa: F401
 '''
@@ -202,6 +238,18 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         (dest / "index.json").write_text(json.dumps(index_info, indent=2) + "\n")
         progress("graph")
         ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"])
+        runtime = "python" if cfg.tf_runtime == "auto" else cfg.tf_runtime
+        if runtime != "python":
+            from merlin.dag import postorder_iter_nodes as _nodes
+
+            from ensemble.ops import RankCandidates, RetrieveCandidates
+
+            for node in _nodes(ensemble.graph.output_node):
+                op = node.op
+                if isinstance(op, RetrieveCandidates):
+                    op.triton_model, op.triton_spec = write_model_runtime(tmp, dest, "query_tower", runtime, cfg.instances)
+                elif isinstance(op, RankCandidates) and op.use_ranker:
+                    op.triton_model, op.triton_spec = write_model_runtime(tmp, dest, "ranker", runtime, cfg.instances)
         ensemble.save(str(dest))
         from merlin.dag import postorder_iter_nodes
 
@@ -225,7 +273,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
                         "exclude_categories": cfg.category_rules(), "exclude_items": cfg.exclude_items,
                         "online_features": str(Path(cfg.features).resolve()) if cfg.features else None},
             "limits": {"k": cfg.k, "max_k": cfg.max_k, "max_batch": cfg.max_batch},
-            "tf_runtime": "python",
+            "tf_runtime": runtime,
             "ensemble_checksum": sha256_files([dest / "ensemble.pkl"]),
             "versions": _versions(),
             "export_seconds": round(time.perf_counter() - start, 2),

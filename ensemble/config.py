@@ -30,7 +30,9 @@ class ExportConfig:
     features: str = field(default="", metadata={
         "help": "Feast feature repository (funnel features apply): read users' new purchases per request"})
     index: str = field(default="auto", metadata={"help": "Faiss index: auto, flat, ivf or hnsw"})
-    tf_runtime: str = field(default="auto", metadata={"help": "auto, python (TF inside the python backend) or tensorflow"})
+    tf_runtime: str = field(default="auto", metadata={
+        "help": "auto/python (TF inside the executor), tensorflow (Triton's TF backend models, via BLS) "
+                "or python-bls (the same split with python-backend models)"})
     instances: int = field(default=1, metadata={"help": "Triton model instances (processes)"})
     seed: int = 0
 
@@ -43,11 +45,9 @@ class ExportConfig:
             raise FunnelError(f"export: exclude_seen must be auto, all, days or never (got {self.exclude_seen!r})")
         if self.trending_for_known not in ("fill", "rank"):
             raise FunnelError(f"export: trending_for_known must be fill or rank (got {self.trending_for_known!r})")
-        if self.tf_runtime not in ("auto", "python", "tensorflow"):
-            raise FunnelError(f"export: tf_runtime must be auto, python or tensorflow (got {self.tf_runtime!r})")
-        if self.tf_runtime == "tensorflow":
-            raise FunnelError("export: --tf-runtime tensorflow (Triton's TensorFlow backend) is not built yet; "
-                              "use python (works with every Triton build, GPU included)")
+        if self.tf_runtime not in ("auto", "python", "tensorflow", "python-bls"):
+            raise FunnelError(f"export: tf_runtime must be auto, python, tensorflow or python-bls "
+                              f"(got {self.tf_runtime!r})")
         for rule in self.exclude_categories:
             if "=" not in rule:
                 raise FunnelError(f"export: exclude_categories rule {rule!r} is not COLUMN=VALUE")

@@ -35,6 +35,9 @@ class RankCandidates(ServingOperator):
 
     files = ("ranker", "items.parquet", "history.npz", "trending.npz")
 
+    triton_model: str | None = None  # set when the export runs the ranker as its own Triton model
+    triton_spec: dict | None = None
+
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
                  trending_for_known: str = "fill"):
         super().__init__(source_dir)
@@ -45,9 +48,9 @@ class RankCandidates(ServingOperator):
         self.trending_for_known = trending_for_known
 
     def load(self, path: Path) -> None:
-        from ensemble.savedmodel import SavedModelRunner
+        from ensemble.savedmodel import model_runner
 
-        self._ranker = SavedModelRunner(path / "ranker") if self.use_ranker else None
+        self._ranker = model_runner(path / "ranker", self.triton_model, self.triton_spec) if self.use_ranker else None
         items = pd.read_parquet(path / "items.parquet")
         self._items = {name: items[name].to_numpy() for name in self.item_features}
         self._history = PurchaseHistory.load(path / "history.npz")

@@ -43,6 +43,8 @@ class RetrieveCandidates(ServingOperator):
         self.n, self.recent, self.trending, self.repurchase = int(n), int(recent), int(trending), bool(repurchase)
 
     online_width: int = 0  # set when an OnlineHistory operator feeds this one
+    triton_model: str | None = None  # set when the export runs the query tower as its own Triton model
+    triton_spec: dict | None = None
 
     @property
     def width(self) -> int:
@@ -50,9 +52,9 @@ class RetrieveCandidates(ServingOperator):
 
     def load(self, path: Path) -> None:
         from ensemble.index import load_index
-        from ensemble.savedmodel import SavedModelRunner
+        from ensemble.savedmodel import model_runner
 
-        self._tower = SavedModelRunner(path / "query_tower")
+        self._tower = model_runner(path / "query_tower", self.triton_model, self.triton_spec)
         self._index = load_index(path / "item_index.faiss", json.loads((path / "index.json").read_text()))
         self._vectors = np.load(path / "item_vectors.npy", allow_pickle=False)
         self._history = PurchaseHistory.load(path / "history.npz")

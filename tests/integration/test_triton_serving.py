@@ -214,3 +214,21 @@ def test_cache_misses_go_to_the_live_server(ranked_run, server, users, tmp_path,
     assert code == 0, err
     cached, live = (json.loads(line) for line in out.splitlines())
     assert cached["served_from"] == "cache" and live["served_from"] == "live" and len(live["items"]) == 4
+
+
+def test_models_split_out_and_called_through_bls_answer_the_same(ranked_run, server, client, users, tmp_path):
+    """--tf-runtime python-bls: query tower and ranker as their own Triton models (the tensorflow layout)."""
+    repo = tmp_path / "bls_repo"
+    export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
+                        max_batch=64, tf_runtime="python-bls"))
+    asked = users[:10] + ["never-seen-user"]
+    expected = client.infer(asked, k=12)  # the single-process export of the module's server
+    with TritonServer(repo, grpc_port=0, log_path=tmp_path / "triton.log") as srv, Client(srv.url) as c:
+        import tritonclient.grpc as grpcclient
+
+        raw = grpcclient.InferenceServerClient(srv.url)
+        assert raw.is_model_ready("funnel_query_tower") and raw.is_model_ready("funnel_ranker")
+        raw.close()
+        got = c.infer(asked, k=12)
+    assert got["item_ids"].tolist() == expected["item_ids"].tolist()
+    np.testing.assert_allclose(got["scores"], expected["scores"], rtol=0, atol=1e-5)

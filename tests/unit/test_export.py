@@ -113,9 +113,21 @@ def test_tampered_graph_is_not_unpickled(exported, tmp_path):
         Recommender(pkl.parent)
 
 
+def test_tensorflow_runtime_splits_the_models_out_for_tritons_tf_backend(ranked_run, tmp_path):
+    m = export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), tf_runtime="tensorflow"))
+    assert m["tf_runtime"] == "tensorflow"
+    for name in ("funnel_query_tower", "funnel_ranker"):
+        config = (tmp_path / "r" / name / "config.pbtxt").read_text()
+        assert 'platform: "tensorflow_savedmodel"' in config and "TYPE_INT32" in config
+        assert (tmp_path / "r" / name / "1" / "model.savedmodel" / "saved_model.pb").exists()
+    # outside Triton the same graph falls back to the SavedModels in-process
+    local = Recommender(tmp_path / "r" / "funnel" / "1" / "ensemble").recommend(["x"], k=3)
+    assert local["item_ids"].shape == (1, 3)
+
+
 def test_export_config_errors(ranked_run, tmp_path):
-    with pytest.raises(FunnelError, match="tensorflow"):
-        export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), tf_runtime="tensorflow"))
+    with pytest.raises(FunnelError, match="tf_runtime"):
+        export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), tf_runtime="onnx"))
     with pytest.raises(FunnelError, match="COLUMN=VALUE"):
         export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), exclude_categories=["colour"]))
     with pytest.raises(FunnelError, match="not a training run"):
