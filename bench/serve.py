@@ -32,6 +32,18 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
+def single_user_latency(call, users: list[str], warmup: int = 20) -> list[float]:
+    """Seconds per one-user request, after a warm-up."""
+    for u in users[:warmup]:
+        call([u])
+    times = []
+    for u in users:
+        t0 = time.perf_counter()
+        call([u])
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def throughput(url: str, users: list[str], batch: int, concurrency: int, requests: int) -> dict:
     from funnel.client import Client
 
@@ -114,38 +126,20 @@ def main() -> None:
     single = users[: args.requests]
 
     local = Recommender(work / "repo" / "funnel" / "1" / "ensemble")
-    for u in single[:20]:
-        local.recommend([u])
-    t_local = []
-    for u in single:
-        t0 = time.perf_counter()
-        local.recommend([u], k=12)
-        t_local.append(time.perf_counter() - t0)
+    t_local = single_user_latency(lambda u: local.recommend(u, k=12), single)
     del local
 
     t0 = time.perf_counter()
     with TritonServer(work / "repo", grpc_port=0, log_path=work / "triton.log") as server:
         ready_s = time.perf_counter() - t0
         with Client(server.url) as client:
-            for u in single[:20]:
-                client.infer([u])
-            t_grpc = []
-            for u in single:
-                t1 = time.perf_counter()
-                client.infer([u], k=12)
-                t_grpc.append(time.perf_counter() - t1)
+            t_grpc = single_user_latency(lambda u: client.infer(u, k=12), single)
         grid = [throughput(server.url, users, b, c, args.requests) for b in args.batches for c in args.concurrency]
     # the same single-user requests with the served-prediction log at 5% (the default of `funnel serve`)
     with TritonServer(work / "repo", grpc_port=0, log_path=work / "triton-logged.log",
                       prediction_log=work / "prediction_logs", log_sample=0.05) as server:
         with Client(server.url) as client:
-            for u in single[:20]:
-                client.infer([u])
-            t_logged = []
-            for u in single:
-                t1 = time.perf_counter()
-                client.infer([u], k=12)
-                t_logged.append(time.perf_counter() - t1)
+            t_logged = single_user_latency(lambda u: client.infer(u, k=12), single)
     faiss_rows = [faiss_vs_exact(n) for n in args.faiss_items]
 
     local_p, grpc_p, logged_p = percentiles(t_local), percentiles(t_grpc), percentiles(t_logged)

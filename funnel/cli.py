@@ -614,16 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
     feats = sub.add_parser("features", help="the Feast feature repository (online features)")
     fsub = feats.add_subparsers(dest="action", metavar="ACTION")
     fsub.required = True
-    p = fsub.add_parser("apply", help="create the repository from a run and materialize every view")
-    p.add_argument("run", help="run directory from `funnel train`")
-    p.add_argument("--repo", default="feature_repo", help="feature repository directory")
-    p.add_argument("--redis", help="Redis online store (redis://host:port) instead of the SQLite file")
-    p.set_defaults(func=cmd_features_apply)
-    p = fsub.add_parser("materialize", help="same as apply: rebuild and re-materialize from the run")
-    p.add_argument("run")
-    p.add_argument("--repo", default="feature_repo")
-    p.add_argument("--redis")
-    p.set_defaults(func=cmd_features_apply)
+    for action, text in (("apply", "create the repository from a run and materialize every view"),
+                         ("materialize", "the same as apply: rebuild it from the run and re-materialize")):
+        p = fsub.add_parser(action, help=text)
+        p.add_argument("run", help="run directory from `funnel train`")
+        p.add_argument("--repo", default="feature_repo", help="feature repository directory")
+        p.add_argument("--redis", help="Redis online store (redis://host:port) instead of the SQLite file")
+        p.set_defaults(func=cmd_features_apply)
 
     events = sub.add_parser("events", help="feed new purchases and stock updates to the online store")
     esub = events.add_subparsers(dest="action", metavar="ACTION")
