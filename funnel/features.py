@@ -53,6 +53,21 @@ def _dtype(series: pd.Series):
     return String
 
 
+def feast_redis(url: str) -> str:
+    """A redis:// URL as Feast's connection string ("host:port,db=N[,password=...][,ssl=true]")."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise FunnelError(f"{url}: expected redis://HOST:PORT[/DB]")
+    parts = [f"{parsed.hostname}:{parsed.port or 6379}", f"db={int(parsed.path.strip('/') or 0)}"]
+    if parsed.password:
+        parts.append(f"password={parsed.password}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
 def open_store(repo: str | Path):
     path = Path(repo)
     if not (path / "feature_store.yaml").exists():
@@ -99,9 +114,16 @@ def apply(run: str | Path, repo: str | Path, redis_url: str | None = None) -> di
             in_stock=items["in_stock"].astype(bool) if "in_stock" in items else True), as_of),
         "user_recent": _stamp(recent_table(train), as_of),
     }
+    if redis_url:  # fail before writing anything
+        import redis
+
+        try:
+            redis.Redis.from_url(redis_url).ping()
+        except redis.exceptions.ConnectionError as exc:
+            raise FunnelError(f"{redis_url}: cannot reach Redis ({exc})") from None
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "data").mkdir(exist_ok=True)
-    online = ({"type": "redis", "connection_string": redis_url.replace("redis://", "")} if redis_url
+    online = ({"type": "redis", "connection_string": feast_redis(redis_url)} if redis_url
               else {"type": "sqlite", "path": str((repo / "online.db").resolve())})
     import yaml
 

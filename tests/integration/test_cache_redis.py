@@ -65,3 +65,26 @@ def test_a_rebuild_switches_generations_and_removes_the_old_one(ranked_run, redi
 def test_unreachable_redis_is_one_clear_error(cli):
     code, _, err = cli("recommend", "--from-cache", f"redis://127.0.0.1:{free_port()}/0", "--user", "u")
     assert code == 2 and "cannot reach Redis" in err
+
+
+def test_feast_online_store_on_redis(ranked_run, redis_url, tmp_path):
+    import pandas as pd
+
+    from funnel.features import apply, ingest, open_store, read_recent
+
+    manifest = apply(ranked_run, tmp_path / "feature_repo", redis_url)
+    assert manifest["online_store"] == "redis"
+    store = open_store(tmp_path / "feature_repo")
+    ingest(tmp_path / "feature_repo", pd.DataFrame([{"type": "purchase", "user_id": "someone", "item_id": "42"}]))
+    items, _ = read_recent(store, ["someone"])
+    assert items == [["42"]]
+
+
+def test_feast_connection_strings():
+    from funnel.errors import FunnelError
+    from funnel.features import feast_redis
+
+    assert feast_redis("redis://127.0.0.1:6380/2") == "127.0.0.1:6380,db=2"
+    assert feast_redis("rediss://:pw@cache.example:6379") == "cache.example:6379,db=0,password=pw,ssl=true"
+    with pytest.raises(FunnelError, match="expected redis://"):
+        feast_redis("http://x")
