@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--faiss-items", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--feast", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure an export that reads new purchases from Feast (SQLite) per request")
     parser.add_argument("--out", default="bench/results/serve.json")
     args = parser.parse_args()
 
@@ -140,6 +142,15 @@ def main() -> None:
                       prediction_log=work / "prediction_logs", log_sample=0.05) as server:
         with Client(server.url) as client:
             t_logged = single_user_latency(lambda u: client.infer(u, k=12), single)
+    feast = None
+    if args.feast:  # the online-features path: one Feast online read per request
+        from funnel.features import apply
+
+        apply(args.run, work / "feature_repo")
+        export(ExportConfig(run=args.run, out=str(work / "repo_feast"), features=str(work / "feature_repo")))
+        with TritonServer(work / "repo_feast", grpc_port=0, log_path=work / "triton-feast.log") as server:
+            with Client(server.url) as client:
+                feast = percentiles(single_user_latency(lambda u: client.infer(u, k=12), single))
     faiss_rows = [faiss_vs_exact(n) for n in args.faiss_items]
 
     local_p, grpc_p, logged_p = percentiles(t_local), percentiles(t_grpc), percentiles(t_logged)
@@ -148,7 +159,7 @@ def main() -> None:
     doc = {
         "catalogue_items": manifest["data"]["items"], "users": manifest["data"]["users"],
         "index": manifest["index"], "server_ready_s": round(ready_s, 1),
-        "single_user": {"in_process": local_p, "grpc": grpc_p, "grpc_logging_5pct": logged_p,
+        "single_user": {"in_process": local_p, "grpc": grpc_p, "grpc_logging_5pct": logged_p, "grpc_feast": feast,
                         "grpc_over_in_process_p50": round(grpc_p["p50_ms"] / local_p["p50_ms"], 2),
                         "logging_p99_ratio": round(logged_p["p99_ms"] / grpc_p["p99_ms"], 2)},
         "throughput": grid,
@@ -161,7 +172,8 @@ def main() -> None:
 
     print(f"catalogue {doc['catalogue_items']:,} items, {doc['users']:,} users; server ready in {ready_s:.1f} s")
     print(f"{'one user per request':<24} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-    for name, p in (("in-process", local_p), ("gRPC (Triton)", grpc_p), ("gRPC, 5% logged", logged_p)):
+    rows = [("in-process", local_p), ("gRPC (Triton)", grpc_p), ("gRPC, 5% logged", logged_p)]
+    for name, p in rows + ([("gRPC, Feast online", feast)] if feast else []):
         print(f"{name:<24} {p['p50_ms']:>8} {p['p95_ms']:>8} {p['p99_ms']:>8}")
     print(f"gRPC / in-process p50: {doc['single_user']['grpc_over_in_process_p50']}x; "
           f"p99 with 5% logging / without: {doc['single_user']['logging_p99_ratio']}x")
