@@ -24,6 +24,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def small_synth() -> dict:
+    """The generator parameters of the small test dataset (feast installs a top-level `tests`
+    package into site-packages, so test modules must not import `tests.conftest`)."""
+    return dict(SMALL)
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset (fixed seed), generated once per test session."""
     from funnel.data.synth import SynthConfig, generate

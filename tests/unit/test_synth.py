@@ -7,13 +7,12 @@ import pytest
 from funnel.data.canonical import read_dataset
 from funnel.data.synth import Oracle, SynthConfig, generate
 from funnel.errors import FunnelError
-from tests.conftest import SMALL
 
 
-def _generate(tmp_path, **kw):
+def _generate(tmp_path, base: dict, **kw):
     out = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    generate(SynthConfig(**{**SMALL, **kw}), out)
+    generate(SynthConfig(**{**base, **kw}), out)
     return out
 
 
@@ -35,8 +34,8 @@ def test_canonical_layout_and_types(synth_dir):
     assert set(inter["channel"].unique()) <= {1, 2}
 
 
-def test_deterministic_per_seed(tmp_path):
-    a, b, c = _generate(tmp_path), _generate(tmp_path), _generate(tmp_path, seed=8)
+def test_deterministic_per_seed(tmp_path, small_synth):
+    a, b, c = _generate(tmp_path, small_synth), _generate(tmp_path, small_synth), _generate(tmp_path, small_synth, seed=8)
     for name in ("interactions.parquet", "items.parquet", "users.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name))
     assert json.loads((a / "dataset.json").read_text())["content_checksum"] == \
@@ -44,9 +43,9 @@ def test_deterministic_per_seed(tmp_path):
     assert not pd.read_parquet(a / "interactions.parquet").equals(pd.read_parquet(c / "interactions.parquet"))
 
 
-def test_size_follows_parameters(tmp_path):
-    small = read_dataset(_generate(tmp_path, users=500)).meta["rows"]["interactions"]
-    large = read_dataset(_generate(tmp_path, users=2000)).meta["rows"]["interactions"]
+def test_size_follows_parameters(tmp_path, small_synth):
+    small = read_dataset(_generate(tmp_path, small_synth, users=500)).meta["rows"]["interactions"]
+    large = read_dataset(_generate(tmp_path, small_synth, users=2000)).meta["rows"]["interactions"]
     assert 3 < large / small < 5.5
 
 
@@ -63,7 +62,7 @@ def test_planted_structure(synth_dir):
     assert per_day[[5, 6]].mean() > per_day[[0, 1, 2, 3, 4]].mean() * 1.15
 
 
-def test_stock_and_launches_respected(synth_dir):
+def test_stock_and_launches_respected(synth_dir, small_synth):
     inter = read_dataset(synth_dir).interactions()
     truth = pd.read_parquet(synth_dir / "ground_truth" / "items.parquet")
     start = inter["timestamp"].min().normalize()
@@ -74,7 +73,7 @@ def test_stock_and_launches_respected(synth_dir):
     assert (new["day"] < new["stockout_day"]).all(), "bought after going out of stock"
     assert (new["day"] >= new["launch_day"]).all(), "bought before launch"
     items = read_dataset(synth_dir).items().merge(truth, on="item_id")
-    assert (items["in_stock"] == (items["stockout_day"] >= SMALL["days"])).all()
+    assert (items["in_stock"] == (items["stockout_day"] >= small_synth["days"])).all()
     assert (~items["in_stock"]).sum() > 0
 
 
@@ -98,9 +97,9 @@ def test_oracle_needs_ground_truth(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(users=0), dict(items=1), dict(repurchase_rate=1.5), dict(end_date="x")])
-def test_bad_parameters(bad):
+def test_bad_parameters(bad, small_synth):
     with pytest.raises(FunnelError):
-        SynthConfig(**{**SMALL, **bad}).validate()
+        SynthConfig(**{**small_synth, **bad}).validate()
 
 
 def test_cli_synth_summary_and_atomic_output(tmp_path, cli):
