@@ -6,7 +6,8 @@
 2. in-process ``Recommender`` latency for one user per request;
 3. starts Triton (the same command as `funnel serve`), single-user gRPC latency p50/p95/p99;
 4. throughput for 1, 16 and 64 users per request at concurrency 1, 4 and 16;
-5. the single-user latency again with the served-prediction log at 5%;
+5. single-user latency of two servers side by side, without and with the prediction log at 5%
+   (requests alternate between them, `--logging-rounds` x the single-user requests each);
 6. Faiss (index chosen by catalogue size) vs exact numpy top-k on random vectors.
 Prints a table and one JSON document (also written to bench/results/serve.json).
 """
@@ -42,6 +43,27 @@ def single_user_latency(call, users: list[str], warmup: int = 20) -> list[float]
         call([u])
         times.append(time.perf_counter() - t0)
     return times
+
+
+def logging_overhead(repo: Path, users: list[str], work: Path) -> tuple[list[float], list[float]]:
+    """Single-user latency of a server without and one with the 5% prediction log, interleaved."""
+    from funnel.client import Client
+    from funnel.serving import TritonServer
+
+    with TritonServer(repo, grpc_port=0, log_path=work / "triton-plain.log") as plain, \
+            TritonServer(repo, grpc_port=0, log_path=work / "triton-logged.log",
+                         prediction_log=work / "prediction_logs", log_sample=0.05) as logged, \
+            Client(plain.url) as a, Client(logged.url) as b:
+        for u in users[:20]:
+            a.infer([u])
+            b.infer([u])
+        t_a, t_b = [], []
+        for i, u in enumerate(users):
+            for client, times in ((a, t_a), (b, t_b)) if i % 2 == 0 else ((b, t_b), (a, t_a)):
+                t0 = time.perf_counter()
+                client.infer([u], k=12)
+                times.append(time.perf_counter() - t0)
+    return t_a, t_b
 
 
 def throughput(url: str, users: list[str], batch: int, concurrency: int, requests: int) -> dict:
@@ -109,6 +131,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--faiss-items", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--logging-rounds", type=int, default=5,
+                        help="the logging comparison sends the single-user requests this many times to each server")
     parser.add_argument("--feast", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure an export that reads new purchases from Feast (SQLite) per request")
     parser.add_argument("--out", default="bench/results/serve.json")
@@ -137,11 +161,8 @@ def main() -> None:
         with Client(server.url) as client:
             t_grpc = single_user_latency(lambda u: client.infer(u, k=12), single)
         grid = [throughput(server.url, users, b, c, args.requests) for b in args.batches for c in args.concurrency]
-    # the same single-user requests with the served-prediction log at 5% (the default of `funnel serve`)
-    with TritonServer(work / "repo", grpc_port=0, log_path=work / "triton-logged.log",
-                      prediction_log=work / "prediction_logs", log_sample=0.05) as server:
-        with Client(server.url) as client:
-            t_logged = single_user_latency(lambda u: client.infer(u, k=12), single)
+    # prediction log at 5% vs off, side by side: two servers, requests alternate between them
+    t_plain, t_logged = logging_overhead(work / "repo", single * args.logging_rounds, work)
     feast = None
     if args.feast:  # the online-features path: one Feast online read per request
         from funnel.features import apply
@@ -154,6 +175,7 @@ def main() -> None:
     faiss_rows = [faiss_vs_exact(n) for n in args.faiss_items]
 
     local_p, grpc_p, logged_p = percentiles(t_local), percentiles(t_grpc), percentiles(t_logged)
+    plain_p = percentiles(t_plain)
     base = next((g["users_per_s"] for g in grid if g["users_per_request"] == 1 and g["concurrency"] == 1), None)
     big = max((g["users_per_s"] for g in grid if g["users_per_request"] == max(args.batches)), default=None)
     doc = {
@@ -161,7 +183,8 @@ def main() -> None:
         "index": manifest["index"], "server_ready_s": round(ready_s, 1),
         "single_user": {"in_process": local_p, "grpc": grpc_p, "grpc_logging_5pct": logged_p, "grpc_feast": feast,
                         "grpc_over_in_process_p50": round(grpc_p["p50_ms"] / local_p["p50_ms"], 2),
-                        "logging_p99_ratio": round(logged_p["p99_ms"] / grpc_p["p99_ms"], 2)},
+                        "grpc_no_logging_interleaved": plain_p,
+                        "logging_p99_ratio": round(logged_p["p99_ms"] / plain_p["p99_ms"], 2)},
         "throughput": grid,
         "batch_gain_users_per_s": round(big / base, 1) if base and big else None,
         "faiss_vs_exact": faiss_rows,
@@ -172,7 +195,8 @@ def main() -> None:
 
     print(f"catalogue {doc['catalogue_items']:,} items, {doc['users']:,} users; server ready in {ready_s:.1f} s")
     print(f"{'one user per request':<24} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-    rows = [("in-process", local_p), ("gRPC (Triton)", grpc_p), ("gRPC, 5% logged", logged_p)]
+    rows = [("in-process", local_p), ("gRPC (Triton)", grpc_p), ("gRPC, no log (paired)", plain_p),
+            ("gRPC, 5% logged (paired)", logged_p)]
     for name, p in rows + ([("gRPC, Feast online", feast)] if feast else []):
         print(f"{name:<24} {p['p50_ms']:>8} {p['p95_ms']:>8} {p['p99_ms']:>8}")
     print(f"gRPC / in-process p50: {doc['single_user']['grpc_over_in_process_p50']}x; "
