@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -29,7 +28,6 @@ class TritonPythonModel:
         faiss.omp_set_num_threads(int(os.environ.get("FUNNEL_FAISS_THREADS", "1")))
         path = _model_dir(args) / str(args["model_version"]) / "ensemble"
         self.recommender = Recommender(path)
-        self.config = json.loads(args["model_config"])
         self.logger = None
         log_dir = os.environ.get("FUNNEL_LOG_DIR")
         sample = float(os.environ.get("FUNNEL_LOG_SAMPLE", "0.05"))

@@ -326,20 +326,20 @@ def _print_recommendations(answers, as_json: bool, title: str) -> None:
         for rec in answers:
             print(json.dumps(rec), flush=True)
         return
+    with_origin = any("served_from" in r for r in answers)  # cache answers say where each list came from
     rows = []
     for rec in answers:
-        for rank, (item, score, source) in enumerate(zip(rec["items"], rec["scores"], rec["sources"]), 1):
-            rows.append([rec["user_id"] if rank == 1 else "", rank, item, f"{score:.4f}", source]
-                        + ([rec["served_from"]] if "served_from" in rec and rank == 1 else [""] if "served_from" in rec else []))
-        if not rec["items"]:
-            rows.append([rec["user_id"], "-", "(nothing survives the filters)", "", ""] + ([""] if "served_from" in rec else []))
-    header = ["user", "rank", "item", "score", "source"] + (["served from"] if any("served_from" in r for r in answers) else [])
+        lines = [[rank, item, f"{score:.4f}", source] for rank, (item, score, source)
+                 in enumerate(zip(rec["items"], rec["scores"], rec["sources"]), 1)]
+        for i, line in enumerate(lines or [["-", "(nothing survives the filters)", "", ""]]):
+            first = i == 0
+            rows.append([rec["user_id"] if first else "", *line]
+                        + ([rec.get("served_from", "") if first else ""] if with_origin else []))
+    header = ["user", "rank", "item", "score", "source"] + (["served from"] if with_origin else [])
     print(table(rows, header=header, title=title))
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from funnel.client import Client
-
     users = list(args.user or []) + (_read_users_file(args.users_file) if args.users_file else [])
     if not users:
         raise FunnelError("recommend: give --user ID or --users-file FILE")
