@@ -157,7 +157,7 @@ def cmd_train_retrieval(args: argparse.Namespace) -> None:
 
     m = train(cfg, on_epoch=on_epoch)
     rows = [
-        ("device", m["device"]),
+        ("device", _device(m)),
         ("epochs run (best)", f"{m['epochs_run']} ({m['best_epoch']})"),
         (key, f"{m['metrics'][key]:.4f}"),
         ("train rows / valid users", f"{m['data']['fit_rows']:,} / {m['data']['valid_users']:,}"),
@@ -165,6 +165,11 @@ def cmd_train_retrieval(args: argparse.Namespace) -> None:
         ("written to", cfg.out),
     ]
     print(table(rows, title="funnel train retrieval: done"))
+
+
+def _device(manifest: dict) -> str:
+    n = manifest.get("replicas", 1)
+    return manifest["device"] + (f" x {n} replicas (MirroredStrategy)" if n > 1 else "")
 
 
 def cmd_train_ranking(args: argparse.Namespace) -> None:
@@ -184,7 +189,7 @@ def cmd_train_ranking(args: argparse.Namespace) -> None:
     m = train(cfg, on_epoch=on_epoch)
     d = m["data"]
     rows = [
-        ("device", m["device"]),
+        ("device", _device(m)),
         ("label period from", d["label_period_start"][:19]),
         ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),

@@ -89,6 +89,8 @@ class RetrievalConfig:
     valid_users: int = field(default=2000, metadata={"help": "users sampled for validation recall"})
     seed: int = 0
     threads: int = field(default=0, metadata={"help": "TensorFlow threads (0 = one per core)"})
+    devices: str = field(default="auto", metadata={"help": "auto (every visible GPU, mirrored when several), one, "
+                                                       "or a list such as /gpu:0,/gpu:1; batch_size is per device"})
 
     def validate(self) -> None:
         if not self.pre or not self.out:
@@ -116,6 +118,8 @@ class RankingConfig:
     valid_k: int = field(default=12, metadata={"help": "k of the held-out recall that picks the epoch"})
     seed: int = 0
     threads: int = 0
+    devices: str = field(default="auto", metadata={"help": "auto (every visible GPU, mirrored when several), one, "
+                                                       "or a list such as /gpu:0,/gpu:1; batch_size is per device"})
 
     def validate(self) -> None:
         if not self.pre or not self.run:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from funnel.errors import FunnelError
 from funnel.metrics import recall_at_k
+from models import distribute
 from models.config import RankingConfig
 from models.retrieval import configure_tensorflow, encode_rows, load_tower, top_k, valid_mask
 
@@ -243,23 +244,26 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
     retrieval_recall = valid_recall(valid_cands["retrieval_score"].to_numpy())
     build_seconds = time.perf_counter() - start
 
-    model = mm.DLRMModel(
-        schema, embedding_dim=cfg.embedding_dim, bottom_block=mm.MLPBlock([cfg.embedding_dim]),
-        top_block=mm.MLPBlock(cfg.top_dims), prediction_tasks=mm.BinaryOutput(TARGET),
-    )
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    strategy = distribute.choose_strategy(cfg.devices)
+    with distribute.scope(strategy):
+        model = mm.DLRMModel(
+            schema, embedding_dim=cfg.embedding_dim, bottom_block=mm.MLPBlock([cfg.embedding_dim]),
+            top_block=mm.MLPBlock(cfg.top_dims), prediction_tasks=mm.BinaryOutput(TARGET),
+        )
+        # no train-time metrics: held-out AUC and list recall are computed per epoch below
+        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), metrics=[])
+    distribute.prepare(model, strategy)
     train_ds = Dataset(fit_rows[schema.column_names], schema=schema, cpu=True)
     history_log = []
     best, best_weights = -1.0, None
     t_train = time.perf_counter()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        fit = model.fit(train_ds, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False,
-                        train_metrics_steps=10_000)
+        fit = distribute.fit_epoch(model, train_ds, cfg.batch_size, strategy)
         seconds = time.perf_counter() - t0
         figures = auc_logloss(valid_rows[TARGET].to_numpy(), score_pairs(model, valid_rows, schema))
         recall = valid_recall(score_pairs(model, valid_full, schema))
-        record = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "valid_auc": figures["auc"],
+        record = {"epoch": epoch + 1, "loss": float(fit["loss"][-1]), "valid_auc": figures["auc"],
                   "valid_logloss": figures["logloss"], f"valid_recall@{k}": recall, "seconds": round(seconds, 2),
                   "samples_per_s": round(len(fit_rows) / seconds)}
         history_log.append(record)
@@ -287,6 +291,7 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
                  "build_seconds": round(build_seconds, 2)},
         "versions": rmanifest["versions"],
         "device": device,
+        "replicas": distribute.replicas(strategy),
         "epochs_run": len(history_log),
         "train_seconds": round(train_seconds, 2),
         "samples_per_s": round(len(fit_rows) * len(history_log) / sum(h["seconds"] for h in history_log)),

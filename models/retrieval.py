@@ -26,6 +26,7 @@ import pandas as pd
 
 from funnel.errors import FunnelError
 from funnel.metrics import recall_at_k
+from models import distribute
 from models.config import RetrievalConfig
 
 TIME_COLUMN = "timestamp"
@@ -145,15 +146,20 @@ def train(cfg: RetrievalConfig, on_epoch=None) -> dict[str, Any]:
     cardinality = int(item_schema["item_id"].int_domain.max) + 1
     freq = np.bincount(fit_rows["item_id"].to_numpy(), minlength=cardinality).astype(np.float32)
     freq[freq == 0] = 1.0  # never-sampled ids (reserved, OOV) keep a finite correction
-    post = PopularityLogitsCorrection(freq, reg_factor=cfg.logq_reg, schema=item_schema) if cfg.logq else None
-    query = mm.Encoder(user_schema, mm.MLPBlock([*cfg.tower_dims, cfg.embedding_dim], no_activation_last_layer=True))
-    candidate = mm.Encoder(item_schema, mm.MLPBlock([*cfg.tower_dims, cfg.embedding_dim], no_activation_last_layer=True))
-    output = ContrastiveOutput(
-        to_call=DotProduct(), negative_samplers="in-batch", post=post, logits_temperature=cfg.temperature,
-        store_negative_ids=cfg.logq, schema=item_schema.select_by_tag(Tags.ITEM_ID),
-    )
-    model = mm.TwoTowerModelV2(query, candidate, outputs=output)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), run_eagerly=False)
+    strategy = distribute.choose_strategy(cfg.devices)
+    with distribute.scope(strategy):
+        post = PopularityLogitsCorrection(freq, reg_factor=cfg.logq_reg, schema=item_schema) if cfg.logq else None
+        tower = [*cfg.tower_dims, cfg.embedding_dim]
+        query = mm.Encoder(user_schema, mm.MLPBlock(tower, no_activation_last_layer=True))
+        candidate = mm.Encoder(item_schema, mm.MLPBlock(tower, no_activation_last_layer=True))
+        output = ContrastiveOutput(
+            to_call=DotProduct(), negative_samplers="in-batch", post=post, logits_temperature=cfg.temperature,
+            store_negative_ids=cfg.logq, schema=item_schema.select_by_tag(Tags.ITEM_ID),
+        )
+        model = mm.TwoTowerModelV2(query, candidate, outputs=output)
+        # no train-time metrics: validation recall over the whole catalogue is computed per epoch below
+        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), metrics=[], run_eagerly=False)
+    distribute.prepare(model, strategy)
 
     def validate_epoch() -> float:
         q = encode_rows(model.query_encoder, user_rows, user_schema)
@@ -170,11 +176,10 @@ def train(cfg: RetrievalConfig, on_epoch=None) -> dict[str, Any]:
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        fit = model.fit(train_ds, batch_size=cfg.batch_size, epochs=1, verbose=0, train_metrics_steps=10_000,
-                        shuffle=False)
+        fit = distribute.fit_epoch(model, train_ds, cfg.batch_size, strategy)
         seconds = time.perf_counter() - t0
         recall = validate_epoch()
-        record = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), f"valid_recall@{cfg.valid_k}": recall,
+        record = {"epoch": epoch + 1, "loss": float(fit["loss"][-1]), f"valid_recall@{cfg.valid_k}": recall,
                   "seconds": round(seconds, 2), "samples_per_s": round(len(fit_rows) / seconds)}
         history.append(record)
         if on_epoch:
@@ -203,6 +208,7 @@ def train(cfg: RetrievalConfig, on_epoch=None) -> dict[str, Any]:
                      "valid_rows": int(held.sum()), "valid_users": int(len(valid_users))},
             "versions": _versions(),
             "device": device,
+            "replicas": distribute.replicas(strategy),
             "epochs_run": len(history),
             "best_epoch": int(np.argmax([h[f"valid_recall@{cfg.valid_k}"] for h in history]) + 1),
             "train_seconds": round(train_seconds, 2),
