@@ -69,6 +69,14 @@ def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
 
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
+
+
+def _check_precision(policy: str) -> None:
+    if policy not in PRECISIONS:
+        raise FunnelError(f"precision: {policy!r} is not one of {', '.join(PRECISIONS)}")
+
+
 @dataclass
 class RetrievalConfig:
     """Two-tower training settings (defaults tuned on the synthetic default and MovieLens-100k)."""
@@ -91,12 +99,14 @@ class RetrievalConfig:
     threads: int = field(default=0, metadata={"help": "TensorFlow threads (0 = one per core)"})
     devices: str = field(default="auto", metadata={"help": "auto (every visible GPU, mirrored when several), one, "
                                                        "or a list such as /gpu:0,/gpu:1; batch_size is per device"})
+    precision: str = field(default="float32", metadata={"help": "float32, mixed_float16 (GPUs) or mixed_bfloat16"})
 
     def validate(self) -> None:
         if not self.pre or not self.out:
             raise FunnelError("retrieval: need a preprocessing directory and --out")
         if self.epochs < 1 or self.batch_size < 2 or self.embedding_dim < 1 or self.learning_rate <= 0:
             raise FunnelError("retrieval: epochs >= 1, batch_size >= 2, embedding_dim >= 1, learning_rate > 0")
+        _check_precision(self.precision)
 
 
 @dataclass
@@ -120,6 +130,7 @@ class RankingConfig:
     threads: int = 0
     devices: str = field(default="auto", metadata={"help": "auto (every visible GPU, mirrored when several), one, "
                                                        "or a list such as /gpu:0,/gpu:1; batch_size is per device"})
+    precision: str = field(default="float32", metadata={"help": "float32, mixed_float16 (GPUs) or mixed_bfloat16"})
 
     def validate(self) -> None:
         if not self.pre or not self.run:
@@ -128,3 +139,4 @@ class RankingConfig:
             raise FunnelError("ranking: candidates >= 1, epochs >= 1, negatives >= 0")
         if not 0 < self.valid_share < 1:
             raise FunnelError("ranking: valid_share must be in (0, 1)")
+        _check_precision(self.precision)

@@ -29,7 +29,7 @@ from funnel.errors import FunnelError
 from funnel.metrics import recall_at_k
 from models import distribute
 from models.config import RankingConfig
-from models.retrieval import configure_tensorflow, encode_rows, load_tower, top_k, valid_mask
+from models.retrieval import configure_tensorflow, encode_rows, load_tower, precision, top_k, valid_mask
 
 PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
 NEVER_DAYS = 365.0  # pair_days_since for items the user never bought
@@ -245,10 +245,11 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
     build_seconds = time.perf_counter() - start
 
     strategy = distribute.choose_strategy(cfg.devices)
-    with distribute.scope(strategy):
+    with distribute.scope(strategy), precision(cfg.precision):
         model = mm.DLRMModel(
             schema, embedding_dim=cfg.embedding_dim, bottom_block=mm.MLPBlock([cfg.embedding_dim]),
-            top_block=mm.MLPBlock(cfg.top_dims), prediction_tasks=mm.BinaryOutput(TARGET),
+            top_block=mm.MLPBlock(cfg.top_dims), prediction_tasks=mm.BinaryOutput(
+                TARGET, to_call=tf.keras.layers.Dense(1, activation="sigmoid", dtype="float32")),  # float32 scores
         )
         # no train-time metrics: held-out AUC and list recall are computed per epoch below
         model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), metrics=[])
@@ -292,6 +293,7 @@ def train(cfg: RankingConfig, on_epoch=None) -> dict[str, Any]:
         "versions": rmanifest["versions"],
         "device": device,
         "replicas": distribute.replicas(strategy),
+        "precision": cfg.precision,
         "epochs_run": len(history_log),
         "train_seconds": round(train_seconds, 2),
         "samples_per_s": round(len(fit_rows) * len(history_log) / sum(h["seconds"] for h in history_log)),

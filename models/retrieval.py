@@ -15,8 +15,10 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,27 @@ def configure_tensorflow(seed: int, threads: int = 0) -> str:
         pass
     tf.keras.utils.set_random_seed(seed)
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+@contextlib.contextmanager
+def precision(policy: str) -> Iterator[None]:
+    """Build models under a Keras dtype policy (``mixed_float16`` on GPUs, ``mixed_bfloat16`` on
+    CPUs with bf16 units); the previous global policy is restored on exit."""
+    import tensorflow as tf
+
+    before = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(before)
+
+
+def float32_output():
+    """The last layer of a tower under a mixed policy: embeddings and scores leave in float32."""
+    import tensorflow as tf
+
+    return tf.keras.layers.Activation("linear", dtype="float32", name="float32_output")
 
 
 def valid_mask(frame: pd.DataFrame, split: str, valid_days: int) -> np.ndarray:
@@ -147,14 +170,20 @@ def train(cfg: RetrievalConfig, on_epoch=None) -> dict[str, Any]:
     freq = np.bincount(fit_rows["item_id"].to_numpy(), minlength=cardinality).astype(np.float32)
     freq[freq == 0] = 1.0  # never-sampled ids (reserved, OOV) keep a finite correction
     strategy = distribute.choose_strategy(cfg.devices)
-    with distribute.scope(strategy):
-        post = PopularityLogitsCorrection(freq, reg_factor=cfg.logq_reg, schema=item_schema) if cfg.logq else None
-        tower = [*cfg.tower_dims, cfg.embedding_dim]
-        query = mm.Encoder(user_schema, mm.MLPBlock(tower, no_activation_last_layer=True))
-        candidate = mm.Encoder(item_schema, mm.MLPBlock(tower, no_activation_last_layer=True))
+    with distribute.scope(strategy), precision(cfg.precision):
+        # logits and their logQ correction stay in float32 (merlin's correction is float32 only)
+        post = (PopularityLogitsCorrection(freq, reg_factor=cfg.logq_reg, schema=item_schema, dtype="float32")
+                if cfg.logq else None)
+
+        def tower():
+            mlp = mm.MLPBlock([*cfg.tower_dims, cfg.embedding_dim], no_activation_last_layer=True)
+            return mlp if cfg.precision == "float32" else mlp.connect(float32_output())
+
+        query = mm.Encoder(user_schema, tower())
+        candidate = mm.Encoder(item_schema, tower())
         output = ContrastiveOutput(
             to_call=DotProduct(), negative_samplers="in-batch", post=post, logits_temperature=cfg.temperature,
-            store_negative_ids=cfg.logq, schema=item_schema.select_by_tag(Tags.ITEM_ID),
+            store_negative_ids=cfg.logq, schema=item_schema.select_by_tag(Tags.ITEM_ID), dtype="float32",
         )
         model = mm.TwoTowerModelV2(query, candidate, outputs=output)
         # no train-time metrics: validation recall over the whole catalogue is computed per epoch below
@@ -209,6 +238,7 @@ def train(cfg: RetrievalConfig, on_epoch=None) -> dict[str, Any]:
             "versions": _versions(),
             "device": device,
             "replicas": distribute.replicas(strategy),
+            "precision": cfg.precision,
             "epochs_run": len(history),
             "best_epoch": int(np.argmax([h[f"valid_recall@{cfg.valid_k}"] for h in history]) + 1),
             "train_seconds": round(train_seconds, 2),
