@@ -86,9 +86,9 @@ class RetrievalConfig:
     embedding_dim: int = field(default=64, metadata={"help": "output embedding size of both towers"})
     tower_dims: list[int] = field(default_factory=lambda: [128], metadata={"help": "hidden MLP widths per tower"})
     batch_size: int = 1024
-    learning_rate: float = 1e-3
-    epochs: int = 10
-    patience: int = field(default=2, metadata={"help": "epochs without validation gain before stopping"})
+    learning_rate: float = 3e-3
+    epochs: int = 20
+    patience: int = field(default=3, metadata={"help": "epochs without validation gain before stopping"})
     logq: bool = field(default=True, metadata={"help": "popularity (logQ) correction of in-batch negatives"})
     logq_reg: float = 1.0
     temperature: float = 1.0
