@@ -158,8 +158,8 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         rank_test_glob = _stage(rank_test, user_in, item_in, stage / "rank_test")
         tick("stage")
 
-        workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold)
-        _set_category_path(workflow, stage / "categories")
+        workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold,
+                                  vocab_dir=str(stage))
         workflow.fit(_dataset(train_glob, device))
         tick("fit")
 
@@ -213,15 +213,6 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         manifest["timings_s"]["total"] = round(sum(timings.values()), 3)
         (out / "preprocess.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
-
-
-def _set_category_path(workflow, path: Path) -> None:
-    """Fit Categorify into the staging area (Workflow.save copies them into workflow/)."""
-    import nvtabular as nvt
-    from merlin.dag import Graph
-
-    for node in Graph.get_nodes_by_op_type([workflow.output_node], nvt.ops.Categorify):
-        node.op.out_path = str(path)
 
 
 def read_parquet_dir(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

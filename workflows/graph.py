@@ -63,22 +63,22 @@ def infer_spec(table: pd.DataFrame, key: str, extra_buckets: dict[str, list[floa
     return spec
 
 
-def _side(spec: FeatureSpec, id_tagger, feature_tagger, id_threshold: int, feature_threshold: int):
+def _side(spec: FeatureSpec, id_tagger, feature_tagger, id_threshold: int, feature_threshold: int, categorify):
     import nvtabular as nvt
     from merlin.schema import Tags
 
-    out = [spec.key] >> nvt.ops.Categorify(freq_threshold=id_threshold, dtype="int32") >> id_tagger()
+    out = [spec.key] >> categorify(freq_threshold=id_threshold) >> id_tagger()
     if spec.categorical:
-        out += spec.categorical >> nvt.ops.Categorify(freq_threshold=feature_threshold, dtype="int32") >> feature_tagger()
+        out += spec.categorical >> categorify(freq_threshold=feature_threshold) >> feature_tagger()
     if spec.multi_hot:
-        out += spec.multi_hot >> nvt.ops.Categorify(freq_threshold=feature_threshold, dtype="int32") >> feature_tagger()
+        out += spec.multi_hot >> categorify(freq_threshold=feature_threshold) >> feature_tagger()
     for col, bounds in spec.bucketized.items():
         bucket = (
             [col]
             >> nvt.ops.FillMissing(fill_val=-1)
             >> nvt.ops.Bucketize({col: bounds})
             >> nvt.ops.Rename(postfix="_bucket")
-            >> nvt.ops.Categorify(dtype="int32")
+            >> categorify()
         )
         out += bucket >> feature_tagger()
     if spec.counts:
@@ -96,17 +96,25 @@ def build_workflow(
     context: list[str],
     id_threshold: int = 1,
     feature_threshold: int = 3,
+    vocab_dir: str | None = None,
 ):
-    """The full (unfitted) workflow: user + item + context sub-workflows and the target."""
+    """The full (unfitted) workflow: user + item + context sub-workflows and the target.
+
+    ``vocab_dir``: where fitting writes the category vocabularies (``Workflow.save`` copies them
+    into the saved workflow); NVTabular's default is ``./categories`` in the working directory.
+    """
+    import functools
+
     import nvtabular as nvt
     from merlin.dag.ops.subgraph import Subgraph
     from merlin.schema import Tags
 
-    user = _side(user_spec, nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures, id_threshold, feature_threshold)
-    item = _side(item_spec, nvt.ops.TagAsItemID, nvt.ops.TagAsItemFeatures, id_threshold, feature_threshold)
+    categorify = functools.partial(nvt.ops.Categorify, dtype="int32", out_path=vocab_dir)
+    user = _side(user_spec, nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures, id_threshold, feature_threshold, categorify)
+    item = _side(item_spec, nvt.ops.TagAsItemID, nvt.ops.TagAsItemFeatures, id_threshold, feature_threshold, categorify)
     outputs = Subgraph(USER_SUBGRAPH, user) + Subgraph(ITEM_SUBGRAPH, item)
     if context:
-        ctx = context >> nvt.ops.Categorify(dtype="int32") >> nvt.ops.AddTags([Tags.CONTEXT, Tags.CATEGORICAL])
+        ctx = context >> categorify() >> nvt.ops.AddTags([Tags.CONTEXT, Tags.CATEGORICAL])
         outputs += Subgraph(CONTEXT_SUBGRAPH, ctx)
     target = [TARGET] >> nvt.ops.AddMetadata(tags=[Tags.BINARY_CLASSIFICATION, Tags.TARGET])
     time = [TIME] >> nvt.ops.AddMetadata(tags=[Tags.TIME])

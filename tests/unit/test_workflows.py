@@ -123,14 +123,17 @@ def test_failure_keeps_previous_output(pre_dir, synth_dir, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]
 
 
-def test_user_last_split_and_movielens_features(ml100k_source, tmp_path):
+def test_user_last_split_and_movielens_features(ml100k_source, tmp_path, monkeypatch):
     from funnel.data import movielens
     from funnel.fsutil import atomic_output_dir
 
+    source = ml100k_source.resolve()
+    monkeypatch.chdir(tmp_path)  # fitting must not write vocabularies into the working directory
     with atomic_output_dir(tmp_path / "ml") as out:
-        movielens.build(out, ml100k_source)
+        movielens.build(out, source)
     m = preprocess(PreprocessConfig(data=str(tmp_path / "ml"), out=str(tmp_path / "pre"), split="user-last",
                                     device="cpu", negatives=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml", "pre"]  # no ./categories left behind
     assert m["users"]["test"] == 943 and m["rows"]["test"] < 3000  # one last basket per user
     assert "genres" in m["features"]["item"]["multi_hot"]
     assert "age_bucket" in pd.read_parquet(tmp_path / "pre" / "catalogue" / "users.parquet").columns
