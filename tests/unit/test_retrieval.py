@@ -82,3 +82,22 @@ def test_unknown_precision_is_refused():
 
     with pytest.raises(FunnelError, match="precision: 'fp8'"):
         RetrievalConfig(pre="p", out="o", precision="fp8").validate()
+
+
+def test_runs_are_reproducible_on_cpu_for_a_fixed_seed(pre_dir, tmp_path):
+    from models.config import RankingConfig, RetrievalConfig
+    from models.ranking import train as train_ranking
+    from models.retrieval import train
+
+    manifests = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        r = train(RetrievalConfig(pre=str(pre_dir), out=str(run), epochs=2, batch_size=256, embedding_dim=16,
+                                  tower_dims=[32], valid_users=300, seed=3))
+        k = train_ranking(RankingConfig(pre=str(pre_dir), run=str(run), candidates=30, embedding_dim=8,
+                                        top_dims=[16], epochs=1, batch_size=256, seed=3))
+        manifests.append((r, k, pd.read_parquet(run / "item_embeddings.parquet")))
+    (r1, k1, e1), (r2, k2, e2) = manifests
+    assert [h["loss"] for h in r1["history"]] == [h["loss"] for h in r2["history"]]
+    assert r1["metrics"] == r2["metrics"] and k1["metrics"] == k2["metrics"]
+    pd.testing.assert_frame_equal(e1, e2)
