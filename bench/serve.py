@@ -95,7 +95,8 @@ def throughput(url: str, users: list[str], batch: int, concurrency: int, request
 
 
 def faiss_vs_exact(n_items: int, dim: int = 64, queries: int = 200, k: int = 200, seed: int = 0) -> dict:
-    from ensemble.index import build_index, exact_top_k, recall_vs_exact
+    from ensemble.index import build_index, recall_vs_exact
+    from funnel.core.topk import dot_top_k
 
     rng = np.random.default_rng(seed)
     # clustered vectors (like trained embeddings), unit-ish norm
@@ -114,10 +115,10 @@ def faiss_vs_exact(n_items: int, dim: int = 64, queries: int = 200, k: int = 200
         index.search(row[None, :], k)
         t_faiss.append(time.perf_counter() - t1)
         t1 = time.perf_counter()
-        exact_top_k(row[None, :], vectors, k)
+        dot_top_k(row[None, :], vectors, k)
         t_exact.append(time.perf_counter() - t1)
     _, found = index.search(q, k)
-    recall = recall_vs_exact(found, exact_top_k(q, vectors, k))
+    recall = recall_vs_exact(found, dot_top_k(q, vectors, k))
     f50, e50 = float(np.median(t_faiss)) * 1000, float(np.median(t_exact)) * 1000
     return {"items": n_items, "index": info["kind"], "search": f"{info['search_param']}={info['search_value']}" if info["search_param"] else "exact",
             "build_s": round(build, 1), f"recall@{k}": round(recall, 4), "faiss_p50_ms": round(f50, 3),

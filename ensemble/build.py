@@ -18,48 +18,48 @@ Repository layout (built in a temporary directory next to ``--out`` and swapped 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from merlin.dag import ColumnSelector, postorder_iter_nodes
+from merlin.schema import Schema
+from merlin.systems.dag.ensemble import Ensemble
 
-from ensemble.config import ExportConfig
-from funnel.errors import FunnelError
-
-MODEL_NAME = "funnel"
+from ensemble.config import ExcludeSeen, ExportConfig, TfRuntime
+from ensemble.history import PurchaseHistory
+from ensemble.index import build_index, save_index
+from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
+from ensemble.ops.base import EXCLUDE, K, REQUEST_COLUMNS, SEED, TEMPERATURE, USER_ID, column
+from ensemble.ops.online import OnlineHistory
+from ensemble.online_store import open_store
+from ensemble.savedmodel import NUMPY_TO_TRITON, SavedModelRunner, signature_spec
+from funnel.core.artifacts import (EXPORT_MANIFEST, MODEL_NAME, MODEL_VERSION, ensemble_dir, read_preprocess_manifest,
+                                   read_ranking_manifest, read_retrieval_manifest, run_pre_dir, write_manifest)
+from funnel.core.config import as_dict
+from funnel.core.errors import FunnelError
+from funnel.core.fsutil import atomic_output_dir, sha256_files
+from funnel.core.versions import package_versions
+from funnel.data.canonical import read_dataset
 
 
 def request_schema():
     """The graph's inputs (after the runtime broadcast request-level values to every user)."""
-    from merlin.schema import Schema
-
-    from ensemble.ops.base import EXCLUDE, K, SEED, TEMPERATURE, USER_ID, column
-
     return Schema([column(USER_ID, np.object_), column(K, np.int32), column(EXCLUDE, np.object_, True),
                    column(TEMPERATURE, np.float32), column(SEED, np.int64)])
 
 
 def _load_run(run: Path) -> tuple[dict, dict | None, dict, Path]:
-    if not (run / "retrieval.json").exists():
-        raise FunnelError(f"{run}: not a training run (no retrieval.json; run `funnel train retrieval`)")
-    retrieval = json.loads((run / "retrieval.json").read_text())
-    ranking = json.loads((run / "ranking.json").read_text()) if (run / "ranker").exists() else None
-    pre = Path(retrieval["data"]["pre"])
-    if not (pre / "preprocess.json").exists():
-        raise FunnelError(f"{pre}: the run's preprocessing output is gone (needed for the feature tables)")
-    return retrieval, ranking, json.loads((pre / "preprocess.json").read_text()), pre
+    retrieval = read_retrieval_manifest(run)
+    pre = run_pre_dir(run, retrieval)
+    return retrieval, read_ranking_manifest(run), read_preprocess_manifest(pre), pre
 
 
 def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, dest: Path) -> dict[str, Any]:
     """Write every data artifact of the graph into ``dest``; return facts for the manifest."""
-    from ensemble.history import PurchaseHistory
-    from funnel.data.canonical import read_dataset
-
     dataset = read_dataset(pre_manifest["dataset"]["path"])
     users = pd.read_parquet(pre / "catalogue" / "users.parquet")
     items = pd.read_parquet(pre / "catalogue" / "items.parquet")
@@ -106,8 +106,6 @@ def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, de
 
 def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
     """Query-tower embeddings of up to ``users`` known users (the index's recall check)."""
-    from ensemble.savedmodel import SavedModelRunner
-
     table = pd.read_parquet(dest / "users.parquet")
     if len(table) > users:
         table = table.sample(users, random_state=seed)
@@ -117,23 +115,16 @@ def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
 
 def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = ""):
     """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
-    from merlin.dag import ColumnSelector
-    from merlin.systems.dag.ensemble import Ensemble
-
-    from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
-    from ensemble.ops.base import REQUEST_COLUMNS
-    from ensemble.ops.online import OnlineHistory
-
     users = pd.read_parquet(dest / "users.parquet")
     items = pd.read_parquet(dest / "items.parquet")
     user_cols = [c for c in users.columns if c != "user_id_raw"]
     item_cols = [c for c in items.columns if c != "item_id_raw"]
-    exclude_seen = cfg.exclude_seen if cfg.exclude_seen != "auto" else ("never" if repurchase else "all")
+    exclude_seen = cfg.exclude_seen
+    if exclude_seen == ExcludeSeen.AUTO:
+        exclude_seen = ExcludeSeen.NEVER if repurchase else ExcludeSeen.ALL
     graph = ColumnSelector(REQUEST_COLUMNS) >> UserFeatures(dest, user_cols, {c: str(users[c].dtype) for c in user_cols})
     retrieve = RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase)
     if cfg.features:
-        from funnel.features import open_store
-
         open_store(cfg.features)  # fail now, not at serving time
         online = OnlineHistory(dest, cfg.features, as_of, cfg.recent)
         retrieve.online_width = online.width
@@ -185,15 +176,13 @@ from ensemble.triton_tower import TritonPythonModel  # noqa: F401
 
 def write_model_runtime(tmp: Path, dest: Path, name: str, runtime: str, instances: int) -> tuple[str, dict]:
     """Put the SavedModel ``dest/name`` into its own Triton model; return its model name and signature."""
-    from ensemble.savedmodel import NUMPY_TO_TRITON, signature_spec
-
     spec = signature_spec(dest / name)
     model = f"{MODEL_NAME}_{name}"
     (tmp / model / "1").mkdir(parents=True)
     shutil.copytree(dest / name, tmp / model / "1" / "model.savedmodel")
     inputs = ",\n".join(f'  {{ name: "{n}" data_type: {NUMPY_TO_TRITON[d]} dims: [ -1{", 1" if r == 2 else ""} ] }}'
                         for n, (d, r) in spec["inputs"].items())
-    if runtime == "tensorflow":
+    if runtime == TfRuntime.TENSORFLOW:
         backend, group = 'platform: "tensorflow_savedmodel"', ""  # Triton places it (GPU when there is one)
     else:
         backend, group = 'backend: "python"', f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
@@ -210,10 +199,6 @@ from ensemble.triton_model import TritonPythonModel  # noqa: F401
 
 def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     """Build the ensemble from a run and write a complete Triton repository atomically."""
-    from funnel.fsutil import atomic_output_dir, sha256_files
-    from models.retrieval import _versions
-
-    cfg.validate()
     progress = progress or (lambda step: None)
     run = Path(cfg.run)
     retrieval, ranking, pre_manifest, pre = _load_run(run)
@@ -224,66 +209,51 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     with atomic_output_dir(out) as tmp:
         if (out / "README.md").exists():
             shutil.copy2(out / "README.md", tmp / "README.md")
-        dest = tmp / MODEL_NAME / "1" / "ensemble"
+        dest = ensemble_dir(tmp)
         dest.mkdir(parents=True)
         progress("tables")
         facts = write_tables(cfg, run, pre, pre_manifest, dest)
         vectors = facts.pop("vectors")
         progress("index")
-        from ensemble.index import build_index, save_index
-
         queries = sample_queries(dest, 1000, cfg.seed)
         index, index_info = build_index(vectors, queries, min(cfg.candidates, len(vectors)), cfg.index, cfg.seed)
         save_index(index, dest / "item_index.faiss")
-        (dest / "index.json").write_text(json.dumps(index_info, indent=2) + "\n")
+        write_manifest(dest / "index.json", index_info)
         progress("graph")
         ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"])
-        runtime = "python" if cfg.tf_runtime == "auto" else cfg.tf_runtime
-        if runtime != "python":
-            from merlin.dag import postorder_iter_nodes as _nodes
-
-            from ensemble.ops import RankCandidates, RetrieveCandidates
-
-            for node in _nodes(ensemble.graph.output_node):
+        runtime = TfRuntime.PYTHON if cfg.tf_runtime == TfRuntime.AUTO else cfg.tf_runtime
+        if runtime != TfRuntime.PYTHON:
+            for node in postorder_iter_nodes(ensemble.graph.output_node):
                 op = node.op
                 if isinstance(op, RetrieveCandidates):
                     op.triton_model, op.triton_spec = write_model_runtime(tmp, dest, "query_tower", runtime, cfg.instances)
                 elif isinstance(op, RankCandidates) and op.use_ranker:
                     op.triton_model, op.triton_spec = write_model_runtime(tmp, dest, "ranker", runtime, cfg.instances)
         ensemble.save(str(dest))
-        from merlin.dag import postorder_iter_nodes
-
         for node in postorder_iter_nodes(ensemble.graph.output_node):
             node.op.save_artifacts(str(dest))
         (tmp / MODEL_NAME / "config.pbtxt").write_text(CONFIG_PBTXT.format(name=MODEL_NAME, instances=cfg.instances))
         (tmp / MODEL_NAME / "1" / "model.py").write_text(MODEL_PY)
         manifest = {
             "model": MODEL_NAME,
-            "version": 1,
+            "version": MODEL_VERSION,
             "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
             "run": str(run.resolve()),
-            "config": asdict(cfg),
+            "config": as_dict(cfg),
             "data": {"content_checksum": pre_manifest["dataset"]["content_checksum"],
                      "dataset": pre_manifest["dataset"]["name"], "repurchase": repurchase, **facts},
             "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
                        "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None)},
             "index": index_info,
-            "trending_for_known": cfg.trending_for_known,
-            "filters": {"exclude_seen": exclude_seen, "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,
+            "trending_for_known": str(cfg.trending_for_known),
+            "filters": {"exclude_seen": str(exclude_seen), "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,
                         "exclude_categories": cfg.category_rules(), "exclude_items": cfg.exclude_items,
                         "online_features": str(Path(cfg.features).resolve()) if cfg.features else None},
             "limits": {"k": cfg.k, "max_k": cfg.max_k, "max_batch": cfg.max_batch},
-            "tf_runtime": runtime,
+            "tf_runtime": str(runtime),
             "ensemble_checksum": sha256_files([dest / "ensemble.pkl"]),
-            "versions": _versions(),
+            "versions": package_versions(),
             "export_seconds": round(time.perf_counter() - start, 2),
         }
-        (dest / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(dest / EXPORT_MANIFEST, manifest)
     return manifest
-
-
-def read_manifest(repo: str | Path) -> dict[str, Any]:
-    path = Path(repo) / MODEL_NAME / "1" / "ensemble" / "export.json"
-    if not path.exists():
-        raise FunnelError(f"{repo}: not a funnel export (no {path.relative_to(repo)}; run `funnel export`)")
-    return json.loads(path.read_text())

@@ -4,7 +4,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from funnel.errors import FunnelError
+from funnel.core.config import Choice, coerce_choices
+from funnel.core.errors import FunnelError
+
+
+class ExcludeSeen(Choice):
+    """Which of a user's past purchases are never recommended again."""
+
+    AUTO = "auto"  # never where the domain repurchases, else all
+    ALL = "all"
+    DAYS = "days"  # bought within seen_days
+    NEVER = "never"
+
+
+class TrendingForKnown(Choice):
+    """Trending candidates of known users: after the ranked ones (fill) or scored by the ranker (rank)."""
+
+    FILL = "fill"
+    RANK = "rank"
+
+
+class TfRuntime(Choice):
+    """Where the TensorFlow models run in the export."""
+
+    AUTO = "auto"  # = python
+    PYTHON = "python"  # inside the executor (the bundled CPU Triton has only the python backend)
+    TENSORFLOW = "tensorflow"  # Triton's TensorFlow backend, called through BLS
+    PYTHON_BLS = "python-bls"  # the same split with python-backend models
+
+
+class IndexKind(Choice):
+    """The Faiss index: chosen by catalogue size (auto), or one kind."""
+
+    AUTO = "auto"
+    FLAT = "flat"
+    IVF = "ivf"
+    HNSW = "hnsw"
 
 
 @dataclass
@@ -17,37 +52,31 @@ class ExportConfig:
     recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
-    trending_for_known: str = field(default="fill", metadata={
+    trending_for_known: TrendingForKnown = field(default=TrendingForKnown.FILL, metadata={
         "help": "trending items for known users: fill (after ranked candidates) or rank (scored by the ranker)"})
     k: int = field(default=12, metadata={"help": "items returned when a request does not say"})
     max_k: int = field(default=100, metadata={"help": "largest k a request may ask for"})
     max_batch: int = field(default=4096, metadata={"help": "most users in one request"})
-    exclude_seen: str = field(default="auto", metadata={"help": "auto, all, days or never"})
+    exclude_seen: ExcludeSeen = field(default=ExcludeSeen.AUTO, metadata={"help": "past purchases never shown again"})
     seen_days: int = field(default=30, metadata={"help": "window for exclude_seen=days"})
     out_of_stock: bool = field(default=True, metadata={"help": "drop items the inventory marks out of stock"})
     exclude_categories: list[str] = field(default_factory=list, metadata={"help": "item attribute rules COLUMN=VALUE"})
     exclude_items: list[str] = field(default_factory=list, metadata={"help": "raw item ids never served"})
     features: str = field(default="", metadata={
         "help": "Feast feature repository (funnel features apply): read users' new purchases per request"})
-    index: str = field(default="auto", metadata={"help": "Faiss index: auto, flat, ivf or hnsw"})
-    tf_runtime: str = field(default="auto", metadata={
-        "help": "auto/python (TF inside the executor), tensorflow (Triton's TF backend models, via BLS) "
+    index: IndexKind = field(default=IndexKind.AUTO, metadata={"help": "Faiss index (auto: by catalogue size)"})
+    tf_runtime: TfRuntime = field(default=TfRuntime.AUTO, metadata={
+        "help": "python (TF inside the executor), tensorflow (Triton's TF backend models, via BLS) "
                 "or python-bls (the same split with python-backend models)"})
     instances: int = field(default=1, metadata={"help": "Triton model instances (processes)"})
     seed: int = 0
 
-    def validate(self) -> None:
-        if not self.run:
-            raise FunnelError("export: need a run directory")
+    def __post_init__(self) -> None:
+        coerce_choices(self)
         if self.candidates < 1 or self.k < 1 or self.max_k < self.k or self.max_batch < 1:
             raise FunnelError("export: candidates >= 1, 1 <= k <= max_k, max_batch >= 1")
-        if self.exclude_seen not in ("auto", "all", "days", "never"):
-            raise FunnelError(f"export: exclude_seen must be auto, all, days or never (got {self.exclude_seen!r})")
-        if self.trending_for_known not in ("fill", "rank"):
-            raise FunnelError(f"export: trending_for_known must be fill or rank (got {self.trending_for_known!r})")
-        if self.tf_runtime not in ("auto", "python", "tensorflow", "python-bls"):
-            raise FunnelError(f"export: tf_runtime must be auto, python, tensorflow or python-bls "
-                              f"(got {self.tf_runtime!r})")
+        if self.recent < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
+            raise FunnelError("export: recent, trending, seen_days >= 0; trending_days, instances >= 1")
         for rule in self.exclude_categories:
             if "=" not in rule:
                 raise FunnelError(f"export: exclude_categories rule {rule!r} is not COLUMN=VALUE")

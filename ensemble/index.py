@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from funnel.core.topk import dot_top_k
+
 FLAT_MAX = 20_000  # exact search is fast enough up to here
 IVF_MAX = 2_000_000  # beyond this, HNSW (IVF's coarse search stops paying off)
 TARGET_RECALL = 0.95
@@ -19,15 +21,6 @@ def choose_kind(n_items: int) -> str:
     if n_items <= FLAT_MAX:
         return "flat"
     return "ivf" if n_items <= IVF_MAX else "hnsw"
-
-
-def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-    """Exact inner-product top-k positions per query (numpy), best first."""
-    scores = queries @ vectors.T
-    k = min(k, vectors.shape[0])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 def recall_vs_exact(found: np.ndarray, exact: np.ndarray) -> float:
@@ -77,7 +70,7 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, k: int, kind: str = "a
         raise ValueError(f"unknown index kind {kind!r} (flat, ivf, hnsw or auto)")
     index.add(vectors)
     build_seconds = time.perf_counter() - t0
-    exact = exact_top_k(queries, vectors, k)
+    exact = dot_top_k(queries, vectors, k)
     recall, chosen = 0.0, None
     for value in values:
         if value is not None and param == "efSearch" and value < k:
@@ -87,7 +80,7 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, k: int, kind: str = "a
         recall, chosen = recall_vs_exact(found, exact), value
         if recall >= TARGET_RECALL:
             break
-    info = {"kind": kind, "items": int(n), "dim": int(dim), "search_param": param, "search_value": chosen,
+    info = {"kind": str(kind), "items": int(n), "dim": int(dim), "search_param": param, "search_value": chosen,
             f"recall@{k}_vs_exact": round(float(recall), 4), "recall_queries": int(len(queries)),
             "build_seconds": round(build_seconds, 3)}
     return index, info

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from funnel.errors import FunnelError
-
-MODEL_DIR = Path("funnel") / "1" / "ensemble"
+from funnel.core.artifacts import ensemble_dir
+from funnel.core.errors import FunnelError
 
 
 def inventory_path(repo: str | Path) -> Path:
-    path = Path(repo) / MODEL_DIR / "inventory.parquet"
+    path = ensemble_dir(repo) / "inventory.parquet"
     if not path.exists():
         raise FunnelError(f"{repo}: no inventory (not a funnel export; run `funnel export`)")
     return path

@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from merlin.dag import postorder_iter_nodes
+from merlin.dag.runtime import Runtime
+from merlin.systems.dag.ensemble import Ensemble
+from merlin.table import TensorTable
 
-from funnel.errors import FunnelError
+from funnel.core.artifacts import EXPORT_MANIFEST
+from funnel.core.errors import FunnelError
+from funnel.core.fsutil import sha256_files
 
 MAX_EXCLUDE = 10_000
 OUTPUTS = ("item_ids", "scores", "sources")
@@ -27,13 +33,8 @@ class Recommender:
     """
 
     def __init__(self, ensemble_dir: str | Path):
-        from merlin.dag import postorder_iter_nodes
-        from merlin.systems.dag.ensemble import Ensemble
-
-        from funnel.fsutil import sha256_files
-
         self.path = Path(ensemble_dir)
-        manifest_path = self.path / "export.json"
+        manifest_path = self.path / EXPORT_MANIFEST
         if not manifest_path.exists():
             raise FunnelError(f"{self.path}: not a funnel ensemble (no export.json)")
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
@@ -46,15 +47,11 @@ class Recommender:
             node.op.load_artifacts(str(self.path))
         limits = self.manifest["limits"]
         self.k, self.max_k, self.max_batch = limits["k"], limits["max_k"], limits["max_batch"]
-        from merlin.dag.runtime import Runtime
-
         self._runtime = Runtime()
 
     def request_table(self, user_ids, k: int | None = None, exclude_items=None, temperature: float = 0.0,
                       seed: int = -1):
         """Validate one request and broadcast its request-level values to every user."""
-        from merlin.table import TensorTable
-
         users = np.asarray(user_ids, dtype=object).reshape(-1) if not isinstance(user_ids, np.ndarray) else user_ids
         if users.ndim != 1:
             raise RequestError(f"user_id must be a 1-D list of ids (got shape {tuple(users.shape)})")

@@ -4,6 +4,9 @@ Two stores with one interface: an embedded SQLite file (the default) and Redis (
 URLs). A build never mixes with the previous one: SQLite is written to a temporary file and
 renamed; Redis entries go under a new generation prefix that becomes current in one ``SET``,
 after which the old generation is deleted.
+
+Reading (:func:`answer`): a cached user gets the cached list; a miss goes to a live server
+when one is given, else gets the cache's trending list. Every answer says where it came from.
 """
 
 from __future__ import annotations
@@ -11,13 +14,21 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from funnel.errors import FunnelError
+import numpy as np
+import pandas as pd
+
+from ensemble.build import ExportConfig, export
+from ensemble.runtime import Recommender
+from funnel.client import Client
+from funnel.core.artifacts import ensemble_dir
+from funnel.core.errors import FunnelError
 
 Entry = dict[str, list]  # {"items": [...], "scores": [...], "sources": [...]}
 
@@ -143,21 +154,14 @@ def write_redis(url: str, entries: Iterable[tuple[str, Entry]], meta: dict[str, 
 def build(run: str | Path, out: str | None, redis_url: str | None, k: int = 12, batch_users: int = 512,
           progress: Callable[[int], None] | None = None, work: str | Path | None = None) -> dict[str, Any]:
     """Export the run's ensemble (temporary), answer every known user in batches, fill the store(s)."""
-    import tempfile
-
-    import pandas as pd
-
-    from ensemble.build import ExportConfig, export
-    from ensemble.runtime import Recommender
-
     if not out and not redis_url:
         raise FunnelError("batch: give --out FILE (SQLite) and/or --redis URL")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="funnel-batch-", dir=work) as tmp:
         manifest = export(ExportConfig(run=str(run), out=str(Path(tmp) / "repo"), k=k, max_k=max(k, 100)))
-        ensemble_dir = Path(tmp) / "repo" / "funnel" / "1" / "ensemble"
-        recommender = Recommender(ensemble_dir)
-        users = pd.read_parquet(ensemble_dir / "users.parquet", columns=["user_id_raw"])["user_id_raw"].astype(str)
+        exported = ensemble_dir(Path(tmp) / "repo")
+        recommender = Recommender(exported)
+        users = pd.read_parquet(exported / "users.parquet", columns=["user_id_raw"])["user_id_raw"].astype(str)
         users = users.tolist()
         cold = recommender.recommend(["\x00cold-start\x00"], k=k)
         trending = _entry(cold, 0)
@@ -185,9 +189,34 @@ def build(run: str | Path, out: str | None, redis_url: str | None, k: int = 12, 
 
 
 def _entry(out, row: int) -> Entry:
-    import numpy as np
-
     ids = out["item_ids"][row]
     keep = ids != b""
     return {"items": [i.decode() for i in ids[keep]], "scores": [float(x) for x in np.asarray(out["scores"][row])[keep]],
             "sources": [s.decode() for s in out["sources"][row][keep]]}
+
+
+def answer(cache: RecommendationCache, users: list[str], k: int | None = None,
+           live: Client | None = None) -> list[dict[str, Any]]:
+    """One answer per user, in order: ``items``, ``scores``, ``sources`` and ``served_from``.
+
+    The fallback policy: a cached user is served from the cache (``cache``); a miss goes to the
+    live server when ``live`` is given (``live``), else gets the cache's trending list
+    (``trending``), cut to ``k`` (default: the cache's k).
+    """
+    k = k or cache.meta()["k"]
+    answers: dict[str, dict[str, Any]] = {}
+    misses = []
+    for user in users:
+        entry = cache.get(user)
+        if entry is not None:
+            answers[user] = {"user_id": user, **{key: entry[key][:k] for key in ("items", "scores", "sources")},
+                             "served_from": "cache"}
+        else:
+            misses.append(user)
+    if misses and live is not None:
+        answers.update({r.user_id: {**r.as_dict(), "served_from": "live"} for r in live.recommend(misses, k)})
+    elif misses:
+        t = cache.meta()["trending"]
+        answers.update({u: {"user_id": u, "items": t["items"][:k], "scores": t["scores"][:k],
+                            "sources": t["sources"][:k], "served_from": "trending"} for u in misses})
+    return [answers[u] for u in users]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 
 MODEL = "funnel"
 

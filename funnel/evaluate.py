@@ -15,16 +15,24 @@ as serving does. Figures go to ``RUN/evaluation.json``, ``RUN/evaluation.md`` an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from merlin.io import Dataset
+from merlin.schema import Tags
 
-from funnel import metrics
-from funnel.errors import FunnelError
+from funnel.core import metrics
+from funnel.core.artifacts import read_preprocess_manifest, read_ranking_manifest, run_pre_dir, write_manifest
+from funnel.core.topk import dot_top_k
+from funnel.data.synth import Oracle
+from models.ranking import auc_logloss, score_pairs
+from models.ranking_data import assemble, candidates, rank_candidates, ranking_schema
+from models.tf_helpers import encode_rows, load_tower
+from workflows import TARGET
+from workflows.history import recent_items
 
 USER_BATCH = 2048
 
@@ -34,7 +42,7 @@ class EvalData:
 
     def __init__(self, pre: Path):
         self.pre = pre
-        self.manifest = json.loads((pre / "preprocess.json").read_text())
+        self.manifest = read_preprocess_manifest(pre)
         self.train = pd.read_parquet(pre / "splits" / "train.parquet")
         self.test = pd.read_parquet(pre / "splits" / "test.parquet")
         self.items = pd.read_parquet(pre / "catalogue" / "items.parquet")
@@ -42,8 +50,6 @@ class EvalData:
         truth = self.test.groupby("user_id")["item_id"].apply(set)
         self.users = truth.index.to_numpy()
         self.truth = list(truth.to_numpy())
-        from models.ranking import recent_items
-
         self.history = recent_items(self.train)
         self.cutoff = pd.Timestamp(self.manifest["split"]["cutoff"])
 
@@ -79,11 +85,6 @@ def repurchase(data: EvalData, k: int, days: int = 7) -> list[list]:
 
 def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
     """Exact top-k by the saved query tower and item embeddings."""
-    from merlin.io import Dataset
-    from merlin.schema import Tags
-
-    from models.retrieval import encode_rows, load_tower, top_k
-
     query = load_tower(run / "query_tower")
     schema = Dataset(str(data.pre / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     users = pd.read_parquet(data.pre / "catalogue" / "users.parquet").set_index("user_id_raw")
@@ -96,7 +97,7 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
         batch = data.users[start : start + USER_BATCH]
         q = encode_rows(query, users.loc[batch].reset_index(), schema)
         exclude = None if data.repurchase else [pos.get_indexer(data.seen(u)) for u in batch]
-        out.extend(item_ids[top_k(q, vectors, k, exclude)].tolist())
+        out.extend(item_ids[dot_top_k(q, vectors, k, exclude)].tolist())
     return out
 
 
@@ -108,12 +109,6 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
     With ``use_ranker`` False (the ranker lost to retrieval order on its own held-out users, see
     ranking.json) the candidates are ordered by the two-tower score, as serving would.
     """
-    from merlin.schema import Tags
-
-    from models.ranking import assemble, candidates, rank_candidates, ranking_schema, score_pairs
-    from models.retrieval import encode_rows, load_tower
-    from workflows import TARGET
-
     schema = ranking_schema(data.pre)
     query, ranker = load_tower(run / "query_tower"), load_tower(run / "ranker")
     users = pd.read_parquet(data.pre / "catalogue" / "users.parquet")
@@ -137,14 +132,10 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
         scores.append(ranker_scores)
         order = ranker_scores if use_ranker else cands["retrieval_score"].to_numpy()
         out.extend(rank_candidates(order, cands, k).reindex(batch).tolist())
-    from models.ranking import auc_logloss
-
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
 
 
 def oracle(data: EvalData, dataset_dir: Path, k: int) -> list[list]:
-    from funnel.data.synth import Oracle
-
     end = data.test["timestamp"].max() + pd.Timedelta(seconds=1)
     model = Oracle.load(dataset_dir, data.cutoff, end)
     out: list[list] = []
@@ -170,13 +161,7 @@ def score(method: str, recs: list[list], data: EvalData, ks: list[int]) -> dict[
 def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Evaluate every applicable method on the test split; write JSON, Markdown and PNG into RUN."""
     run = Path(run)
-    manifest_path = run / "retrieval.json"
-    if not manifest_path.exists():
-        raise FunnelError(f"{run}: not a training run (no retrieval.json; run `funnel train retrieval`)")
-    run_manifest = json.loads(manifest_path.read_text())
-    pre = Path(run_manifest["data"]["pre"])
-    if not (pre / "preprocess.json").exists():
-        raise FunnelError(f"{pre}: the run's preprocessing output is gone")
+    pre = run_pre_dir(run)
     ks = sorted(set(ks or [10, 12]))
     kmax = max(ks + [12])
     data = EvalData(pre)
@@ -188,8 +173,8 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         methods["repurchase"] = lambda: repurchase(data, kmax)
     methods["retrieval"] = lambda: retrieval(data, run, kmax)
     ranker_figures: dict[str, float] = {}
-    if (run / "ranker").exists():
-        ranking_manifest = json.loads((run / "ranking.json").read_text())
+    ranking_manifest = read_ranking_manifest(run)
+    if ranking_manifest is not None:
         n_candidates = ranking_manifest["config"]["candidates"]
         use_ranker = bool(ranking_manifest.get("use_ranker", True))
         ranker_figures["ranker_used"] = use_ranker
@@ -223,7 +208,7 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         "methods": results,
         "ranker_on_test_candidates": ranker_figures or None,
     }
-    (run / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_manifest(run / "evaluation.json", report)
     write_markdown(report, run)
     return report
 

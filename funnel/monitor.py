@@ -28,7 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from funnel.errors import FunnelError
+from ensemble.prediction_log import read_logs
+from funnel.core.artifacts import read_preprocess_manifest
+from funnel.core.errors import FunnelError
+from funnel.core.fsutil import atomic_output_dir
+from funnel.data.canonical import read_dataset
 
 EPS = 1e-4
 MAX_CATEGORIES = 50
@@ -112,8 +116,6 @@ def drift_features(reference: pd.DataFrame, current: pd.DataFrame) -> list[dict[
 
 
 def _read_dataset_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    from funnel.data.canonical import read_dataset
-
     ds = read_dataset(path)
     return ds.interactions(), ds.items(), ds.users()
 
@@ -126,11 +128,9 @@ def monitor(reference: str | Path, current: str | Path, out: str | Path, psi_thr
             since: str | None = None, outcomes: str | Path | None = None) -> dict[str, Any]:
     """Build the report; ``report["alert"]`` says whether a threshold was crossed."""
     reference, current, out = Path(reference), Path(current), Path(out)
-    if not (reference / "preprocess.json").exists():
-        raise FunnelError(f"{reference}: not a preprocessing output (the reference period); run `funnel preprocess`")
+    pre_manifest = read_preprocess_manifest(reference)  # the reference period
     if not current.exists():
         raise FunnelError(f"{current}: not found (a dataset directory or a prediction-log directory)")
-    pre_manifest = json.loads((reference / "preprocess.json").read_text())
     train = pd.read_parquet(reference / "splits" / "train.parquet")
     _, items, users = _read_dataset_tables(Path(pre_manifest["dataset"]["path"]))
     report: dict[str, Any] = {"reference": str(reference), "current": str(current), "psi_threshold": psi_threshold}
@@ -169,8 +169,6 @@ def monitor(reference: str | Path, current: str | Path, out: str | Path, psi_thr
 
 
 def served_report(logs: Path, train: pd.DataFrame, outcomes: str | Path | None, plots: list) -> dict[str, Any]:
-    from ensemble.prediction_log import read_logs
-
     frame = read_logs(logs)
     if frame.empty:
         raise FunnelError(f"{logs}: the prediction log is empty")
@@ -235,8 +233,6 @@ def write_report(report: dict[str, Any], out: Path, plots: list) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from funnel.fsutil import atomic_output_dir
 
     with atomic_output_dir(out) as tmp:
         (tmp / "monitor.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -19,7 +19,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 
 
 def _pytriton_root() -> Path | None:

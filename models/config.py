@@ -1,80 +1,19 @@
-"""Dataclass configs: defaults, one YAML file per run, and command-line overrides for every field."""
+"""Typed training configs: one dataclass per model, defaults < YAML < command line (funnel.core.config)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
-from funnel.errors import FunnelError
-
-C = TypeVar("C")
+from funnel.core.config import Choice, coerce_choices
+from funnel.core.errors import FunnelError
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(cls)[f.name]
+class Precision(Choice):
+    """Keras dtype policies: float32, mixed_float16 (GPUs) or mixed_bfloat16 (CPUs/GPUs with bf16)."""
 
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add ``--field-name`` for every field of the dataclass ``cls`` (default None = not given)."""
-    group = parser.add_argument_group(f"{cls.__name__} fields (override --config)")
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kind = _field_type(cls, f)
-        flag = "--" + f.name.replace("_", "-")
-        origin = typing.get_origin(kind)
-        help_text = f.metadata.get("help", "") + f" (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif origin is list:
-            (inner,) = typing.get_args(kind)
-            group.add_argument(flag, type=inner, nargs="+", default=None, help=help_text)
-        else:
-            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if origin else kind
-            group.add_argument(flag, type=base, default=None, help=help_text)
-
-
-def load_config(cls: type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
-    """Defaults < YAML file < command-line overrides (None values mean 'not given')."""
-    values: dict[str, Any] = {}
-    if yaml_path:
-        import yaml
-
-        path = Path(yaml_path)
-        if not path.exists():
-            raise FunnelError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise FunnelError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise FunnelError(f"{path}: expected a mapping of field: value")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(loaded) - names)
-        if unknown:
-            raise FunnelError(f"{path}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise FunnelError(f"{cls.__name__}: {exc}") from None
-
-
-def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
-
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
-
-
-def _check_precision(policy: str) -> None:
-    if policy not in PRECISIONS:
-        raise FunnelError(f"precision: {policy!r} is not one of {', '.join(PRECISIONS)}")
+    FLOAT32 = "float32"
+    MIXED_FLOAT16 = "mixed_float16"
+    MIXED_BFLOAT16 = "mixed_bfloat16"
 
 
 @dataclass
@@ -99,14 +38,18 @@ class RetrievalConfig:
     threads: int = field(default=0, metadata={"help": "TensorFlow threads (0 = one per core)"})
     devices: str = field(default="auto", metadata={"help": "auto (every visible GPU, mirrored when several), one, "
                                                        "or a list such as /gpu:0,/gpu:1; batch_size is per device"})
-    precision: str = field(default="float32", metadata={"help": "float32, mixed_float16 (GPUs) or mixed_bfloat16"})
+    precision: Precision = field(default=Precision.FLOAT32, metadata={"help": "Keras dtype policy"})
 
-    def validate(self) -> None:
-        if not self.pre or not self.out:
-            raise FunnelError("retrieval: need a preprocessing directory and --out")
+    def __post_init__(self) -> None:
+        coerce_choices(self)
         if self.epochs < 1 or self.batch_size < 2 or self.embedding_dim < 1 or self.learning_rate <= 0:
             raise FunnelError("retrieval: epochs >= 1, batch_size >= 2, embedding_dim >= 1, learning_rate > 0")
-        _check_precision(self.precision)
+        if self.patience < 1 or self.valid_k < 1 or self.valid_users < 1:
+            raise FunnelError("retrieval: patience, valid_k and valid_users >= 1")
+
+    def require_paths(self) -> None:
+        if not self.pre or not self.out:
+            raise FunnelError("retrieval: need a preprocessing directory and --out")
 
 
 @dataclass
@@ -130,13 +73,15 @@ class RankingConfig:
     threads: int = 0
     devices: str = field(default="auto", metadata={"help": "auto (every visible GPU, mirrored when several), one, "
                                                        "or a list such as /gpu:0,/gpu:1; batch_size is per device"})
-    precision: str = field(default="float32", metadata={"help": "float32, mixed_float16 (GPUs) or mixed_bfloat16"})
+    precision: Precision = field(default=Precision.FLOAT32, metadata={"help": "Keras dtype policy"})
 
-    def validate(self) -> None:
-        if not self.pre or not self.run:
-            raise FunnelError("ranking: need a preprocessing directory and --run")
+    def __post_init__(self) -> None:
+        coerce_choices(self)
         if self.candidates < 1 or self.epochs < 1 or self.hard_negatives < 0 or self.random_negatives < 0:
             raise FunnelError("ranking: candidates >= 1, epochs >= 1, negatives >= 0")
         if not 0 < self.valid_share < 1:
             raise FunnelError("ranking: valid_share must be in (0, 1)")
-        _check_precision(self.precision)
+
+    def require_paths(self) -> None:
+        if not self.pre or not self.run:
+            raise FunnelError("ranking: need a preprocessing directory and --run")

@@ -25,7 +25,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 
 
 def choose_strategy(devices: str):

@@ -34,7 +34,7 @@ def small_synth() -> dict:
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset (fixed seed), generated once per test session."""
     from funnel.data.synth import SynthConfig, generate
-    from funnel.fsutil import atomic_output_dir
+    from funnel.core.fsutil import atomic_output_dir
 
     out = tmp_path_factory.mktemp("synth") / "data"
     with atomic_output_dir(out) as tmp:
@@ -45,7 +45,7 @@ def synth_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pre_dir(synth_dir, tmp_path_factory) -> Path:
     """The small synthetic dataset preprocessed once (time split, CPU, single process)."""
-    from funnel.preprocess import PreprocessConfig, preprocess
+    from workflows.preprocess import PreprocessConfig, preprocess
 
     out = tmp_path_factory.mktemp("pre") / "pre"
     preprocess(PreprocessConfig(data=str(synth_dir), out=str(out), device="cpu", negatives=2))

@@ -14,6 +14,7 @@ ITEM_HISTORY = [
     "item_n_purchases", "item_n_buyers", "item_n_purchases_last7", "item_days_since_last",
     "item_days_since_first", "item_mean_price",
 ]
+NEVER_DAYS = 365.0  # the pair feature "days since the user last bought the item" for items never bought
 # Columns kept in the feature tables for filtering or display, never as model inputs.
 NOT_FEATURES = {"in_stock", "title", "prod_name", "detail_desc", "imdb_url"}
 
@@ -61,6 +62,30 @@ def item_table(train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp) -
     for col in ("item_n_purchases", "item_n_buyers", "item_n_purchases_last7"):
         out[col] = out[col].fillna(0).astype(np.float32)
     return out
+
+
+def latest_purchases(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Each user's distinct items, most recently bought first: one row per (user, item).
+
+    Columns ``user_id``, ``item_id``, ``n`` (times bought) and ``last`` (time of the latest
+    purchase); rows sorted by ``last`` descending, ties in the order of the input rows. This is
+    the one definition of "a user's recent items" that training, evaluation, serving history
+    and the online store share.
+    """
+    ordered = interactions.sort_values("timestamp", ascending=False, kind="stable")
+    latest = ordered.drop_duplicates(["user_id", "item_id"], keep="first")
+    counts = interactions.groupby(["user_id", "item_id"], sort=False).size().rename("n")
+    latest = latest[["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": "last"})
+    return latest.merge(counts.reset_index(), on=["user_id", "item_id"], how="left")[
+        ["user_id", "item_id", "n", "last"]].reset_index(drop=True)
+
+
+def recent_items(interactions: pd.DataFrame, limit: int | None = None) -> pd.Series:
+    """user_id -> the user's distinct items, most recently bought first (at most ``limit``)."""
+    latest = latest_purchases(interactions)
+    if limit is not None:
+        latest = latest.groupby("user_id", sort=False).head(limit)
+    return latest.groupby("user_id", sort=False)["item_id"].apply(list)
 
 
 def plain_dtypes(table: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
+from ensemble.config import ExcludeSeen
 from ensemble.history import PurchaseHistory
 from ensemble.ops.base import CANDIDATES, EXCLUDE, USER_ROW, ServingOperator
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
@@ -28,13 +29,14 @@ class FilterCandidates(ServingOperator):
 
     files = ("history.npz", "item_attributes.parquet", INVENTORY)
 
-    def __init__(self, source_dir: str | Path, exclude_seen: str = "all", seen_days: int = 0,
+    def __init__(self, source_dir: str | Path, exclude_seen: ExcludeSeen = ExcludeSeen.ALL, seen_days: int = 0,
                  out_of_stock: bool = True, exclude_categories: dict[str, list] | None = None,
                  exclude_items: list | None = None):
         super().__init__(source_dir)
-        if exclude_seen not in ("all", "days", "never"):
-            raise ValueError(f"exclude_seen must be all, days or never (got {exclude_seen!r})")
-        self.exclude_seen, self.seen_days = exclude_seen, int(seen_days)
+        exclude_seen = ExcludeSeen(exclude_seen)  # the Enum holds the valid values
+        if exclude_seen == ExcludeSeen.AUTO:
+            raise ValueError("exclude_seen: resolve auto (by domain) before building the filter")
+        self.exclude_seen, self.seen_days = str(exclude_seen), int(seen_days)
         self.out_of_stock = bool(out_of_stock)
         self.exclude_categories = {str(k): list(v) for k, v in (exclude_categories or {}).items()}
         self.exclude_items = [str(i) for i in (exclude_items or [])]
@@ -79,10 +81,10 @@ class FilterCandidates(ServingOperator):
         rows = columns[USER_ROW]
         valid = cands >= 0
         drop = valid & self._blocked[np.maximum(cands, 0)]
-        if self.exclude_seen != "never":
+        if self.exclude_seen != ExcludeSeen.NEVER:
             entry = self._history.lookup(rows, cands)
             seen = entry >= 0
-            if self.exclude_seen == "days":
+            if self.exclude_seen == ExcludeSeen.DAYS:
                 seen &= self._history.days_ago[np.maximum(entry, 0)] <= self.seen_days
             drop |= seen
             if ONLINE_ITEMS in columns:  # bought since the export (online store): seen, and recent

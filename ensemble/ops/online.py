@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
+from ensemble.online_store import open_store, read_recent
 from ensemble.ops.base import USER_ID, ServingOperator, column
 
 ONLINE_ITEMS = "online_items"
@@ -36,8 +37,6 @@ class OnlineHistory(ServingOperator):
         self.feature_repo, self.as_of, self.width = str(Path(feature_repo).resolve()), str(as_of), int(width)
 
     def load(self, path: Path) -> None:
-        from funnel.features import open_store
-
         self._store = open_store(self.feature_repo)
         attrs = pd.read_parquet(path / "item_attributes.parquet", columns=["item_id"])
         self._items = pd.Index(attrs["item_id"].astype(str))
@@ -47,8 +46,6 @@ class OnlineHistory(ServingOperator):
         return [column(ONLINE_ITEMS, np.int32, True)]
 
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from funnel.features import read_recent
-
         users = [v.decode() if isinstance(v, bytes) else str(v) for v in columns[USER_ID].reshape(-1)]
         out = np.full((len(users), self.width), -1, dtype=np.int32)
         if not users:

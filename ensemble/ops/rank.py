@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
+from ensemble.config import TrendingForKnown
 from ensemble.history import PurchaseHistory
 from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, SOURCES, TIERS, USER_ROW,
                                ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.ops.retrieve import TRENDING
-
-NEVER_DAYS = 365.0  # pair_days_since for items never bought (as in training)
+from ensemble.savedmodel import model_runner
+from workflows.history import NEVER_DAYS
 
 
 class RankCandidates(ServingOperator):
@@ -39,17 +40,13 @@ class RankCandidates(ServingOperator):
     triton_spec: dict | None = None
 
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
-                 trending_for_known: str = "fill"):
+                 trending_for_known: TrendingForKnown = TrendingForKnown.FILL):
         super().__init__(source_dir)
-        if trending_for_known not in ("fill", "rank"):
-            raise ValueError(f"trending_for_known must be fill or rank (got {trending_for_known!r})")
         self.item_features = list(item_features)
         self.use_ranker = bool(use_ranker)
-        self.trending_for_known = trending_for_known
+        self.trending_for_known = str(TrendingForKnown(trending_for_known))
 
     def load(self, path: Path) -> None:
-        from ensemble.savedmodel import model_runner
-
         self._ranker = model_runner(path / "ranker", self.triton_model, self.triton_spec) if self.use_ranker else None
         items = pd.read_parquet(path / "items.parquet")
         self._items = {name: items[name].to_numpy() for name in self.item_features}
@@ -76,7 +73,7 @@ class RankCandidates(ServingOperator):
         known = (rows >= 0)[:, None] & valid
         tiers = np.where(valid, 0, 2).astype(np.int8)
         fill = valid & ~known
-        if self.trending_for_known == "fill":
+        if self.trending_for_known == TrendingForKnown.FILL:
             fill |= known & (columns[SOURCES] == TRENDING)
             known &= ~fill
             tiers[fill & (rows >= 0)[:, None]] = 1

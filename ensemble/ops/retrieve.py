@@ -9,6 +9,8 @@ import numpy as np
 from merlin.schema import ColumnSchema, Schema
 
 from ensemble.history import PurchaseHistory
+from ensemble.index import load_index
+from ensemble.savedmodel import model_runner
 from ensemble.ops.online import ONLINE_ITEMS
 from ensemble.ops.base import (CANDIDATES, RETRIEVAL_SCORES, SOURCES, USER_ROW, ServingOperator, column,
                                user_features)
@@ -51,9 +53,6 @@ class RetrieveCandidates(ServingOperator):
         return self.n + ((self.recent + self.online_width) if self.repurchase else 0) + self.trending
 
     def load(self, path: Path) -> None:
-        from ensemble.index import load_index
-        from ensemble.savedmodel import model_runner
-
         self._tower = model_runner(path / "query_tower", self.triton_model, self.triton_spec)
         self._index = load_index(path / "item_index.faiss", json.loads((path / "index.json").read_text()))
         self._vectors = np.load(path / "item_vectors.npy", allow_pickle=False)

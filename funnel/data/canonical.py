@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from funnel.errors import DataError
+from funnel.core.errors import DataError
+from funnel.core.fsutil import sha256_files
 
 FORMAT_VERSION = 1
 INTERACTIONS = "interactions.parquet"
@@ -182,8 +183,6 @@ def summarise(
 ) -> dict[str, Any]:
     """Compute dataset.json from the written interactions file (streamed, bounded memory)."""
     import pyarrow.parquet as pq
-
-    from funnel.fsutil import sha256_files
 
     pf = pq.ParquetFile(out / INTERACTIONS)
     n_rows = pf.metadata.num_rows

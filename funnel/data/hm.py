@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from funnel.data import canonical
-from funnel.errors import DataError
-from funnel.fsutil import sha256_files
+from funnel.core.errors import DataError
+from funnel.core.fsutil import sha256_files
 
 TRANSACTIONS = "transactions_train.csv"
 ARTICLES = "articles.csv"

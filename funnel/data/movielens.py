@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from funnel.data import canonical
-from funnel.errors import DataError
-from funnel.fsutil import sha256_files
+from funnel.core.errors import DataError
+from funnel.core.fsutil import sha256_files
 
 GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",

@@ -20,7 +20,6 @@ seed) and writes ``interactions.parquet`` row group by row group.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,7 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
+from funnel.core.fsutil import sha256_text
+from funnel.core.topk import top_k_positions
+from funnel.data import canonical
+from funnel.data.canonical import INTERACTIONS
+from funnel.data.synth_config import SynthConfig
 
 GENERATOR_VERSION = 1
 CHUNK_USERS = 20_000  # fixed: output depends on the seed only, never on memory
@@ -49,51 +53,6 @@ COLOURS = [
 ]
 CLUB_STATUS = ["ACTIVE", "PRE-CREATE", "LEFT CLUB"]
 NEWS_FREQUENCY = ["Regularly", "Monthly", "NONE"]
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Parameters of the generator. Expected interactions ~= users*days*activity*basket_size."""
-
-    users: int = 20_000
-    items: int = 10_000
-    days: int = 91
-    seed: int = 42
-    styles: int = 64
-    activity: float = 0.06  # mean baskets per customer per day (lognormal spread)
-    basket_size: float = 2.2  # mean articles per basket
-    repurchase_rate: float = 0.15  # mean share of purchases that repeat an earlier one
-    launch_share: float = 0.2  # share of articles launched during the period
-    stockout_share: float = 0.15  # share of articles that sell out at some point
-    end_date: str = "2020-09-22"
-    # planted drift (monitoring tests): from day `shift_day` (0 = none) on, prices paid are multiplied
-    # by `shift_price` and a `shift_tastes` share of fresh purchases moves to a few "hot" styles
-    shift_day: int = 0
-    shift_price: float = 1.0
-    shift_tastes: float = 0.0
-
-    def validate(self) -> None:
-        if self.users < 1 or self.items < 2 or self.days < 2:
-            raise FunnelError("synth: need --users >= 1, --items >= 2 and --days >= 2")
-        if self.styles < 1 or self.styles > self.items:
-            raise FunnelError("synth: --styles must be between 1 and --items")
-        if not 0 <= self.repurchase_rate < 1:
-            raise FunnelError("synth: --repurchase-rate must be in [0, 1)")
-        if self.activity <= 0 or self.basket_size < 1:
-            raise FunnelError("synth: --activity must be > 0 and --basket-size >= 1")
-        if not 0 <= self.shift_day < self.days or self.shift_price <= 0 or not 0 <= self.shift_tastes <= 1:
-            raise FunnelError("synth: --shift-day in [0, days), --shift-price > 0, --shift-tastes in [0, 1]")
-        try:
-            dt.date.fromisoformat(self.end_date)
-        except ValueError:
-            raise FunnelError(f"synth: --end-date {self.end_date!r} is not a date (YYYY-MM-DD)") from None
-
-    @property
-    def start(self) -> pd.Timestamp:
-        return pd.Timestamp(self.end_date) - pd.Timedelta(days=self.days - 1)
-
-    def expected_interactions(self) -> int:
-        return int(self.users * self.days * self.activity * self.basket_size)
 
 
 @dataclass
@@ -340,10 +299,6 @@ def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from funnel.data import canonical
-    from funnel.fsutil import sha256_text
-
-    cfg.validate()
     cat = make_catalogue(cfg)
     gt = out / "ground_truth"
     gt.mkdir(parents=True, exist_ok=True)
@@ -412,8 +367,6 @@ class Oracle:
 
     @classmethod
     def load(cls, dataset_dir: str | Path, start: pd.Timestamp, end: pd.Timestamp) -> "Oracle":
-        from funnel.data.canonical import INTERACTIONS
-
         dataset_dir = Path(dataset_dir)
         gt = dataset_dir / "ground_truth"
         if not (gt / "generator.json").exists():
@@ -468,8 +421,4 @@ class Oracle:
 
     def topk(self, user_ids: list | np.ndarray, k: int) -> np.ndarray:
         """Raw item ids of each user's k highest-scoring articles, best first."""
-        scores = self.scores(user_ids)
-        k = min(k, scores.shape[1])
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        return self.item_ids[np.take_along_axis(part, order, axis=1)]
+        return self.item_ids[top_k_positions(self.scores(user_ids), k)]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from funnel.data import canonical
-from funnel.errors import DataError
-from funnel.fsutil import sha256_files
+from funnel.core.errors import DataError
+from funnel.core.fsutil import sha256_files
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ import importlib.util
 import pandas as pd
 import pytest
 
-from funnel.compute import gpu_count
-from funnel.preprocess import PreprocessConfig, preprocess, read_parquet_dir
+from workflows.compute import gpu_count
+from workflows.io import read_parquet_dir
+from workflows.preprocess import PreprocessConfig, preprocess
 
 pytestmark = pytest.mark.skipif(
     not (gpu_count() and importlib.util.find_spec("cudf")),
@@ -26,6 +27,6 @@ def test_gpu_matches_cpu(synth_dir, pre_dir, tmp_path):
 
 
 def test_auto_picks_gpu():
-    from funnel.compute import resolve_device
+    from workflows.compute import resolve_device
 
     assert resolve_device("auto") == "gpu"

@@ -7,7 +7,7 @@ import pytest
 
 from ensemble.build import ExportConfig, export
 from funnel.client import Client
-from funnel.compute import gpu_count
+from workflows.compute import gpu_count
 from funnel.serving import TritonServer
 
 pytestmark = pytest.mark.skipif(

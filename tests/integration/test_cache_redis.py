@@ -70,7 +70,8 @@ def test_unreachable_redis_is_one_clear_error(cli):
 def test_feast_online_store_on_redis(ranked_run, redis_url, tmp_path):
     import pandas as pd
 
-    from funnel.features import apply, ingest, open_store, read_recent
+    from ensemble.online_store import open_store, read_recent
+    from funnel.features import apply, ingest
 
     manifest = apply(ranked_run, tmp_path / "feature_repo", redis_url)
     assert manifest["online_store"] == "redis"
@@ -81,7 +82,7 @@ def test_feast_online_store_on_redis(ranked_run, redis_url, tmp_path):
 
 
 def test_feast_connection_strings():
-    from funnel.errors import FunnelError
+    from funnel.core.errors import FunnelError
     from funnel.features import feast_redis
 
     assert feast_redis("redis://127.0.0.1:6380/2") == "127.0.0.1:6380,db=2"

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from funnel.preprocess import PreprocessConfig, preprocess, read_parquet_dir
+from workflows.io import read_parquet_dir
+from workflows.preprocess import PreprocessConfig, preprocess
 
 KEY = ["user_id", "item_id"]
 

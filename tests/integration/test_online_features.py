@@ -10,7 +10,8 @@ import pytest
 
 from ensemble.build import ExportConfig, export
 from funnel.client import Client
-from funnel.features import apply, open_store, read_recent
+from ensemble.online_store import open_store, read_recent
+from funnel.features import apply
 from funnel.serving import TritonServer
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from funnel.data.synth import SynthConfig, generate
-from funnel.preprocess import PreprocessConfig, preprocess
+from workflows.preprocess import PreprocessConfig, preprocess
 
 BASE = dict(users=3000, items=600, days=42, seed=7)
 

@@ -16,7 +16,7 @@ import pytest
 from ensemble.build import ExportConfig, export
 from ensemble.runtime import Recommender
 from funnel.client import Client
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 from funnel.serving import TritonServer
 
 ENSEMBLE = Path("funnel") / "1" / "ensemble"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from funnel.cache import build, open_cache, write_sqlite
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@ import argparse
 
 import pytest
 
-from funnel.errors import FunnelError
-from models.config import RetrievalConfig, add_config_arguments, load_config, overrides_from_args
+from funnel.core.errors import FunnelError
+from funnel.cli.args import add_config_arguments, overrides_from_args
+from funnel.core.config import load_config
+from models.config import RetrievalConfig
 
 
 def test_yaml_then_cli_overrides(tmp_path):

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.build import ExportConfig, export, read_manifest
+from ensemble.build import ExportConfig, export
+from funnel.core.artifacts import read_export_manifest
 from ensemble.runtime import Recommender, RequestError
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def known_users(pre_dir) -> list[str]:
 
 
 def test_manifest_is_complete(exported, pre_dir):
-    m = read_manifest(exported)
+    m = read_export_manifest(exported)
     pre = json.loads((pre_dir / "preprocess.json").read_text())
     assert m["data"]["content_checksum"] == pre["dataset"]["content_checksum"]
     assert m["index"]["kind"] == "flat" and m["index"]["recall@60_vs_exact"] == 1.0

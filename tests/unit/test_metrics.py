@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from funnel import metrics
+from funnel.core import metrics
 
 
 RECS = [["a", "b", "c", "d"], ["x", "y", "z", "w"]]

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ranking import auc_logloss, candidates, pair_history
+from models.ranking import auc_logloss
+from models.ranking_data import candidates, pair_history
 
 
 def test_auc_and_logloss_hand_computed():
@@ -58,8 +59,9 @@ def test_ranker_manifest_and_learning(ranked_run):
 
 
 def test_saved_ranker_round_trip(ranked_run):
-    from models.ranking import assemble, ranking_schema, score_pairs
-    from models.retrieval import load_tower
+    from models.ranking import score_pairs
+    from models.ranking_data import assemble, ranking_schema
+    from models.tf_helpers import load_tower
     from workflows import TARGET
 
     pre = pd.io.common.Path(json.loads((ranked_run / "retrieval.json").read_text())["data"]["pre"])

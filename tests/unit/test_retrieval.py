@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from models.retrieval import load_tower
+from models.tf_helpers import load_tower
 
 
 def test_manifest_is_complete(retrieval_run, pre_dir):
@@ -38,7 +38,7 @@ def test_saved_query_tower_round_trip(retrieval_run, pre_dir):
     from merlin.io import Dataset
     from merlin.schema import Tags
 
-    from models.retrieval import encode_rows
+    from models.tf_helpers import encode_rows
 
     schema = Dataset(str(pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     users = pd.read_parquet(pre_dir / "catalogue" / "users.parquet").head(300)
@@ -77,11 +77,11 @@ def test_mixed_precision_trains_and_saves_float32_outputs(pre_dir, tmp_path):
 def test_unknown_precision_is_refused():
     import pytest
 
-    from funnel.errors import FunnelError
+    from funnel.core.errors import FunnelError
     from models.config import RetrievalConfig
 
-    with pytest.raises(FunnelError, match="precision: 'fp8'"):
-        RetrievalConfig(pre="p", out="o", precision="fp8").validate()
+    with pytest.raises(FunnelError, match="precision must be one of float32.*got 'fp8'"):
+        RetrievalConfig(pre="p", out="o", precision="fp8")
 
 
 def test_runs_are_reproducible_on_cpu_for_a_fixed_seed(pre_dir, tmp_path):

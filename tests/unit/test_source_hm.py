@@ -81,7 +81,7 @@ def test_sample_users_filters_transactions(kaggle, tmp_path, cli):
 
 
 def test_small_blocks_give_the_same_result(kaggle, tmp_path, monkeypatch):
-    from funnel.fsutil import atomic_output_dir
+    from funnel.core.fsutil import atomic_output_dir
 
     with atomic_output_dir(tmp_path / "a") as out:
         hm.build(kaggle, out)

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from funnel.errors import FunnelError
-from funnel.splits import split
+from funnel.core.errors import FunnelError
+from workflows.splits import split
 
 
 def _frame(rows):

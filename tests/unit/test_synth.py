@@ -6,7 +6,7 @@ import pytest
 
 from funnel.data.canonical import read_dataset
 from funnel.data.synth import Oracle, SynthConfig, generate
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
 
 
 def _generate(tmp_path, base: dict, **kw):
@@ -99,7 +99,7 @@ def test_oracle_needs_ground_truth(tmp_path):
 @pytest.mark.parametrize("bad", [dict(users=0), dict(items=1), dict(repurchase_rate=1.5), dict(end_date="x")])
 def test_bad_parameters(bad, small_synth):
     with pytest.raises(FunnelError):
-        SynthConfig(**{**small_synth, **bad}).validate()
+        SynthConfig(**{**small_synth, **bad})
 
 
 def test_cli_synth_summary_and_atomic_output(tmp_path, cli):

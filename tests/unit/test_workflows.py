@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from funnel.errors import FunnelError
-from funnel.preprocess import PreprocessConfig, load_workflow, preprocess, read_parquet_dir
+from funnel.core.errors import FunnelError
+from workflows.io import load_workflow, read_parquet_dir
+from workflows.preprocess import PreprocessConfig, preprocess
 from workflows import ITEM_SUBGRAPH, OOV_INDEX, TARGET, USER_SUBGRAPH
 
 
@@ -125,7 +126,7 @@ def test_failure_keeps_previous_output(pre_dir, synth_dir, tmp_path, monkeypatch
 
 def test_user_last_split_and_movielens_features(ml100k_source, tmp_path, monkeypatch):
     from funnel.data import movielens
-    from funnel.fsutil import atomic_output_dir
+    from funnel.core.fsutil import atomic_output_dir
 
     source = ml100k_source.resolve()
     monkeypatch.chdir(tmp_path)  # fitting must not write vocabularies into the working directory
@@ -142,7 +143,7 @@ def test_user_last_split_and_movielens_features(ml100k_source, tmp_path, monkeyp
 
 
 def test_gpu_device_without_gpu_is_a_clear_error(synth_dir, tmp_path, cli):
-    from funnel.compute import gpu_count
+    from workflows.compute import gpu_count
 
     if gpu_count():
         pytest.skip("this host has a GPU; the error path is for CPU-only hosts")

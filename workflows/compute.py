@@ -8,9 +8,11 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
+from workflows.config import Device
 
-DEVICES = ("auto", "cpu", "gpu")
+
+DEVICES = tuple(Device.values())
 
 
 def gpu_count() -> int:
@@ -24,7 +26,7 @@ def gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: Device | str) -> str:
     """'auto' -> 'gpu' when a GPU and cuDF are present, else 'cpu'; 'gpu' without them is an error."""
     if requested not in DEVICES:
         raise FunnelError(f"--device must be one of {', '.join(DEVICES)}, not {requested!r}")

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from funnel.errors import FunnelError
+from funnel.core.errors import FunnelError
+from workflows.config import Split
 
-SPLITS = ("time", "user-last")
+
+SPLITS = tuple(Split.values())
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,7 @@ class SplitResult:
     cutoff: pd.Timestamp  # features are computed as of this time (time: test start; user-last: end of train)
 
 
-def split(interactions: pd.DataFrame, how: str = "time", test_days: int = 7) -> SplitResult:
+def split(interactions: pd.DataFrame, how: Split | str = Split.TIME, test_days: int = 7) -> SplitResult:
     """Split interactions.
 
     ``time``: the last ``test_days`` calendar days are test (as in the H&M competition).

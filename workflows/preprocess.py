@@ -14,42 +14,32 @@ Output directory (written to a temporary directory, renamed on success)::
 from __future__ import annotations
 
 import glob
-import json
 import resource
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from merlin.io import Dataset
 
-from funnel.compute import dask_client, resolve_device
+from funnel.core.artifacts import PREPROCESS_MANIFEST, write_manifest
+from funnel.core.config import as_dict
+from funnel.core.errors import FunnelError
+from funnel.core.fsutil import atomic_output_dir, sha256_files
 from funnel.data.canonical import read_dataset
-from funnel.errors import FunnelError
-from funnel.fsutil import atomic_output_dir, sha256_files
-from funnel.splits import split
+from workflows import ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
+from workflows.compute import dask_client, resolve_device
+from workflows.config import PreprocessConfig, Split
+from workflows.graph import build_workflow, infer_spec
+from workflows.io import encode_table
+from workflows.negatives import sample_negatives
+from workflows.splits import split
 
 PART_ROWS = 1_000_000  # rows per staged parquet part (the unit of Dask parallelism)
-
-
-@dataclass
-class PreprocessConfig:
-    """Everything ``funnel preprocess`` can be told."""
-
-    data: str
-    out: str
-    split: str = "time"
-    test_days: int = 7
-    device: str = "auto"
-    workers: int | None = None
-    scheduler: str | None = None
-    negatives: int = 4  # sampled negatives per positive in the ranking data
-    id_freq_threshold: int = 1  # ids seen fewer times in train go to the OOV bucket
-    feature_freq_threshold: int = 3  # same for other categorical features
-    seed: int = 0
 
 
 def _stage(rows: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, folder: Path) -> str:
@@ -73,40 +63,21 @@ def _unix_seconds(ts: pd.Series) -> pd.Series:
 
 
 def _dataset(paths: str, device: str):
-    from merlin.io import Dataset
-
     return Dataset(sorted(glob.glob(paths)), engine="parquet", cpu=device == "cpu")
 
 
 def _write(dataset, out: Path, drop: list[str] | None = None) -> None:
     """Write a transformed merlin Dataset (optionally without some columns) with its schema."""
-    from merlin.io import Dataset
-
     if drop:
         schema = dataset.schema.excluding_by_name(drop)
         dataset = Dataset(dataset.to_ddf().drop(columns=drop), schema=schema)
     dataset.to_parquet(str(out), output_files=max(1, dataset.to_ddf().npartitions))
 
 
-def encode_table(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
-    """Apply a fitted sub-workflow to a whole feature table, keeping the raw id beside the codes."""
-    from merlin.io import Dataset
-
-    ds = Dataset(table, npartitions=1, cpu=device == "cpu")
-    encoded = sub_workflow.transform(ds).to_ddf().compute()
-    if hasattr(encoded, "to_pandas"):
-        encoded = encoded.to_pandas()
-    encoded = encoded.reset_index(drop=True)
-    encoded.insert(0, f"{key}_raw", table[key].to_numpy())
-    return encoded
-
-
 def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the preprocessing stage and return the manifest (also written to preprocess.json)."""
-    from workflows import ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
-    from workflows.graph import build_workflow, infer_spec
-    from workflows.negatives import sample_negatives
-
+    if not cfg.data or not cfg.out:
+        raise FunnelError("preprocess: need a dataset directory and an output directory")
     step = step or (lambda name: None)
     device = resolve_device(cfg.device)
     ds = read_dataset(cfg.data)
@@ -184,12 +155,12 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         tick("save")
 
         manifest = {
-            "config": asdict(cfg),
+            "config": as_dict(cfg),
             "device": device,
             "dask": {"workers": cfg.workers, "scheduler": cfg.scheduler, "client": bool(client)},
             "dataset": {"name": ds.name, "path": str(Path(cfg.data).resolve()), "repurchase": ds.repurchase,
                         "content_checksum": ds.meta.get("content_checksum")},
-            "split": {"how": cfg.split, "test_days": cfg.test_days if cfg.split == "time" else None,
+            "split": {"how": str(cfg.split), "test_days": cfg.test_days if cfg.split == Split.TIME else None,
                       "cutoff": str(result.cutoff)},
             "rows": {
                 "interactions": int(len(interactions)),
@@ -211,32 +182,5 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
             "workflow_checksum": sha256_files([out / "workflow" / "workflow.pkl"]),
         }
         manifest["timings_s"]["total"] = round(sum(timings.values()), 3)
-        (out / "preprocess.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        write_manifest(out / PREPROCESS_MANIFEST, manifest)
     return manifest
-
-
-def read_parquet_dir(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a transformed output directory (part_N.parquet files, in part order) into pandas."""
-    parts = sorted(Path(path).glob("part_*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
-    if not parts:
-        raise FunnelError(f"{path}: no part_*.parquet files")
-    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
-
-
-def load_workflow(pre: str | Path):
-    """Load the fitted workflow of a preprocessing run, refusing a pickle that is not ours.
-
-    ``workflow.pkl`` is a cloudpickle; it is only loaded when its checksum matches the one
-    recorded in ``preprocess.json`` at save time.
-    """
-    import nvtabular as nvt
-
-    pre = Path(pre)
-    manifest_path = pre / "preprocess.json"
-    if not manifest_path.exists():
-        raise FunnelError(f"{pre}: not a preprocessing output (no preprocess.json)")
-    manifest = json.loads(manifest_path.read_text())
-    actual = sha256_files([pre / "workflow" / "workflow.pkl"])
-    if actual != manifest.get("workflow_checksum"):
-        raise FunnelError(f"{pre}/workflow/workflow.pkl: checksum differs from preprocess.json; refusing to load")
-    return nvt.Workflow.load(str(pre / "workflow"))

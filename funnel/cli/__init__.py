@@ -1,0 +1,59 @@
+"""The ``funnel`` command line: one module per command group, thin over the typed stage functions.
+
+``funnel --help`` stays instant: the parser is built from light config modules only, and every
+heavy library (TensorFlow, NVTabular, cuDF, pandas, Triton) is imported inside the command that
+needs it. Errors a user can fix print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from funnel import __version__
+from funnel.cli import data, evaluate, ops, preprocess, serve, train
+from funnel.core.errors import FunnelError
+
+EXIT_USAGE = 2
+GROUPS = (data, preprocess, train, evaluate, serve, ops)  # in the order `funnel --help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="funnel",
+        description="GPU-first multi-stage recommender on NVIDIA Merlin: data -> NVTabular -> "
+        "two-tower + DLRM -> Triton.",
+    )
+    parser.add_argument("--version", action="version", version=f"funnel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Silence import-time chatter of TensorFlow and Merlin's expected CPU-mode warnings."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("FEAST_USAGE", "False")  # Feast reports usage online unless told not to
+    warnings.filterwarnings("ignore", message=".*in CPU mode.*")
+    warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except FunnelError as exc:
+        print(f"funnel: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("funnel: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return int(code or 0)

@@ -1,0 +1,231 @@
+"""``funnel export | serve | recommend | batch``: the serving graph, the Triton server, its clients, the cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ensemble.config import ExportConfig
+from funnel.cli.args import add_config_arguments, config_from_args, positive
+from funnel.core.errors import FunnelError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="build the retrieve -> filter -> rank ensemble into a Triton repository")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--out", default="triton_repo", help="Triton model repository (replaced atomically)")
+    p.add_argument("--config", help="YAML file with ExportConfig fields; flags override it")
+    add_config_arguments(p, ExportConfig, skip=("run", "out"), title="ExportConfig fields (override --config)")
+    p.set_defaults(func=export)
+
+    p = sub.add_parser("serve", help="run a real Triton Inference Server on an exported repository")
+    p.add_argument("repo", nargs="?", default="triton_repo", help="repository from `funnel export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--tritonserver", help="tritonserver binary (default: PATH, else the one in nvidia-pytriton)")
+    p.add_argument("--log", help="append the server's log to this file")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--prediction-log", default="prediction_logs",
+                   help="directory for the served-prediction log (parquet; '' turns it off)")
+    p.add_argument("--log-sample", type=float, default=0.05, help="share of served users logged (0..1)")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("batch", help="precompute every known user's top-k into a cache (SQLite and/or Redis)")
+    p.add_argument("run", help="run directory from `funnel train`")
+    p.add_argument("--out", help="SQLite file to write (replaced atomically)")
+    p.add_argument("--redis", help="also (or only) write to this Redis, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--k", type=positive, default=12)
+    p.add_argument("--batch-size", type=positive, default=512, help="users per funnel call")
+    p.set_defaults(func=batch)
+
+    p = sub.add_parser("recommend", help="ask a running funnel server (gRPC) or a cache for recommendations")
+    p.add_argument("--url", default=None, help="gRPC HOST:PORT (default 127.0.0.1:8001; with --from-cache: "
+                                               "where cache misses go, else they get trending items)")
+    p.add_argument("--from-cache", metavar="STORE", help="read a `funnel batch` cache: SQLite file or redis:// URL")
+    p.add_argument("--max-age-hours", type=float, default=24.0, help="warn when the cache is older than this")
+    p.add_argument("--user", action="append", help="raw user id (repeatable)")
+    p.add_argument("--users-file", help="user ids, one per line (or parquet with user_id)")
+    p.add_argument("--k", type=positive, default=None, help="items per user (default: the export's k)")
+    p.add_argument("--exclude-item", action="append", help="raw item id not to recommend (repeatable)")
+    p.add_argument("--temperature", type=float, default=None, help="> 0: sample with softmax(score / T)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--batch-size", type=positive, default=256, help="users per request")
+    p.add_argument("--json", action="store_true", help="one JSON line per user")
+    p.set_defaults(func=recommend)
+
+
+def export(args: argparse.Namespace) -> None:
+    from ensemble.build import export
+    from funnel.report import progress, table
+
+    cfg = config_from_args(ExportConfig, args, run=args.run, out=args.out)
+
+    with progress(3, "exporting", unit="steps") as bar:
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        m = export(cfg, progress=step)
+    idx, f, d = m["index"], m["filters"], m["data"]
+    recall_key = next(key for key in idx if key.startswith("recall@"))
+    ranker = m["models"]["ranker"]
+    rows = [
+        ("catalogue / users", f"{d['items']:,} items ({d['in_stock']:,} in stock) / {d['users']:,} users"),
+        ("Faiss index", f"{idx['kind']} ({idx['search_param'] or 'exact'}"
+                        + (f"={idx['search_value']}" if idx["search_param"] else "")
+                        + f"), {recall_key.replace('_', ' ')} {idx[recall_key]:.3f}"),
+        ("candidates", f"top {cfg.candidates} + {cfg.recent if d['repurchase'] else 0} own recent + {cfg.trending} trending"),
+        ("filters", f"seen: {f['exclude_seen']}, out of stock: {'yes' if f['out_of_stock'] else 'no'}, "
+                    f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
+        ("ranker", "DLRM" if ranker and ranker["used"] else "two-tower score (no ranker or ranker not used)"),
+        ("TensorFlow runtime", m["tf_runtime"] + " backend"),
+        ("time", f"{m['export_seconds']:.1f} s"),
+        ("written to", f"{cfg.out} (serve it: funnel serve {cfg.out})"),
+    ]
+    print(table(rows, title="funnel export: done"))
+
+
+def serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from funnel.core.artifacts import read_export_manifest
+    from funnel.serving import TritonServer
+
+    manifest = read_export_manifest(args.repo)
+    server = TritonServer(args.repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                          binary=args.tritonserver, log_path=args.log,
+                          prediction_log=args.prediction_log or None, log_sample=args.log_sample)
+    stop = []
+
+    def on_signal(signum, frame) -> None:
+        stop.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"starting Triton on {args.repo} ({manifest['data']['items']:,} items, "
+          f"{manifest['data']['users']:,} users) ...", file=sys.stderr, flush=True)
+    try:
+        server.start(timeout=args.timeout)
+        print(f"ready: gRPC {server.url}  HTTP {server.host}:{server.http_port}  model 'funnel'", flush=True)
+        print(f"try:   funnel recommend --url {server.url} --user <ID>   (Ctrl-C stops)", flush=True)
+        if server.prediction_log and args.log_sample > 0:
+            print(f"logging {args.log_sample:.0%} of served users to {server.prediction_log}", flush=True)
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+        if server.process is not None:
+            raise FunnelError(f"tritonserver exited with code {server.process.returncode}"
+                              + (f" (log: {args.log})" if args.log else ""))
+    except KeyboardInterrupt:
+        print("stopping Triton ...", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    print("stopped", file=sys.stderr)
+
+
+def _read_users_file(path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise FunnelError(f"{p}: users file not found")
+    if p.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(p)
+        if "user_id" not in frame.columns:
+            raise FunnelError(f"{p}: no column 'user_id'")
+        return frame["user_id"].astype(str).tolist()
+    users = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if users and users[0] == "user_id":
+        users = users[1:]
+    if not users:
+        raise FunnelError(f"{p}: no user ids (one per line)")
+    return users
+
+
+def _print_recommendations(answers, as_json: bool, title: str) -> None:
+    from funnel.report import table
+
+    if as_json:
+        for rec in answers:
+            print(json.dumps(rec), flush=True)
+        return
+    with_origin = any("served_from" in r for r in answers)  # cache answers say where each list came from
+    rows = []
+    for rec in answers:
+        lines = [[rank, item, f"{score:.4f}", source] for rank, (item, score, source)
+                 in enumerate(zip(rec["items"], rec["scores"], rec["sources"]), 1)]
+        for i, line in enumerate(lines or [["-", "(nothing survives the filters)", "", ""]]):
+            first = i == 0
+            rows.append([rec["user_id"] if first else "", *line]
+                        + ([rec.get("served_from", "") if first else ""] if with_origin else []))
+    header = ["user", "rank", "item", "score", "source"] + (["served from"] if with_origin else [])
+    print(table(rows, header=header, title=title))
+
+
+def recommend(args: argparse.Namespace) -> None:
+    users = list(args.user or []) + (_read_users_file(args.users_file) if args.users_file else [])
+    if not users:
+        raise FunnelError("recommend: give --user ID or --users-file FILE")
+    if args.from_cache:
+        _recommend_from_cache(args, users)
+        return
+    url = args.url or "127.0.0.1:8001"
+    client = _client(url, args.batch_size)
+    with client:
+        answers = (rec.as_dict() for rec in client.recommend(users, args.k, args.exclude_item, args.temperature, args.seed))
+        if args.json:
+            _print_recommendations(answers, True, "")
+        else:
+            _print_recommendations(list(answers), False, f"recommendations from {url}")
+
+
+def _client(url: str, batch_size: int):
+    from funnel.client import Client
+
+    try:
+        client = Client(url, batch_size=batch_size)
+    except Exception as exc:  # noqa: BLE001 - bad URL
+        raise FunnelError(f"{url}: cannot create a gRPC client ({exc})") from None
+    if not client.ready():
+        client.close()
+        raise FunnelError(f"{url}: no ready 'funnel' model there (start one: funnel serve triton_repo)")
+    return client
+
+
+def batch(args: argparse.Namespace) -> None:
+    from funnel.cache import build
+    from funnel.report import progress, table
+
+    with progress(None, "answering users", unit="users") as bar:
+        summary = build(args.run, args.out, args.redis, k=args.k, batch_users=args.batch_size, progress=bar.update)
+    rows = [("users", f"{summary['users']:,} (k = {summary['k']})"),
+            ("answering", f"{summary['answer_seconds']:.1f} s ({summary['users_per_s']:,.0f} users/s)"),
+            ("export + answering", f"{summary['compute_seconds']:.1f} s"),
+            ("total time", f"{summary['total_seconds']:.1f} s")]
+    rows += [(f"written to {'SQLite ' + args.out if name == 'sqlite' else 'Redis ' + args.redis}", f"{n:,} entries")
+             for name, n in summary["written"].items()]
+    print(table(rows, title="funnel batch: done"))
+
+
+def _recommend_from_cache(args: argparse.Namespace, users: list[str]) -> None:
+    from funnel import cache as cache_store
+
+    cache = cache_store.open_cache(args.from_cache)
+    try:
+        meta, age = cache.meta(), cache.age_hours()
+        if age > args.max_age_hours:
+            print(f"funnel: warning: cache {args.from_cache} is stale: built {age:.1f} h ago "
+                  f"(more than --max-age-hours {args.max_age_hours:g})", file=sys.stderr)
+        live = _client(args.url, args.batch_size) if args.url else None
+        try:
+            answers = cache_store.answer(cache, users, args.k, live)
+        finally:
+            if live is not None:
+                live.close()
+    finally:
+        cache.close()
+    _print_recommendations(answers, args.json, f"recommendations from cache {args.from_cache} "
+                                               f"(built {age:.1f} h ago, {meta['users']:,} users)")

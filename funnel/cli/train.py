@@ -1,0 +1,88 @@
+"""``funnel train retrieval|ranking``: thin wrappers over ``models.retrieval.train`` and ``models.ranking.train``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from funnel.cli.args import add_config_arguments, config_from_args
+from models.config import RankingConfig, RetrievalConfig
+
+
+def register(sub) -> None:
+    train = sub.add_parser("train", help="train the retriever or the ranker")
+    tsub = train.add_subparsers(dest="model", metavar="MODEL")
+    tsub.required = True
+
+    p = tsub.add_parser("retrieval", help="two-tower retriever (in-batch negatives, logQ correction)")
+    p.add_argument("pre_dir", metavar="PRE", help="preprocessing output directory")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", help="YAML file with RetrievalConfig fields; flags override it")
+    add_config_arguments(p, RetrievalConfig, skip=("pre", "out"), title="RetrievalConfig fields (override --config)")
+    p.set_defaults(func=retrieval)
+
+    p = tsub.add_parser("ranking", help="DLRM ranker on retriever candidates (hard + random negatives)")
+    p.add_argument("pre_dir", metavar="PRE", help="preprocessing output directory")
+    p.add_argument("--run", required=True, help="run directory with the trained retriever")
+    p.add_argument("--config", help="YAML file with RankingConfig fields; flags override it")
+    add_config_arguments(p, RankingConfig, skip=("pre", "run"), title="RankingConfig fields (override --config)")
+    p.set_defaults(func=ranking)
+
+
+def device_text(manifest: dict) -> str:
+    n = manifest.get("replicas", 1)
+    return manifest["device"] + (f" x {n} replicas (MirroredStrategy)" if n > 1 else "")
+
+
+def retrieval(args: argparse.Namespace) -> None:
+    from funnel.report import table
+    from models.retrieval import train
+
+    cfg = config_from_args(RetrievalConfig, args, pre=args.pre_dir, out=args.out)
+    key = f"valid_recall@{cfg.valid_k}"
+
+    def on_epoch(rec: dict) -> None:
+        print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  {key} {rec[key]:.4f}  "
+              f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
+
+    m = train(cfg, on_epoch=on_epoch)
+    rows = [
+        ("device", device_text(m)),
+        ("epochs run (best)", f"{m['epochs_run']} ({m['best_epoch']})"),
+        (key, f"{m['metrics'][key]:.4f}"),
+        ("train rows / valid users", f"{m['data']['fit_rows']:,} / {m['data']['valid_users']:,}"),
+        ("time", f"{m['train_seconds']:.1f} s ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size})"),
+        ("written to", cfg.out),
+    ]
+    print(table(rows, title="funnel train retrieval: done"))
+
+
+def ranking(args: argparse.Namespace) -> None:
+    from funnel.report import table
+    from models.ranking import train
+
+    cfg = config_from_args(RankingConfig, args, pre=args.pre_dir, run=args.run)
+    key = f"valid_recall@{cfg.valid_k}"
+
+    def on_epoch(rec: dict) -> None:
+        print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  valid AUC {rec['valid_auc']:.4f}  "
+              f"log loss {rec['valid_logloss']:.4f}  recall@{cfg.valid_k} {rec[key]:.4f}  "
+              f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
+
+    m = train(cfg, on_epoch=on_epoch)
+    d = m["data"]
+    rows = [
+        ("device", device_text(m)),
+        ("label period from", d["label_period_start"][:19]),
+        ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
+        ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
+        ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
+        (f"valid recall@{cfg.valid_k}: ranker / retrieval order",
+         f"{m['metrics'][key]:.4f} / {m['metrics'][f'{key}_retrieval_order']:.4f}"
+         + ("" if m["use_ranker"] else "  (ranker not used: retrieval order is better)")),
+        ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
+                 f"{d['build_seconds']:.1f} s building data"),
+        ("written to", str(Path(cfg.run) / "ranker")),
+    ]
+    print(table(rows, title="funnel train ranking: done"))

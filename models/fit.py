@@ -1,0 +1,85 @@
+"""The one training loop both models use: an epoch at a time, validated, best weights kept.
+
+Keras owns each epoch (``model.fit`` through :func:`models.distribute.fit_epoch`); after each,
+a validation function returns the figures of that epoch, the best epoch by ``key`` is kept,
+and training stops after ``patience`` epochs without a gain. :func:`run_manifest` writes the
+fields every run manifest shares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from funnel.core.config import as_dict
+from funnel.core.versions import package_versions
+from models import distribute
+
+
+@dataclass
+class FitResult:
+    """What the loop did: one record per epoch, the best epoch and its figures, the time spent."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    rows: int = 0  # training rows per epoch
+
+    @property
+    def samples_per_s(self) -> int:
+        spent = sum(h["seconds"] for h in self.history)
+        return round(self.rows * len(self.history) / spent) if spent else 0
+
+
+def fit_best(model, dataset, rows: int, epochs: int, batch_size: int, strategy,
+             validate: Callable[[], dict[str, float]], key: str, patience: int | None = None,
+             on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train up to ``epochs`` epochs; keep the weights of the epoch with the highest ``validate()[key]``.
+
+    ``rows`` is the number of training rows (for samples/s); ``patience`` None trains every epoch.
+    """
+    result, best_value, best_weights, waited = FitResult(rows=rows), float("-inf"), None, 0
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        fit = distribute.fit_epoch(model, dataset, batch_size, strategy)
+        seconds = time.perf_counter() - t0
+        figures = validate()
+        record = {"epoch": epoch, "loss": float(fit["loss"][-1]), **figures, "seconds": round(seconds, 2),
+                  "samples_per_s": round(rows / seconds)}
+        result.history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if figures[key] > best_value:
+            best_value, best_weights, waited = figures[key], model.get_weights(), 0
+            result.best_epoch, result.best = epoch, figures
+        else:
+            waited += 1
+            if patience is not None and waited >= patience:
+                break
+    model.set_weights(best_weights)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_manifest(stage: str, cfg, data: dict[str, Any], device: str, strategy, fit: FitResult,
+                 metrics: dict[str, Any]) -> dict[str, Any]:
+    """The fields every run manifest (retrieval.json, ranking.json) shares."""
+    return {
+        "stage": stage,
+        "config": as_dict(cfg),
+        "data": data,
+        "versions": package_versions(),
+        "device": device,
+        "replicas": distribute.replicas(strategy),
+        "precision": str(cfg.precision),
+        "epochs_run": len(fit.history),
+        "best_epoch": fit.best_epoch,
+        "train_seconds": round(fit.seconds, 2),
+        "samples_per_s": fit.samples_per_s,
+        "history": fit.history,
+        "metrics": metrics,
+    }

@@ -1,0 +1,194 @@
+"""The ranker's data: labelled candidates with features as of the label period's start.
+
+Labels come from the period the retriever did not see (its validation period): positives are
+what users bought then; hard negatives are the retriever's own top candidates (plus the
+user's earlier purchases where the domain repurchases) that were not bought; random
+negatives are drawn by popularity. Features are the fitted workflow's user and item
+features computed *as of the start of that period* (no look-ahead), plus pair features
+serving computes too: how often the user bought the item before, days since, and the
+two-tower score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from merlin.io import Dataset
+from merlin.schema import ColumnSchema, Schema, Tags
+
+from funnel.core.artifacts import read_preprocess_manifest
+from funnel.core.topk import dot_top_k
+from funnel.data.canonical import read_dataset
+from models.config import RankingConfig
+from models.retrieval import valid_mask
+from models.tf_helpers import encode_rows, load_tower
+from workflows import ITEM_SUBGRAPH, TARGET, USER_SUBGRAPH
+from workflows import history as hist
+from workflows.io import encode_table, load_workflow
+from workflows.negatives import popularity_draws
+
+PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
+NEVER_DAYS = 365.0  # pair_days_since for items the user never bought (serving uses the same value)
+
+
+def features_as_of(pre: Path, history: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Encoded user and item feature tables computed from ``history`` as of ``cutoff``.
+
+    Uses the saved workflow's sub-workflows, so the encoding is exactly the one serving uses.
+    """
+    ds = read_dataset(read_preprocess_manifest(pre)["dataset"]["path"])
+    workflow = load_workflow(pre)
+    users = hist.user_table(history, ds.users(), cutoff)
+    items = hist.item_table(history, ds.items(), cutoff)
+    user_sub, item_sub = workflow.get_subworkflow(USER_SUBGRAPH), workflow.get_subworkflow(ITEM_SUBGRAPH)
+    users = encode_table(user_sub, users[user_sub.input_schema.column_names], "user_id", "cpu")
+    items = encode_table(item_sub, items[item_sub.input_schema.column_names], "item_id", "cpu")
+    return users, items
+
+
+def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
+               history: dict[Any, list], repurchase: bool, recent: int = 20) -> pd.DataFrame:
+    """Retriever top-n per user, plus the user's ``recent`` latest items where the domain repurchases.
+
+    Returns rows (user_id, item_id, source, retrieval_score) with raw ids, duplicates removed
+    (a retrieved item the user bought before keeps source 'retrieval').
+    """
+    pos = pd.Index(item_ids)
+    exclude = None if repurchase else [pos.get_indexer(history.get(u, [])) for u in user_ids]
+    top = dot_top_k(q, vectors, n, exclude)
+    frames = [pd.DataFrame({"user_id": np.repeat(user_ids, top.shape[1]), "item_id": item_ids[top.ravel()],
+                            "source": "retrieval"})]
+    if repurchase:
+        own = [(u, i) for u in user_ids for i in history.get(u, [])[:recent]]
+        if own:
+            frames.append(pd.DataFrame(own, columns=["user_id", "item_id"]).assign(source="repurchase"))
+    cands = pd.concat(frames, ignore_index=True).drop_duplicates(["user_id", "item_id"], keep="first")
+    cands = cands[pos.get_indexer(cands["item_id"]) >= 0].reset_index(drop=True)
+    cands["retrieval_score"] = dot_scores(q, user_ids, vectors, item_ids, cands)
+    return cands
+
+
+def dot_scores(q: np.ndarray, user_ids: np.ndarray, vectors: np.ndarray, item_ids: np.ndarray,
+               pairs: pd.DataFrame) -> np.ndarray:
+    """Two-tower score of each (user_id, item_id) pair (raw ids; unknown items score 0)."""
+    u = pd.Index(user_ids).get_indexer(pairs["user_id"])
+    i = pd.Index(item_ids).get_indexer(pairs["item_id"])
+    scores = np.einsum("ij,ij->i", q[u], vectors[np.maximum(i, 0)]).astype(np.float32)
+    return np.where(i >= 0, scores, 0.0).astype(np.float32)
+
+
+def pair_history(pairs: pd.DataFrame, history: pd.DataFrame, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: log1p(times the user bought the item) and log1p(days since the last time, or 365)."""
+    stats = hist.latest_purchases(history)
+    joined = pairs[["user_id", "item_id"]].merge(stats, on=["user_id", "item_id"], how="left")
+    days = ((now - joined["last"]) / pd.Timedelta(days=1)).clip(lower=0).fillna(NEVER_DAYS)
+    return (np.log1p(joined["n"].fillna(0).to_numpy()).astype(np.float32),
+            np.log1p(days.to_numpy()).astype(np.float32))
+
+
+def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame,
+             now: pd.Timestamp) -> pd.DataFrame:
+    """Model rows for raw (user_id, item_id) pairs: encoded user + item features + pair features.
+
+    ``users``/``items`` are encoded tables with ``user_id_raw``/``item_id_raw``; the result keeps
+    the raw ids in ``user_id_raw``/``item_id_raw`` beside the encoded ``user_id``/``item_id``.
+    Pair features describe ``history`` as seen at ``now``.
+    """
+    bought, since = pair_history(pairs, history, now)
+    out = pairs.assign(pair_purchases=bought, pair_days_since=since)
+    out = out.rename(columns={"user_id": "user_id_raw", "item_id": "item_id_raw"})
+    return out.merge(users, on="user_id_raw", how="left").merge(items, on="item_id_raw", how="left")
+
+
+def rank_candidates(scores: np.ndarray, cands: pd.DataFrame, k: int) -> pd.Series:
+    """Top-k raw item ids per user by ``scores`` (ties keep candidate order)."""
+    ranked = cands.assign(_score=scores).sort_values(["user_id", "_score"], ascending=[True, False], kind="stable")
+    return ranked.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(s[:k]))
+
+
+def ranking_schema(pre: Path) -> Schema:
+    """Schema of the ranker's inputs: user + item features, pair features, the target."""
+    base = Dataset(str(pre / "ranking" / "train"), engine="parquet", cpu=True).schema
+    pair = Schema([ColumnSchema(name, tags=[Tags.CONTINUOUS], dtype=np.float32, is_list=False) for name in PAIR_FEATURES])
+    return base.select_by_tag(Tags.USER) + base.select_by_tag(Tags.ITEM) + pair + base.select_by_name([TARGET])
+
+
+@dataclass
+class RankingData:
+    """Labelled training rows, the held-out users' full candidate lists, and the figures about them."""
+
+    schema: Schema
+    fit_rows: pd.DataFrame  # shuffled training rows (users not held out)
+    valid_rows: pd.DataFrame  # labelled rows of the held-out users (AUC, log loss)
+    valid_full: pd.DataFrame  # every candidate of the held-out users (how the ranker is used)
+    valid_cands: pd.DataFrame  # the same candidates with raw ids and retrieval scores
+    valid_truth: pd.Series  # held-out user -> set of items bought in the label period
+    facts: dict[str, Any]  # for the manifest
+
+    @classmethod
+    def build(cls, cfg: RankingConfig, retrieval_manifest: dict[str, Any]) -> "RankingData":
+        pre, run = Path(cfg.pre), Path(cfg.run)
+        pre_manifest = read_preprocess_manifest(pre)
+        repurchase = bool(pre_manifest["dataset"]["repurchase"])
+        rng = np.random.default_rng(cfg.seed)
+
+        # The label period = the retriever's validation period; features describe only what came before.
+        raw = pd.read_parquet(pre / "splits" / "train.parquet")
+        held = valid_mask(raw, pre_manifest["split"]["how"], retrieval_manifest["config"]["valid_days"])
+        before, label = raw[~held], raw[held]
+        cutoff = before["timestamp"].max() + pd.Timedelta(seconds=1)  # every feature describes `before` only
+        users, items = features_as_of(pre, before, cutoff)
+        schema = ranking_schema(pre)
+        user_schema, item_schema = schema.select_by_tag(Tags.USER), schema.select_by_tag(Tags.ITEM)
+
+        label_users = label["user_id"].unique()
+        if len(label_users) > cfg.max_users:
+            label_users = rng.choice(label_users, cfg.max_users, replace=False)
+        history = hist.recent_items(before).to_dict()
+
+        item_ids = items["item_id_raw"].to_numpy()
+        vectors = encode_rows(load_tower(run / "item_tower"), items, item_schema)
+        q = encode_rows(load_tower(run / "query_tower"),
+                        users.set_index("user_id_raw").loc[label_users].reset_index(), user_schema)
+        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, history, repurchase)
+
+        bought = label[label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
+        bought = bought[bought["item_id"].isin(item_ids)]
+        bought_key = set(zip(bought["user_id"], bought["item_id"]))
+        is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
+        n_pos = bought.groupby("user_id").size()
+        hard = cands[~is_pos].sample(frac=1.0, random_state=cfg.seed)
+        hard = hard[hard.groupby("user_id").cumcount().to_numpy()
+                    < cfg.hard_negatives * n_pos.reindex(hard["user_id"]).fillna(1).to_numpy()]
+        counts = before["item_id"].value_counts()
+        counts = counts[counts.index.isin(item_ids)]
+        draws = popularity_draws(counts, len(bought) * cfg.random_negatives, rng)
+        rand = pd.DataFrame({"user_id": np.repeat(bought["user_id"].to_numpy(), cfg.random_negatives),
+                             "item_id": counts.index.to_numpy()[draws]})
+        rand = rand[[k not in bought_key for k in zip(rand["user_id"], rand["item_id"])]]
+        pairs = pd.concat([bought.assign(**{TARGET: 1}), hard[["user_id", "item_id"]].assign(**{TARGET: 0}),
+                           rand.assign(**{TARGET: 0})], ignore_index=True)
+        pairs = pairs.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
+        pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
+        rows = assemble(pairs, users, items, before, cutoff)
+        rows[TARGET] = rows[TARGET].astype(np.int32)
+        valid_users = rng.choice(label_users, max(1, int(len(label_users) * cfg.valid_share)), replace=False)
+        is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
+        # the held-out users' full candidate lists: how the ranker is used, so how it is judged
+        valid_cands = cands[cands["user_id"].isin(valid_users)].reset_index(drop=True)
+        valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score"]], users, items, before, cutoff)
+        valid_full[TARGET] = 0
+        facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],
+                 "label_period_start": str(cutoff), "label_users": int(len(label_users)),
+                 "rows": int(len(rows)), "positives": int(rows[TARGET].sum()),
+                 "hard_negatives": int(len(hard)), "random_negatives": int(len(rand)),
+                 "candidates_per_user": round(len(cands) / max(len(label_users), 1), 1),
+                 "label_recall_of_candidates": round(float(is_pos.sum()) / max(len(bought), 1), 4)}
+        return cls(schema=schema, fit_rows=rows[~is_valid].sample(frac=1.0, random_state=cfg.seed),
+                   valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands,
+                   valid_truth=bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set),
+                   facts=facts)

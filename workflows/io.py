@@ -1,0 +1,49 @@
+"""Workflow I/O: the fitted workflow of a preprocessing output, transformed parquet parts, encoded tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from funnel.core.artifacts import read_preprocess_manifest
+from funnel.core.errors import FunnelError
+from funnel.core.fsutil import sha256_files
+
+
+def encode_table(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
+    """Apply a fitted sub-workflow to a whole feature table, keeping the raw id beside the codes."""
+    from merlin.io import Dataset
+
+    ds = Dataset(table, npartitions=1, cpu=device == "cpu")
+    encoded = sub_workflow.transform(ds).to_ddf().compute()
+    if hasattr(encoded, "to_pandas"):
+        encoded = encoded.to_pandas()
+    encoded = encoded.reset_index(drop=True)
+    encoded.insert(0, f"{key}_raw", table[key].to_numpy())
+    return encoded
+
+
+
+def read_parquet_dir(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a transformed output directory (part_N.parquet files, in part order) into pandas."""
+    parts = sorted(Path(path).glob("part_*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
+    if not parts:
+        raise FunnelError(f"{path}: no part_*.parquet files")
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
+
+def load_workflow(pre: str | Path):
+    """Load the fitted workflow of a preprocessing run, refusing a pickle that is not ours.
+
+    ``workflow.pkl`` is a cloudpickle; it is only loaded when its checksum matches the one
+    recorded in ``preprocess.json`` at save time.
+    """
+    import nvtabular as nvt
+
+    pre = Path(pre)
+    manifest = read_preprocess_manifest(pre)
+    actual = sha256_files([pre / "workflow" / "workflow.pkl"])
+    if actual != manifest.get("workflow_checksum"):
+        raise FunnelError(f"{pre}/workflow/workflow.pkl: checksum differs from preprocess.json; refusing to load")
+    return nvt.Workflow.load(str(pre / "workflow"))
