@@ -44,11 +44,16 @@ demo: venv
 	cat $(DEMO_DIR)/serve.out; \
 	$(FUNNEL) recommend --url 127.0.0.1:$(DEMO_GRPC_PORT) --users-file $(DEMO_DIR)/users.txt --k 6
 
+# The layer contracts (pyproject.toml [tool.importlinter]) first: a lower layer never imports a higher one.
 test: venv ml-100k
+	$(VENV)/bin/lint-imports
 	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra
 
-test-unit: venv
-	$(PY) -m pytest -q -ra tests/unit
+test-unit: venv ml-100k
+	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra tests/unit
+
+test-integration: venv ml-100k
+	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra tests/integration
 
 bench: venv
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRA),dev,bench]"

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.prediction_log import PredictionLogger
+from ensemble.runtime import Recommender, RequestError
+
 LOG = logging.getLogger("funnel.triton")
 
 
@@ -23,8 +26,6 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import faiss
 
-        from ensemble.runtime import Recommender
-
         faiss.omp_set_num_threads(int(os.environ.get("FUNNEL_FAISS_THREADS", "1")))
         path = _model_dir(args) / str(args["model_version"]) / "ensemble"
         self.recommender = Recommender(path)
@@ -32,8 +33,6 @@ class TritonPythonModel:
         log_dir = os.environ.get("FUNNEL_LOG_DIR")
         sample = float(os.environ.get("FUNNEL_LOG_SAMPLE", "0.05"))
         if log_dir and sample > 0:
-            from ensemble.prediction_log import PredictionLogger
-
             m = self.recommender.manifest
             version = f"{m['model']}/{m['version']}@{m['created']} {m['ensemble_checksum'][7:19]}"
             self.logger = PredictionLogger(log_dir, sample, version)
@@ -46,8 +45,6 @@ class TritonPythonModel:
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
-
-        from ensemble.runtime import RequestError
 
         def optional(request, name, default):
             tensor = pb_utils.get_input_tensor_by_name(request, name)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ensemble.savedmodel import SavedModelRunner
+
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from ensemble.savedmodel import SavedModelRunner
-
         repo = Path(args["model_repository"])
         model_dir = (repo.parent.parent if repo.suffix == ".py" else repo) / str(args["model_version"])
         self.runner = SavedModelRunner(model_dir / "model.savedmodel")

@@ -1,11 +1,15 @@
 import argparse
+import dataclasses
+import json
 
 import pytest
 
-from funnel.core.errors import FunnelError
+from ensemble.config import ExcludeSeen, ExportConfig
 from funnel.cli.args import add_config_arguments, overrides_from_args
-from funnel.core.config import load_config
+from funnel.core.config import as_dict, load_config
+from funnel.core.errors import FunnelError
 from models.config import RetrievalConfig
+from workflows.config import PreprocessConfig
 
 
 def test_yaml_then_cli_overrides(tmp_path):
@@ -35,3 +39,36 @@ def test_bad_yaml(tmp_path):
         load_config(RetrievalConfig, str(tmp_path / "b.yaml"), {})
     with pytest.raises(FunnelError, match="not found"):
         load_config(RetrievalConfig, str(tmp_path / "missing.yaml"), {})
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(FunnelError, match="precision must be one of float32.*got 'fp8'"):
+        RetrievalConfig(pre="p", out="o", precision="fp8")
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: ExportConfig(run="r", exclude_seen="sometimes"), "exclude_seen"),
+    (lambda: ExportConfig(run="r", tf_runtime="onnx"), "tf_runtime"),
+    (lambda: PreprocessConfig(data="d", out="o", split="random"), "split"),
+    (lambda: PreprocessConfig(data="d", out="o", device="tpu"), "device"),
+])
+def test_choices_are_checked_once_when_the_config_is_built(make, field):
+    with pytest.raises(FunnelError, match=f"{field} must be one of"):
+        make()
+
+
+def test_choice_fields_become_enums_and_read_as_text():
+    cfg = ExportConfig(run="r", exclude_seen="days", index="ivf")
+    assert cfg.exclude_seen is ExcludeSeen.DAYS and cfg.exclude_seen == "days" and f"{cfg.exclude_seen}" == "days"
+    assert as_dict(cfg)["index"] == "ivf" and type(as_dict(cfg)["index"]) is str  # manifests hold plain text
+    assert json.loads(json.dumps(as_dict(PreprocessConfig(data="d", out="o", split="user-last"))))["split"] == "user-last"
+
+
+def test_every_config_field_is_a_flag_and_choices_are_listed():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, ExportConfig)
+    assert parser.parse_args(["--exclude-seen", "days"]).exclude_seen == "days"
+    with pytest.raises(SystemExit):  # argparse refuses a value outside the choices
+        parser.parse_args(["--exclude-seen", "sometimes"])
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(ExportConfig)} <= flags

@@ -1,14 +1,13 @@
-"""Cache serving with the embedded SQLite store: build, read, staleness, fallbacks, atomic rebuild."""
+"""Cache serving from a trained run: every known user answered like the exported graph, the CLI fallback."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import pandas as pd
 import pytest
 
-from funnel.cache import build, open_cache, write_sqlite
+from funnel.cache import build, open_cache
 from funnel.core.errors import FunnelError
 
 
@@ -50,33 +49,6 @@ def test_cli_reads_the_cache_and_falls_back_to_trending(cache_file, cli, pre_dir
     assert "stale" not in err
 
 
-def test_stale_cache_is_reported(tmp_path, cli):
-    path = tmp_path / "old.sqlite"
-    trending = {"items": ["a"], "scores": [1.0], "sources": ["trending"]}
-    write_sqlite(path, [("u1", {"items": ["x"], "scores": [0.5], "sources": ["retrieval"]})],
-                 {"run": "r", "built_at": time.time() - 50 * 3600, "k": 1, "trending": trending})
-    code, out, err = cli("recommend", "--from-cache", path, "--user", "u1")
-    assert code == 0 and "stale: built 50.0 h ago" in err and "x" in out
-
-
-def test_a_failed_rebuild_keeps_the_previous_cache(tmp_path):
-    path = tmp_path / "c.sqlite"
-    write_sqlite(path, [("u1", {"items": ["x"], "scores": [0.5], "sources": ["retrieval"]})],
-                 {"run": "r", "built_at": time.time(), "k": 1, "trending": {}})
-
-    def broken():
-        yield "u2", {"items": ["y"], "scores": [0.1], "sources": ["retrieval"]}
-        raise RuntimeError("crash in the middle")
-
-    with pytest.raises(RuntimeError):
-        write_sqlite(path, broken(), {"run": "r2", "built_at": time.time(), "k": 1, "trending": {}})
-    cache = open_cache(str(path))
-    assert cache.get("u1")["items"] == ["x"] and cache.get("u2") is None
-    assert [p.name for p in tmp_path.iterdir()] == ["c.sqlite"]
-
-
-def test_missing_store_and_missing_target(tmp_path, ranked_run):
-    with pytest.raises(FunnelError, match="no cache here"):
-        open_cache(str(tmp_path / "none.sqlite"))
+def test_missing_target(ranked_run):
     with pytest.raises(FunnelError, match="--out FILE"):
         build(ranked_run, None, None)
