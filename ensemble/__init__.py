@@ -5,3 +5,7 @@
 - :mod:`ensemble.runtime`: ``Recommender``, the exported graph run in-process;
 - :mod:`ensemble.triton_model`: the python-backend model Triton runs.
 """
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any submodule imports TensorFlow

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from funnel.core.topk import dot_top_k
@@ -30,8 +31,6 @@ def recall_vs_exact(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def set_search_param(index, name: str | None, value: int | None) -> None:
-    import faiss
-
     if name:
         faiss.ParameterSpace().set_index_parameter(index, name, int(value))
 
@@ -43,7 +42,6 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, k: int, kind: str = "a
     IVF's ``nprobe`` / HNSW's ``efSearch`` double until recall@k against exact search reaches
     95% (or the maximum). Returns the index and a description for the export manifest.
     """
-    import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -87,15 +85,11 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, k: int, kind: str = "a
 
 
 def save_index(index, path: Path) -> None:
-    import faiss
-
     faiss.write_index(index, str(path))
 
 
 def load_index(path: Path, info: dict[str, Any], use_gpu: bool | None = None):
     """Read an index, restore its tuned search breadth, move it to the GPU when faiss-gpu is present."""
-    import faiss
-
     index = faiss.read_index(str(path))
     set_search_param(index, info.get("search_param"), info.get("search_value"))
     if use_gpu is None:

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 SCHEMA_FIELDS = ("request_id", "time", "model_version", "user_id", "items", "scores", "sources",
                  "candidates", "candidate_sources", "candidate_scores")
@@ -84,9 +88,6 @@ class PredictionLogger:
                 return
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         day = time.strftime("%Y-%m-%d", time.gmtime(records[0]["time"]))
         folder = self.dir / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -110,9 +111,6 @@ def _text(value: Any) -> str:
 
 def read_logs(log_dir: str | Path):
     """All logged records as a pandas frame (empty when there are none)."""
-    import pandas as pd
-    import pyarrow.dataset as ds
-
     path = Path(log_dir)
     if not path.exists() or not any(path.rglob("*.parquet")):
         return pd.DataFrame(columns=list(SCHEMA_FIELDS))

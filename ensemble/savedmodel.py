@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow as tf
 
 
 class SavedModelRunner:
@@ -16,9 +17,6 @@ class SavedModelRunner:
     """
 
     def __init__(self, path: str | os.PathLike[str]):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
         self.path = str(path)
         self._tf = tf
         self._fn = tf.saved_model.load(self.path).signatures["serving_default"]

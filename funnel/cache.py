@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import redis
 
 from ensemble.build import ExportConfig, export
 from ensemble.runtime import Recommender
@@ -71,8 +72,6 @@ class RedisCache(RecommendationCache):
     PREFIX = "funnel:cache"
 
     def __init__(self, url: str):
-        import redis
-
         self._r = redis.Redis.from_url(url)
         try:
             self._gen = self._r.get(f"{self.PREFIX}:current")
@@ -125,8 +124,6 @@ def write_sqlite(path: Path, entries: Iterable[tuple[str, Entry]], meta: dict[st
 
 
 def write_redis(url: str, entries: Iterable[tuple[str, Entry]], meta: dict[str, Any], chunk: int = 1000) -> int:
-    import redis
-
     r = redis.Redis.from_url(url)
     prefix = RedisCache.PREFIX
     gen = f"{int(time.time() * 1000)}-{os.getpid()}"

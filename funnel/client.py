@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from funnel.core.errors import FunnelError
 
@@ -29,8 +31,6 @@ class Client:
     """A gRPC client of the ``funnel`` model; ``recommend`` sends users in batches of ``batch_size``."""
 
     def __init__(self, url: str = "127.0.0.1:8001", batch_size: int = 256, timeout: float | None = 30.0):
-        import tritonclient.grpc as grpcclient
-
         self.url, self.batch_size, self.timeout = url, batch_size, timeout
         self._grpc = grpcclient
         self._client = grpcclient.InferenceServerClient(url)
@@ -44,7 +44,6 @@ class Client:
     def infer(self, user_ids: Sequence, k: int | None = None, exclude_items: Sequence | None = None,
               temperature: float | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
         """One request: the raw output arrays (``item_ids``/``sources`` as bytes, shape (users, k))."""
-        from tritonclient.utils import InferenceServerException
 
         g = self._grpc
 

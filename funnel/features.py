@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import redis
+import yaml
 
 from ensemble.inventory import update_inventory
 from ensemble.online_store import feast_module, open_store, read_recent
@@ -53,8 +57,6 @@ def _dtype(series: pd.Series):
 
 def feast_redis(url: str) -> str:
     """A redis:// URL as Feast's connection string ("host:port,db=N[,password=...][,ssl=true]")."""
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
         raise FunnelError(f"{url}: expected redis://HOST:PORT[/DB]")
@@ -103,8 +105,6 @@ def apply(run: str | Path, repo: str | Path, redis_url: str | None = None) -> di
         "user_recent": _stamp(recent_table(train), as_of),
     }
     if redis_url:  # fail before writing anything
-        import redis
-
         try:
             redis.Redis.from_url(redis_url).ping()
         except redis.exceptions.ConnectionError as exc:
@@ -113,8 +113,6 @@ def apply(run: str | Path, repo: str | Path, redis_url: str | None = None) -> di
     (repo / "data").mkdir(exist_ok=True)
     online = ({"type": "redis", "connection_string": feast_redis(redis_url)} if redis_url
               else {"type": "sqlite", "path": str((repo / "online.db").resolve())})
-    import yaml
-
     (repo / "feature_store.yaml").write_text(yaml.safe_dump({
         "project": "funnel", "registry": str((repo / "registry.db").resolve()), "provider": "local",
         "online_store": online, "offline_store": {"type": "file"}, "entity_key_serialization_version": 2}))
@@ -154,8 +152,6 @@ def read_events(source: str) -> pd.DataFrame:
     (timestamp optional, default now); a stock update: ``{"type": "stock", "item_id": ...,
     "in_stock": false}``. Errors name the line and field.
     """
-    import sys
-
     if source != "-" and not Path(source).exists():
         raise FunnelError(f"{source}: events file not found")
     if source != "-" and source.endswith(".parquet"):

@@ -6,11 +6,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 
 def progress(total: int | None, desc: str, unit: str = "rows"):
     """A tqdm bar on stderr; hidden automatically when stderr is not a terminal."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=None, file=sys.stderr, leave=False)
 
 

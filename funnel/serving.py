@@ -9,6 +9,7 @@ from PATH (NVIDIA's full build) or an explicit binary is used.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -19,12 +20,12 @@ import sysconfig
 import time
 from pathlib import Path
 
+import tritonclient.grpc as grpcclient
+
 from funnel.core.errors import FunnelError
 
 
 def _pytriton_root() -> Path | None:
-    import importlib.util
-
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -110,8 +111,6 @@ class TritonServer:
         return [str(root / "bin" / "tritonserver"), *flags], env
 
     def start(self, timeout: float = 300.0) -> "TritonServer":
-        import tritonclient.grpc as grpcclient
-
         cmd, env = self.command()
         out = subprocess.DEVNULL
         if self.log_path:

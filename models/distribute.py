@@ -25,13 +25,15 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+import merlin.models.tf as mm
+import tensorflow as tf
+
 from funnel.core.errors import FunnelError
 
 
 def choose_strategy(devices: str):
     """``auto``: every visible GPU (mirrored when there are several), else the default device;
     ``one``: the default device only; or a comma-separated device list such as ``/gpu:0,/gpu:1``."""
-    import tensorflow as tf
 
     if devices == "one":
         return tf.distribute.get_strategy()
@@ -61,8 +63,6 @@ def replicas(strategy) -> int:
 
 
 def _sync_on_read_for_unsynchronised(next_creator, **kwargs):
-    import tensorflow as tf
-
     if kwargs.get("synchronization") == tf.VariableSynchronization.NONE:
         kwargs["synchronization"] = tf.VariableSynchronization.ON_READ
         kwargs["aggregation"] = tf.VariableAggregation.ONLY_FIRST_REPLICA
@@ -72,8 +72,6 @@ def _sync_on_read_for_unsynchronised(next_creator, **kwargs):
 @contextlib.contextmanager
 def scope(strategy) -> Iterator[None]:
     """Build and compile models in here: the strategy's scope (+ workaround 1 when it mirrors)."""
-    import tensorflow as tf
-
     with strategy.scope():
         if replicas(strategy) > 1:
             with tf.variable_creator_scope(_sync_on_read_for_unsynchronised):
@@ -99,8 +97,6 @@ def fit_epoch(model, dataset, batch_size: int, strategy) -> dict[str, Any]:
         fit = model.fit(dataset, batch_size=batch_size, epochs=1, verbose=0, shuffle=False,
                         train_metrics_steps=10_000)
         return fit.history
-    import merlin.models.tf as mm
-    import tensorflow as tf
 
     loader = mm.Loader(dataset, batch_size=batch_size, shuffle=False)
     first_x, first_y = next(iter(loader))

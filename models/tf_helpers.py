@@ -7,15 +7,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import merlin.models.tf as mm  # registers merlin's Keras layers (load_tower needs them)
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from merlin.io import Dataset
 
-import merlin.models.tf as mm  # noqa: E402  (registers merlin's Keras layers; after the log level)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from merlin.io import Dataset  # noqa: E402
-
-from funnel.core.errors import FunnelError  # noqa: E402
+from funnel.core.errors import FunnelError
 
 
 def configure_tensorflow(seed: int, threads: int = 0) -> str:

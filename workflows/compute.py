@@ -8,6 +8,9 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+from distributed import Client, LocalCluster
+from merlin.core.utils import set_dask_client
+
 from funnel.core.errors import FunnelError
 from workflows.config import Device
 
@@ -53,8 +56,6 @@ def dask_client(device: str, workers: int | None = None, scheduler: str | None =
     if not scheduler and not workers:
         yield None
         return
-    from distributed import Client, LocalCluster
-    from merlin.core.utils import set_dask_client
 
     cluster = None
     try:

@@ -6,10 +6,14 @@ in a named ``Subgraph`` so serving can pull out ``workflow.get_subworkflow("user
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
 import pandas as pd
+import nvtabular as nvt
+from merlin.dag.ops.subgraph import Subgraph
+from merlin.schema import Tags
 
 from workflows import CONTEXT_SUBGRAPH, ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH
 from workflows.history import ITEM_HISTORY, NOT_FEATURES, USER_HISTORY
@@ -64,9 +68,6 @@ def infer_spec(table: pd.DataFrame, key: str, extra_buckets: dict[str, list[floa
 
 
 def _side(spec: FeatureSpec, id_tagger, feature_tagger, id_threshold: int, feature_threshold: int, categorify):
-    import nvtabular as nvt
-    from merlin.schema import Tags
-
     out = [spec.key] >> categorify(freq_threshold=id_threshold) >> id_tagger()
     if spec.categorical:
         out += spec.categorical >> categorify(freq_threshold=feature_threshold) >> feature_tagger()
@@ -103,11 +104,7 @@ def build_workflow(
     ``vocab_dir``: where fitting writes the category vocabularies (``Workflow.save`` copies them
     into the saved workflow); NVTabular's default is ``./categories`` in the working directory.
     """
-    import functools
 
-    import nvtabular as nvt
-    from merlin.dag.ops.subgraph import Subgraph
-    from merlin.schema import Tags
 
     categorify = functools.partial(nvt.ops.Categorify, dtype="int32", out_path=vocab_dir)
     user = _side(user_spec, nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures, id_threshold, feature_threshold, categorify)

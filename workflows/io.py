@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import nvtabular as nvt
+from merlin.io import Dataset
 
 from funnel.core.artifacts import read_preprocess_manifest
 from funnel.core.errors import FunnelError
@@ -13,8 +15,6 @@ from funnel.core.fsutil import sha256_files
 
 def encode_table(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
     """Apply a fitted sub-workflow to a whole feature table, keeping the raw id beside the codes."""
-    from merlin.io import Dataset
-
     ds = Dataset(table, npartitions=1, cpu=device == "cpu")
     encoded = sub_workflow.transform(ds).to_ddf().compute()
     if hasattr(encoded, "to_pandas"):
@@ -39,7 +39,6 @@ def load_workflow(pre: str | Path):
     ``workflow.pkl`` is a cloudpickle; it is only loaded when its checksum matches the one
     recorded in ``preprocess.json`` at save time.
     """
-    import nvtabular as nvt
 
     pre = Path(pre)
     manifest = read_preprocess_manifest(pre)

@@ -14,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from funnel.core.errors import FunnelError
 
 C = TypeVar("C")
@@ -64,8 +66,6 @@ def load_config(cls: type[C], yaml_path: str | None, overrides: dict[str, Any]) 
     """Defaults < YAML file < overrides (None values mean 'not given'); validated on construction."""
     values: dict[str, Any] = {}
     if yaml_path:
-        import yaml
-
         path = Path(yaml_path)
         if not path.exists():
             raise FunnelError(f"{path}: config file not found")

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from funnel.core.errors import DataError
 from funnel.core.fsutil import sha256_files
@@ -182,8 +183,6 @@ def summarise(
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Compute dataset.json from the written interactions file (streamed, bounded memory)."""
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(out / INTERACTIONS)
     n_rows = pf.metadata.num_rows
     users_seen: set[Any] = set()

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import csv
 
 from funnel.data import canonical
 from funnel.core.errors import DataError
@@ -75,10 +79,6 @@ def _convert_error(exc: Exception, path: Path) -> DataError:
 
 def stream_transactions(path: Path, keep_users: set[str] | None, on_rows: Callable[[int], None] | None = None):
     """Yield canonical interaction frames, one per block of the CSV, quantities aggregated."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from pyarrow import csv
-
     _check_file(path)
     header = pd.read_csv(path, nrows=0).columns.tolist()
     for col in TX_COLUMNS:
@@ -150,9 +150,6 @@ def _canonical(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 def build(kaggle_dir: Path, out: Path, sample_users: int | None = None, seed: int = 0,
           on_rows: Callable[[int], None] | None = None) -> dict:
     """Convert the Kaggle files in ``kaggle_dir`` into the canonical dataset in ``out``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     kaggle_dir = Path(kaggle_dir)
     if not kaggle_dir.is_dir():
         raise DataError(f"{kaggle_dir}: no such directory (expected {TRANSACTIONS}, {ARTICLES}, {CUSTOMERS})")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import sha256_text
@@ -296,9 +298,6 @@ def generate_chunk(cfg: SynthConfig, cat: Catalogue, chunk: int, n_users: int, f
 
 def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None) -> dict:
     """Write the synthetic dataset (canonical files + ``ground_truth/``) into ``out``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     cat = make_catalogue(cfg)
     gt = out / "ground_truth"
     gt.mkdir(parents=True, exist_ok=True)
