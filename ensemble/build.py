@@ -29,7 +29,7 @@ from merlin.dag import ColumnSelector, postorder_iter_nodes
 from merlin.schema import Schema
 from merlin.systems.dag.ensemble import Ensemble
 
-from ensemble.config import ExcludeSeen, ExportConfig, TfRuntime
+from ensemble.config import ExcludeSeen, ExportConfig, Inventory, TfRuntime
 from ensemble.history import PurchaseHistory
 from ensemble.index import build_index, save_index
 from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
@@ -80,13 +80,13 @@ def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, de
         if col not in attrs.columns:
             raise FunnelError(f"export: exclude_categories column {col!r} is not an item attribute "
                               f"(have: {', '.join(c for c in attrs.columns if c != 'item_id')})")
-    in_stock = attrs["in_stock"].fillna(True).astype(bool) if "in_stock" in attrs else pd.Series(True, index=attrs.index)
+    as_of = pd.Timestamp(pre_manifest["split"]["cutoff"])
+    in_stock, inventory = stock(cfg, dataset, attrs, as_of)
     attrs.drop(columns=[c for c in ("in_stock",) if c in attrs]).to_parquet(dest / "item_attributes.parquet", index=False)
     pd.DataFrame({"item_id": attrs["item_id"].astype(str), "in_stock": in_stock.to_numpy()}).to_parquet(
         dest / "inventory.parquet", index=False)
 
     train = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
-    as_of = pd.Timestamp(pre_manifest["split"]["cutoff"])
     user_index, item_index = pd.Index(users["user_id_raw"]), pd.Index(items["item_id_raw"])
     PurchaseHistory.build(train, user_index, item_index, as_of).save(dest / "history.npz")
 
@@ -101,7 +101,25 @@ def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, de
     if (run / "ranker").exists():
         shutil.copytree(run / "ranker", dest / "ranker")
     return {"users": int(len(users)), "items": int(len(items)), "as_of": str(as_of), "vectors": vectors,
-            "in_stock": int(in_stock.sum()), "trending_items": int(keep.sum())}
+            "in_stock": int(in_stock.sum()), "inventory": inventory, "trending_items": int(keep.sum())}
+
+
+def stock(cfg: ExportConfig, dataset, attrs: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.Series, str]:
+    """In-stock flags for the catalogue (``attrs`` rows) and a description for the manifest.
+
+    ``latest``: the dataset's current ``in_stock`` (what production serves). ``cutoff``: the stock
+    as of the training cutoff from the dataset's stock history, so an evaluation of the export
+    on the test period knows no later stock-out; without a history every item counts as in stock.
+    """
+    if cfg.inventory == Inventory.LATEST:
+        if "in_stock" not in attrs:
+            return pd.Series(True, index=attrs.index), "latest (no in_stock column: every item in stock)"
+        return attrs["in_stock"].fillna(True).astype(bool), "latest (the dataset's current stock)"
+    history = dataset.stock_at(as_of)
+    if history is None:
+        return pd.Series(True, index=attrs.index), f"as of {as_of} (no stock history: every item in stock)"
+    flags = attrs["item_id"].map(history.set_index("item_id")["in_stock"]).fillna(True).astype(bool)
+    return flags, f"as of {as_of} (stock history)"
 
 
 def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:

@@ -33,6 +33,13 @@ class TfRuntime(Choice):
     PYTHON_BLS = "python-bls"  # the same split with python-backend models
 
 
+class Inventory(Choice):
+    """Which stock the export filters with."""
+
+    LATEST = "latest"  # the dataset's current stock (production)
+    CUTOFF = "cutoff"  # stock as of the training cutoff, from the stock history (evaluation: no look-ahead)
+
+
 class IndexKind(Choice):
     """The Faiss index: chosen by catalogue size (auto), or one kind."""
 
@@ -60,6 +67,8 @@ class ExportConfig:
     exclude_seen: ExcludeSeen = field(default=ExcludeSeen.AUTO, metadata={"help": "past purchases never shown again"})
     seen_days: int = field(default=30, metadata={"help": "window for exclude_seen=days"})
     out_of_stock: bool = field(default=True, metadata={"help": "drop items the inventory marks out of stock"})
+    inventory: Inventory = field(default=Inventory.LATEST, metadata={
+        "help": "latest (the dataset's current stock) or cutoff (stock as of the training cutoff, for evaluation)"})
     exclude_categories: list[str] = field(default_factory=list, metadata={"help": "item attribute rules COLUMN=VALUE"})
     exclude_items: list[str] = field(default_factory=list, metadata={"help": "raw item ids never served"})
     features: str = field(default="", metadata={

@@ -1,11 +1,20 @@
-"""``funnel evaluate RUN``: the offline funnel and honest baselines on the test split.
+"""``funnel evaluate RUN``: the served graph, its stages and honest baselines on the test split.
 
 Methods (each a list of raw item ids per test user, best first):
+
+- ``served``, the headline: the run exported exactly as ``funnel export`` does (to a temporary
+  repository, with the inventory as of the training cutoff) and asked for every test user
+  through the in-process ``Recommender``, the code Triton runs. ``funnel export RUN
+  --inventory cutoff`` + ``funnel serve`` answer the same lists over gRPC.
+
+Stage-wise diagnostics and peers:
 
 - ``popularity``: the most bought items of the last ``popularity_days`` of training;
 - ``repurchase``: the user's own items, most recent first, filled with popularity
   (only where the domain repurchases, per dataset.json);
 - ``retrieval``: the two-tower query embedding against every item embedding (exact top-k);
+- ``retrieval+ranking``: retriever top-N (+ own items) ordered by the DLRM (or by the retrieval
+  score where the ranker's gate is off), without the served graph's trending and stock filter;
 - ``oracle``: the generator's Bayes-optimal ranking (synthetic data only).
 
 Where the domain does not repurchase, items seen in training are excluded for every method,
@@ -19,13 +28,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tempfile
+
 import numpy as np
 import pandas as pd
 from merlin.io import Dataset
 from merlin.schema import Tags
 
+from ensemble.build import export
+from ensemble.config import ExportConfig, Inventory
+from ensemble.runtime import Recommender
 from funnel.core import metrics
-from funnel.core.artifacts import read_preprocess_manifest, read_ranking_manifest, run_pre_dir, write_manifest
+from funnel.core.artifacts import (ensemble_dir, read_preprocess_manifest, read_ranking_manifest, run_pre_dir,
+                                   write_manifest)
 from funnel.core.topk import dot_top_k
 from funnel.data.synth import Oracle
 from models.ranking import auc_logloss, score_pairs
@@ -135,6 +150,28 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
 
 
+def served(data: EvalData, run: Path, k: int, batch: int = 1024) -> tuple[list[list], dict[str, Any]]:
+    """The exported graph's answers for every test user (in-process, as Triton runs it).
+
+    Returns the lists (raw item ids, typed like the test split's) and facts about the export.
+    """
+    raw = {str(i): i for i in data.items["item_id_raw"]}
+    with tempfile.TemporaryDirectory(prefix="funnel-evaluate-") as tmp:
+        repo = Path(tmp) / "repo"
+        manifest = export(ExportConfig(run=str(run), out=str(repo), k=k, max_k=max(k, 100), max_batch=batch,
+                                       inventory=Inventory.CUTOFF))
+        recommender = Recommender(ensemble_dir(repo))
+        out: list[list] = []
+        for start in range(0, len(data.users), batch):
+            users = [str(u) for u in data.users[start : start + batch]]
+            answer = recommender.recommend(users, k=k)
+            out.extend([raw[v.decode()] for v in row if v] for row in answer["item_ids"])
+    facts = {"inventory": manifest["data"]["inventory"], "in_stock": manifest["data"]["in_stock"],
+             "ranker_used": bool(manifest["models"]["ranker"] and manifest["models"]["ranker"]["used"]),
+             "index": manifest["index"]["kind"], "filters": manifest["filters"]}
+    return out, facts
+
+
 def oracle(data: EvalData, dataset_dir: Path, k: int) -> list[list]:
     end = data.test["timestamp"].max() + pd.Timedelta(seconds=1)
     model = Oracle.load(dataset_dir, data.cutoff, end)
@@ -168,7 +205,14 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
     dataset_dir = Path(data.manifest["dataset"]["path"])
     progress = progress or (lambda name: None)
 
-    methods: dict[str, Callable[[], list[list]]] = {"popularity": lambda: popularity(data, kmax)}
+    served_facts: dict[str, Any] = {}
+
+    def served_lists() -> list[list]:
+        recs, facts = served(data, run, kmax)
+        served_facts.update(facts)
+        return recs
+
+    methods: dict[str, Callable[[], list[list]]] = {"served": served_lists, "popularity": lambda: popularity(data, kmax)}
     if data.repurchase:
         methods["repurchase"] = lambda: repurchase(data, kmax)
     methods["retrieval"] = lambda: retrieval(data, run, kmax)
@@ -206,6 +250,7 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         "repurchase_domain": data.repurchase,
         "ks": ks,
         "methods": results,
+        "served": served_facts,
         "ranker_on_test_candidates": ranker_figures or None,
     }
     write_manifest(run / "evaluation.json", report)
@@ -226,8 +271,12 @@ def write_markdown(report: dict, run: Path) -> None:
              f"{report['test_users']:,} test users, {report['test_rows']:,} test interactions; split {report['split']['how']}.",
              "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, figures in report["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{figures[c]:.4f}" for c in cols) + " |")
-    lines += ["", "![methods](evaluation.png)", ""]
+        label = f"**{name}**" if name == "served" else name
+        lines.append(f"| {label} | " + " | ".join(f"{figures[c]:.4f}" for c in cols) + " |")
+    facts = report.get("served") or {}
+    lines += ["", "`served` is the exported graph answering every test user (what Triton serves; inventory "
+              f"{facts.get('inventory', '?')}); the other rows are its stages and peers.",
+              "", "![methods](evaluation.png)", ""]
     (run / "evaluation.md").write_text("\n".join(lines))
 
     names = list(report["methods"])
@@ -235,7 +284,11 @@ def write_markdown(report: dict, run: Path) -> None:
     width = 0.8 / len(ks)
     for i, k in enumerate(ks):
         values = [report["methods"][n][f"recall@{k}"] for n in names]
-        ax.bar(np.arange(len(names)) + i * width, values, width, label=f"Recall@{k}")
+        bars = ax.bar(np.arange(len(names)) + i * width, values, width, label=f"Recall@{k}")
+        for name, bar in zip(names, bars):
+            if name == "served":  # the headline: what the exported graph answers
+                bar.set_edgecolor("black")
+                bar.set_linewidth(1.5)
     ax.set_xticks(np.arange(len(names)) + width * (len(ks) - 1) / 2, names)
     ax.set_ylabel("Recall")
     ax.set_title(f"{report['dataset']}: methods side by side")

@@ -61,6 +61,18 @@ def ml100k_source() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def ml_pre_dir(ml100k_source, tmp_path_factory) -> Path:
+    """MovieLens-100k as a canonical dataset, preprocessed once (user-last split, CPU)."""
+    from funnel.cli import main
+
+    work = tmp_path_factory.mktemp("ml")
+    assert main(["data", "movielens-100k", "--source", str(ml100k_source), "--out", str(work / "data")]) == 0
+    assert main(["preprocess", str(work / "data"), "--out", str(work / "pre"), "--split", "user-last",
+                 "--device", "cpu"]) == 0
+    return work / "pre"
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the funnel CLI in-process; return (exit code, stdout, stderr)."""

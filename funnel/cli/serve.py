@@ -81,6 +81,7 @@ def export(args: argparse.Namespace) -> None:
         ("candidates", f"top {cfg.candidates} + {cfg.recent if d['repurchase'] else 0} own recent + {cfg.trending} trending"),
         ("filters", f"seen: {f['exclude_seen']}, out of stock: {'yes' if f['out_of_stock'] else 'no'}, "
                     f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
+        ("inventory", d["inventory"]),
         ("ranker", "DLRM" if ranker and ranker["used"] else "two-tower score (no ranker or ranker not used)"),
         ("TensorFlow runtime", m["tf_runtime"] + " backend"),
         ("time", f"{m['export_seconds']:.1f} s"),

@@ -20,13 +20,17 @@ def hit_rate_at_k(recommended: Sequence[Sequence], relevant: Sequence[set], k: i
 
 
 def ndcg_at_k(recommended: Sequence[Sequence], relevant: Sequence[set], k: int) -> float:
-    """Binary-relevance NDCG@k (ideal DCG puts min(|relevant|, k) hits first)."""
+    """Binary-relevance NDCG@k (ideal DCG puts min(|relevant|, k) hits first).
+
+    A relevant item repeated in a list gains only at its first position.
+    """
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     values = []
     for r, t in zip(recommended, relevant):
         if not t:
             continue
-        gains = np.array([item in t for item in list(r)[:k]], dtype=float)
+        top = list(r)[:k]
+        gains = np.array([item in t and item not in top[:i] for i, item in enumerate(top)], dtype=float)
         dcg = float((gains * discounts[: len(gains)]).sum())
         idcg = float(discounts[: min(len(t), k)].sum())
         values.append(dcg / idcg)

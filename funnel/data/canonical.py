@@ -5,7 +5,11 @@ Layout::
     DIR/interactions.parquet  user_id, item_id, timestamp [, price, channel, order_id, quantity]
     DIR/items.parquet         item_id + item features [, in_stock]
     DIR/users.parquet         user_id + user features
+    DIR/stock.parquet         optional stock history: item_id, timestamp, in_stock (one row per change)
     DIR/dataset.json          name, row counts, id types, repurchase, source checksum, ...
+
+``items.in_stock`` is the stock at the end of the data (what production serves with); the stock
+history answers "what was on sale at time t" (what an evaluation as of a cutoff may know).
 
 Raw ids are kept as they came: H&M customer ids are strings, article ids integers.
 """
@@ -29,6 +33,7 @@ FORMAT_VERSION = 1
 INTERACTIONS = "interactions.parquet"
 ITEMS = "items.parquet"
 USERS = "users.parquet"
+STOCK = "stock.parquet"
 META = "dataset.json"
 REQUIRED_INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 
@@ -57,6 +62,22 @@ class Dataset:
 
     def users(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / USERS)
+
+    @property
+    def has_stock_history(self) -> bool:
+        return (self.path / STOCK).exists()
+
+    def stock_at(self, when: pd.Timestamp) -> pd.DataFrame | None:
+        """``item_id``, ``in_stock`` as of ``when``: each item's latest stock change at or before it.
+
+        Items with no change by then count as in stock. None when the dataset has no stock history.
+        """
+        if not self.has_stock_history:
+            return None
+        changes = pd.read_parquet(self.path / STOCK)
+        known = changes[changes["timestamp"] <= pd.Timestamp(when)].sort_values("timestamp", kind="stable")
+        latest = known.drop_duplicates("item_id", keep="last")
+        return latest[["item_id", "in_stock"]].astype({"in_stock": bool}).reset_index(drop=True)
 
 
 def read_dataset(path: str | Path) -> Dataset:
@@ -155,16 +176,23 @@ def write_dataset(
     source: dict[str, Any],
     source_checksum: str,
     extra: dict[str, Any] | None = None,
+    stock: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Write the canonical files into ``out`` (a temporary directory) and return the metadata.
 
     ``interactions`` may be None when the caller already streamed ``interactions.parquet``
-    into ``out`` itself; the summary is then read back from the file's metadata.
+    into ``out`` itself; the summary is then read back from the file's metadata. ``stock`` is
+    the optional stock history (item_id, timestamp, in_stock).
     """
     if interactions is not None:
         interactions.to_parquet(out / INTERACTIONS, index=False)
     items.to_parquet(out / ITEMS, index=False)
     users.to_parquet(out / USERS, index=False)
+    if stock is not None:
+        missing = [c for c in ("item_id", "timestamp", "in_stock") if c not in stock.columns]
+        if missing:
+            raise DataError(f"stock history: column(s) {', '.join(missing)} missing")
+        stock.to_parquet(out / STOCK, index=False)
     meta = summarise(out, name=name, items=items, users=users, repurchase=repurchase,
                      source=source, source_checksum=source_checksum, extra=extra)
     (out / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -214,9 +242,11 @@ def summarise(
             "users": list(map(str, users.columns)),
         },
         "has_in_stock": "in_stock" in items.columns,
+        "has_stock_history": (out / STOCK).exists(),
         "source": source,
         "source_checksum": source_checksum,
-        "content_checksum": sha256_files([out / INTERACTIONS, out / ITEMS, out / USERS]),
+        "content_checksum": sha256_files([out / INTERACTIONS, out / ITEMS, out / USERS]
+                                         + ([out / STOCK] if (out / STOCK).exists() else [])),
     }
     if extra:
         meta.update(extra)

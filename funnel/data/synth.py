@@ -296,6 +296,22 @@ def generate_chunk(cfg: SynthConfig, cat: Catalogue, chunk: int, n_users: int, f
     return UserChunk(users, tastes, params, interactions, fresh)
 
 
+def stock_history(cfg: SynthConfig, cat: Catalogue) -> pd.DataFrame:
+    """Stock changes: articles launched during the period are off sale until their launch day;
+    articles that sell out go off sale on their stock-out day (both at midnight)."""
+    day = pd.Timedelta(days=1)
+    later = cat.launch_day > 0
+    sold_out = cat.stockout_day < cfg.days
+    frames = [
+        pd.DataFrame({"item_id": cat.item_id[later], "timestamp": cfg.start, "in_stock": False}),
+        pd.DataFrame({"item_id": cat.item_id[later], "timestamp": cfg.start + cat.launch_day[later] * day,
+                      "in_stock": True}),
+        pd.DataFrame({"item_id": cat.item_id[sold_out], "timestamp": cfg.start + cat.stockout_day[sold_out] * day,
+                      "in_stock": False}),
+    ]
+    return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "item_id"], ignore_index=True)
+
+
 def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None) -> dict:
     """Write the synthetic dataset (canonical files + ``ground_truth/``) into ``out``."""
     cat = make_catalogue(cfg)
@@ -342,6 +358,7 @@ def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None
     (gt / "generator.json").write_text(json.dumps(params, indent=2) + "\n")
     return canonical.write_dataset(
         out, name="synthetic", interactions=None, items=cat.features, users=users, repurchase=True,
+        stock=stock_history(cfg, cat),
         source={"kind": "synth", **asdict(cfg), "generator_version": GENERATOR_VERSION},
         source_checksum=sha256_text(json.dumps(params, sort_keys=True)),
         extra={"ground_truth": "ground_truth/"},

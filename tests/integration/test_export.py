@@ -77,10 +77,13 @@ def test_a_batch_answers_like_single_requests(recommender, known_users):
         np.testing.assert_allclose(single["scores"][0], batch["scores"][row], rtol=1e-5, atol=1e-6)
 
 
-def test_sampling_is_reproducible_with_a_seed(recommender, known_users):
-    a = recommender.recommend(known_users[:3], k=10, temperature=0.05, seed=3)
-    b = recommender.recommend(known_users[:3], k=10, temperature=0.05, seed=3)
-    assert a["item_ids"].tolist() == b["item_ids"].tolist()
+def test_sampling_follows_seed_and_temperature(recommender, known_users):
+    users = known_users[:5]
+    ranked = recommender.recommend(users, k=10)["item_ids"].tolist()
+    a = recommender.recommend(users, k=10, temperature=5.0, seed=3)["item_ids"].tolist()
+    assert recommender.recommend(users, k=10, temperature=5.0, seed=3)["item_ids"].tolist() == a  # same seed
+    assert recommender.recommend(users, k=10, temperature=5.0, seed=4)["item_ids"].tolist() != a  # another seed
+    assert a != ranked  # a high temperature reorders
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 TRAIN_ON_TWO_DEVICES = textwrap.dedent("""
     import sys
     import tensorflow as tf
@@ -31,26 +29,10 @@ TRAIN_ON_TWO_DEVICES = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def ml_pre(ml100k_source, tmp_path_factory, cli):
-    work = tmp_path_factory.mktemp("ml-multi")
-    assert cli("data", "movielens-100k", "--source", ml100k_source, "--out", work / "data")[0] == 0
-    assert cli("preprocess", work / "data", "--out", work / "pre", "--split", "user-last")[0] == 0
-    return work / "pre"
-
-
-@pytest.fixture(scope="module")
-def cli(request):
-    # module-scoped twin of the conftest fixture (capsys is function-scoped)
-    from funnel.cli import main
-
-    return lambda *args: (main([str(a) for a in args]), "", "")
-
-
-def test_train_mirrored_on_two_devices(ml_pre, tmp_path):
+def test_train_mirrored_on_two_devices(ml_pre_dir, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", TRAIN_ON_TWO_DEVICES, str(ml_pre), str(run)],
+    proc = subprocess.run([sys.executable, "-c", TRAIN_ON_TWO_DEVICES, str(ml_pre_dir), str(run)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 replicas (MirroredStrategy)" in proc.stdout
@@ -66,10 +48,10 @@ def test_train_mirrored_on_two_devices(ml_pre, tmp_path):
     assert (run / "ranker" / "saved_model.pb").exists()
 
 
-def test_unknown_device_is_a_clear_error(ml_pre, tmp_path, capsys):
+def test_unknown_device_is_a_clear_error(ml_pre_dir, tmp_path, capsys):
     from funnel.cli import main
 
-    code = main(["train", "retrieval", str(ml_pre), "--out", str(tmp_path / "run"), "--devices", "/gpu:7",
+    code = main(["train", "retrieval", str(ml_pre_dir), "--out", str(tmp_path / "run"), "--devices", "/gpu:7",
                  "--epochs", "1"])
     assert code == 2
     assert "devices: /gpu:7 not visible to TensorFlow" in capsys.readouterr().err

@@ -33,6 +33,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, ml100k_source)
     client = NotebookClient(notebook, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT / "notebooks")}})
     client.execute()  # raises CellExecutionError naming the cell when one fails
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)  # every cell ran (none skipped)
+    assert any(c.outputs for c in code[-2:]), "the notebook ends by showing a result"
     assert os.listdir(tmp_path / "work")

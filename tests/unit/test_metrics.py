@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 
 from funnel.core import metrics
@@ -39,3 +41,11 @@ def test_map_at_12_as_in_the_hm_competition():
 
 def test_coverage():
     assert metrics.coverage_at_k(RECS, 16, 2) == 4 / 16
+
+
+def test_a_repeated_relevant_item_gains_once():
+    # [a, a, b] with relevant {a, b}: DCG = 1/log2(2) + 1/log2(4) (b at rank 3), not 1 + 1/log2(3) + ...
+    dcg = 1.0 + 1.0 / np.log2(4)
+    idcg = 1.0 + 1.0 / np.log2(3)
+    assert metrics.ndcg_at_k([["a", "a", "b"]], [{"a", "b"}], 3) == pytest.approx(dcg / idcg)
+    assert metrics.ndcg_at_k([["a", "a", "a"]], [{"a"}], 3) == pytest.approx(1.0)
