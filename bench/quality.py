@@ -1,8 +1,11 @@
-"""Quality benchmark: the full offline funnel against honest baselines.
+"""Quality benchmark: the served funnel against honest baselines.
 
     python bench/quality.py [--only movielens|synthetic] [--work DIR] [--seeds 0 1 2]
 
-- MovieLens-100k, ``--split user-last``: popularity, retrieval, retrieval + ranking, and
+The funnel's figure is ``served``: ``funnel evaluate``'s exported graph answering every test
+user (stock as of the cutoff); retrieval and retrieval + ranking are its stage diagnostics.
+
+- MovieLens-100k, ``--split user-last``: served, popularity, retrieval, retrieval + ranking, and
   implicit's ALS (a small grid tuned on a validation split carved from train, then scored
   on test, with the same seen-item exclusion). 2,148 test rows make one run's Recall@10 noisy
   (standard error ~0.01), so both sides are trained with several seeds and compared on the mean.
@@ -118,8 +121,8 @@ def main() -> None:
             "ranker_used": [(r.get("ranker_on_test_candidates") or {}).get("ranker_used", True) for r in reports],
             "ranker_on_test_candidates": [r.get("ranker_on_test_candidates") for r in reports],
             "bars": {
-                "funnel >= 1.5x popularity": mean["retrieval+ranking"] >= 1.5 * mean["popularity"],
-                "funnel >= ALS": mean["retrieval+ranking"] >= als["recall@10"],
+                "funnel >= 1.5x popularity": mean["served"] >= 1.5 * mean["popularity"],
+                "funnel >= ALS": mean["served"] >= als["recall@10"],
             },
         }
 
@@ -136,8 +139,8 @@ def main() -> None:
             "map@12": {name: m[name]["map@12"] for name in m},
             "ranker_on_test_candidates": report.get("ranker_on_test_candidates"),
             "bars": {
-                "funnel >= 3x popularity": m["retrieval+ranking"]["recall@12"] >= 3 * m["popularity"]["recall@12"],
-                "funnel >= 70% of oracle": m["retrieval+ranking"]["share_of_oracle@12"] >= 0.7,
+                "funnel >= 3x popularity": m["served"]["recall@12"] >= 3 * m["popularity"]["recall@12"],
+                "funnel >= 70% of oracle": m["served"]["share_of_oracle@12"] >= 0.7,
             },
         }
 

@@ -22,32 +22,16 @@ from merlin.schema import ColumnSchema, Schema, Tags
 
 from funnel.core.artifacts import read_preprocess_manifest
 from funnel.core.topk import dot_top_k
-from funnel.data.canonical import read_dataset
 from models.config import RankingConfig
 from models.retrieval import valid_mask
 from models.tf_helpers import encode_rows, load_tower
-from workflows import ITEM_SUBGRAPH, TARGET, USER_SUBGRAPH
+from workflows import TARGET
 from workflows import history as hist
-from workflows.io import encode_table, load_workflow
+from workflows.io import features_as_of
 from workflows.negatives import popularity_draws
 
 PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
 NEVER_DAYS = 365.0  # pair_days_since for items the user never bought (serving uses the same value)
-
-
-def features_as_of(pre: Path, history: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Encoded user and item feature tables computed from ``history`` as of ``cutoff``.
-
-    Uses the saved workflow's sub-workflows, so the encoding is exactly the one serving uses.
-    """
-    ds = read_dataset(read_preprocess_manifest(pre)["dataset"]["path"])
-    workflow = load_workflow(pre)
-    users = hist.user_table(history, ds.users(), cutoff)
-    items = hist.item_table(history, ds.items(), cutoff)
-    user_sub, item_sub = workflow.get_subworkflow(USER_SUBGRAPH), workflow.get_subworkflow(ITEM_SUBGRAPH)
-    users = encode_table(user_sub, users[user_sub.input_schema.column_names], "user_id", "cpu")
-    items = encode_table(item_sub, items[item_sub.input_schema.column_names], "item_id", "cpu")
-    return users, items
 
 
 def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
@@ -127,6 +111,7 @@ class RankingData:
     valid_full: pd.DataFrame  # every candidate of the held-out users (how the ranker is used)
     valid_cands: pd.DataFrame  # the same candidates with raw ids and retrieval scores
     valid_truth: pd.Series  # held-out user -> set of items bought in the label period
+    gate_users: np.ndarray  # half of the held-out users: the gate decides on them, the epoch on the others
     facts: dict[str, Any]  # for the manifest
 
     @classmethod
@@ -176,7 +161,8 @@ class RankingData:
         pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
         rows = assemble(pairs, users, items, before, cutoff)
         rows[TARGET] = rows[TARGET].astype(np.int32)
-        valid_users = rng.choice(label_users, max(1, int(len(label_users) * cfg.valid_share)), replace=False)
+        valid_users = rng.choice(label_users, max(2, int(len(label_users) * cfg.valid_share)), replace=False)
+        gate_users = valid_users[: len(valid_users) // 2]  # a random half (valid_users is a random draw)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
         valid_cands = cands[cands["user_id"].isin(valid_users)].reset_index(drop=True)
@@ -191,4 +177,4 @@ class RankingData:
         return cls(schema=schema, fit_rows=rows[~is_valid].sample(frac=1.0, random_state=cfg.seed),
                    valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands,
                    valid_truth=bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set),
-                   facts=facts)
+                   gate_users=gate_users, facts=facts)

@@ -39,7 +39,7 @@ from models import distribute
 from models.config import Precision, RetrievalConfig
 from models.fit import FitResult, fit_best, run_manifest
 from models.tf_helpers import configure_tensorflow, encode_rows, float32_output, precision
-from workflows.io import read_parquet_dir
+from workflows.io import features_as_of, read_parquet_dir
 
 TIME_COLUMN = "timestamp"
 
@@ -64,8 +64,8 @@ class RetrievalData:
     pre_manifest: dict[str, Any]
     schema: Schema  # user + item features of the two towers
     fit_rows: pd.DataFrame  # encoded positives before the validation cutoff, shuffled once
-    items: pd.DataFrame  # the encoded catalogue (item_id_raw + features)
-    valid_rows: pd.DataFrame  # encoded features of the validation users
+    items: pd.DataFrame  # the encoded catalogue, features as of the validation start (item_id_raw + features)
+    valid_rows: pd.DataFrame  # encoded features of the validation users, as of the validation start
     valid_users: np.ndarray  # raw ids
     truth: pd.Series  # raw user id -> set of raw item ids bought in the validation period
     seen: pd.Series  # raw user id -> set of raw item ids bought before it
@@ -95,8 +95,9 @@ class RetrievalData:
         fit_rows = rows[~valid_mask(rows, split, cfg.valid_days)]
         fit_rows = fit_rows.sample(frac=1.0, random_state=cfg.seed)  # one shuffle; the loader keeps order
 
-        users = pd.read_parquet(pre / "catalogue" / "users.parquet")
-        items = pd.read_parquet(pre / "catalogue" / "items.parquet")
+        # validation sees features as of its own start: nothing from the validation period itself
+        before = raw_train[~held]
+        users, items = features_as_of(pre, before, before["timestamp"].max() + pd.Timedelta(seconds=1))
         truth = raw_train[held].groupby("user_id")["item_id"].apply(set)
         valid_users = truth.index.to_numpy()
         if len(valid_users) > cfg.valid_users:
@@ -104,7 +105,7 @@ class RetrievalData:
         return cls(pre=pre, pre_manifest=pre_manifest, schema=schema, fit_rows=fit_rows, items=items,
                    valid_rows=users.set_index("user_id_raw").loc[valid_users].reset_index(),
                    valid_users=valid_users, truth=truth,
-                   seen=raw_train[~held].groupby("user_id")["item_id"].apply(set), held_rows=int(held.sum()),
+                   seen=before.groupby("user_id")["item_id"].apply(set), held_rows=int(held.sum()),
                    repurchase=bool(pre_manifest["dataset"]["repurchase"]))
 
 
@@ -156,14 +157,16 @@ def validation(cfg: RetrievalConfig, data: RetrievalData, model) -> Callable[[],
 
 def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, device: str,
              strategy) -> dict[str, Any]:
-    """Both towers, the catalogue's item embeddings and retrieval.json, written atomically."""
-    embeddings = encode_rows(model.candidate_encoder, data.items, data.item_schema)
+    """Both towers, the catalogue's item embeddings (features as of the training cutoff, as served)
+    and retrieval.json, written atomically."""
+    catalogue = pd.read_parquet(data.pre / "catalogue" / "items.parquet")
+    embeddings = encode_rows(model.candidate_encoder, catalogue, data.item_schema)
     key = f"valid_recall@{cfg.valid_k}"
     with atomic_output_dir(cfg.out) as out:
         model.query_encoder.save(str(out / "query_tower"))
         model.candidate_encoder.save(str(out / "item_tower"))
         emb = pd.DataFrame(embeddings, columns=[str(i) for i in range(embeddings.shape[1])])
-        emb.insert(0, "item_id", data.items["item_id_raw"].to_numpy())
+        emb.insert(0, "item_id", catalogue["item_id_raw"].to_numpy())
         emb.to_parquet(out / "item_embeddings.parquet", index=False)
         manifest = run_manifest(
             "retrieval", cfg,

@@ -11,6 +11,9 @@ from merlin.io import Dataset
 from funnel.core.artifacts import read_preprocess_manifest
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import sha256_files
+from funnel.data.canonical import read_dataset
+from workflows import ITEM_SUBGRAPH, USER_SUBGRAPH
+from workflows import history as hist
 
 
 def encode_table(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd.DataFrame:
@@ -46,3 +49,18 @@ def load_workflow(pre: str | Path):
     if actual != manifest.get("workflow_checksum"):
         raise FunnelError(f"{pre}/workflow/workflow.pkl: checksum differs from preprocess.json; refusing to load")
     return nvt.Workflow.load(str(pre / "workflow"))
+
+
+def features_as_of(pre: Path, history: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Encoded user and item feature tables computed from ``history`` as of ``cutoff``.
+
+    Uses the saved workflow's sub-workflows, so the encoding is exactly the one serving uses.
+    """
+    ds = read_dataset(read_preprocess_manifest(pre)["dataset"]["path"])
+    workflow = load_workflow(pre)
+    users = hist.user_table(history, ds.users(), cutoff)
+    items = hist.item_table(history, ds.items(), cutoff)
+    user_sub, item_sub = workflow.get_subworkflow(USER_SUBGRAPH), workflow.get_subworkflow(ITEM_SUBGRAPH)
+    users = encode_table(user_sub, users[user_sub.input_schema.column_names], "user_id", "cpu")
+    items = encode_table(item_sub, items[item_sub.input_schema.column_names], "item_id", "cpu")
+    return users, items

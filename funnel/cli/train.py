@@ -63,7 +63,7 @@ def ranking(args: argparse.Namespace) -> None:
     from models.ranking import train
 
     cfg = config_from_args(RankingConfig, args, pre=args.pre_dir, run=args.run)
-    key = f"valid_recall@{cfg.valid_k}"
+    key, gate = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
 
     def on_epoch(rec: dict) -> None:
         print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  valid AUC {rec['valid_auc']:.4f}  "
@@ -78,8 +78,8 @@ def ranking(args: argparse.Namespace) -> None:
         ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
         ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
-        (f"valid recall@{cfg.valid_k}: ranker / retrieval order",
-         f"{m['metrics'][key]:.4f} / {m['metrics'][f'{key}_retrieval_order']:.4f}"
+        (f"gate recall@{cfg.valid_k}: ranker / retrieval order",
+         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_retrieval_order']:.4f}"
          + ("" if m["use_ranker"] else "  (ranker not used: retrieval order is better)")),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
                  f"{d['build_seconds']:.1f} s building data"),
