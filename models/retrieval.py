@@ -91,8 +91,12 @@ class RetrievalData:
         split = pre_manifest["split"]["how"]
         rows = read_parquet_dir(pre / "retrieval" / "train")
         raw_train = pd.read_parquet(pre / "splits" / "train.parquet")
-        held = valid_mask(raw_train, split, cfg.valid_days)
-        fit_rows = rows[~valid_mask(rows, split, cfg.valid_days)]
+        held = valid_mask(raw_train, split, cfg.valid_days)  # on raw ids: out-of-vocabulary users share one code
+        seconds = raw_train[TIME_COLUMN].astype("datetime64[ns]").astype(np.int64).to_numpy() // 1_000_000_000
+        if len(rows) != len(raw_train) or not np.array_equal(rows[TIME_COLUMN].to_numpy(), seconds):
+            raise FunnelError(f"{pre}: retrieval/train does not match splits/train.parquet row for row; "
+                              "run `funnel preprocess` again")
+        fit_rows = rows[~held]
         fit_rows = fit_rows.sample(frac=1.0, random_state=cfg.seed)  # one shuffle; the loader keeps order
 
         # validation sees features as of its own start: nothing from the validation period itself

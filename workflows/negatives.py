@@ -19,19 +19,23 @@ def popularity_draws(counts: pd.Series, n: int, rng: np.random.Generator, alpha:
 
 
 def sample_negatives(
-    positives: pd.DataFrame, per_positive: int, seed: int, alpha: float = 0.75
+    positives: pd.DataFrame, per_positive: int, seed: int, alpha: float = 0.75, popular: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Positives (label 1) plus ``per_positive`` sampled items per row (label 0).
 
-    Negatives are drawn from the training items by :func:`popularity_draws`; a negative keeps
-    the user, time and context of its positive. Draws that hit an item the user bought in
-    training are dropped. Hard negatives from the retriever come with the ranking stage.
+    Negatives are drawn by :func:`popularity_draws` from the items of ``popular`` (default: the
+    positives themselves; pass the training rows when sampling for test rows, so the test period's
+    own popularity is not used); a negative keeps the user, time and context of its positive.
+    Draws that hit an item the user bought among ``positives`` are dropped. Hard negatives from
+    the retriever come with the ranking stage.
     """
     pos = positives.assign(**{TARGET: np.int8(1)})
     if per_positive <= 0 or positives.empty:
         return pos.reset_index(drop=True)
     rng = np.random.default_rng(seed)
-    counts = positives["item_id"].value_counts(sort=False)
+    counts = (positives if popular is None else popular)["item_id"].value_counts(sort=False)
+    if popular is not None:  # items only the positives have: weight 0 (never drawn), but indexed for the pair keys
+        counts = counts.reindex(counts.index.union(positives["item_id"].unique(), sort=False), fill_value=0)
     draws = popularity_draws(counts, len(positives) * per_positive, rng, alpha)
     neg = positives.loc[positives.index.repeat(per_positive)].reset_index(drop=True)
     neg["item_id"] = counts.index.to_numpy()[draws]
