@@ -30,7 +30,7 @@ from merlin.schema import Schema
 from merlin.systems.dag.ensemble import Ensemble
 
 from ensemble.config import ExcludeSeen, ExportConfig, Inventory, TfRuntime
-from ensemble.history import PurchaseHistory
+from workflows.purchases import PurchaseHistory
 from ensemble.index import build_index, save_index
 from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
 from ensemble.ops.base import EXCLUDE, K, REQUEST_COLUMNS, SEED, TEMPERATURE, USER_ID, column

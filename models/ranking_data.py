@@ -29,9 +29,9 @@ from workflows import TARGET
 from workflows import history as hist
 from workflows.io import features_as_of
 from workflows.negatives import popularity_draws
+from workflows.purchases import PurchaseHistory, pair_features
 
 PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
-NEVER_DAYS = 365.0  # pair_days_since for items the user never bought (serving uses the same value)
 
 
 def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
@@ -66,12 +66,14 @@ def dot_scores(q: np.ndarray, user_ids: np.ndarray, vectors: np.ndarray, item_id
 
 
 def pair_history(pairs: pd.DataFrame, history: pd.DataFrame, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair: log1p(times the user bought the item) and log1p(days since the last time, or 365)."""
-    stats = hist.latest_purchases(history)
-    joined = pairs[["user_id", "item_id"]].merge(stats, on=["user_id", "item_id"], how="left")
-    days = ((now - joined["last"]) / pd.Timedelta(days=1)).clip(lower=0).fillna(NEVER_DAYS)
-    return (np.log1p(joined["n"].fillna(0).to_numpy()).astype(np.float32),
-            np.log1p(days.to_numpy()).astype(np.float32))
+    """Per raw (user_id, item_id) pair: the served graph's pair features (``workflows.purchases``) of
+    ``history`` as seen at ``now``: log1p(times bought), log1p(days since the last time, or 365)."""
+    users = pd.Index(pd.unique(pairs["user_id"]))
+    items = pd.Index(pd.unique(pd.concat([pairs["item_id"], history["item_id"]], ignore_index=True)))
+    purchases = PurchaseHistory.build(history, users, items, now)
+    bought, since = pair_features(purchases, users.get_indexer(pairs["user_id"]),
+                                  items.get_indexer(pairs["item_id"]).reshape(-1, 1))
+    return bought.reshape(-1), since.reshape(-1)
 
 
 def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame,

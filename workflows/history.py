@@ -14,7 +14,6 @@ ITEM_HISTORY = [
     "item_n_purchases", "item_n_buyers", "item_n_purchases_last7", "item_days_since_last",
     "item_days_since_first", "item_mean_price",
 ]
-NEVER_DAYS = 365.0  # the pair feature "days since the user last bought the item" for items never bought
 # Columns kept in the feature tables for filtering or display, never as model inputs.
 NOT_FEATURES = {"in_stock", "title", "prod_name", "detail_desc", "imdb_url"}
 

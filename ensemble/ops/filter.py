@@ -10,7 +10,7 @@ import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
 from ensemble.config import ExcludeSeen
-from ensemble.history import PurchaseHistory
+from workflows.purchases import PurchaseHistory
 from ensemble.ops.base import CANDIDATES, EXCLUDE, USER_ROW, ServingOperator
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 

@@ -9,13 +9,13 @@ import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
 from ensemble.config import TrendingForKnown
-from ensemble.history import PurchaseHistory
+from workflows.purchases import PurchaseHistory
 from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, SOURCES, TIERS, USER_ROW,
                                ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.ops.retrieve import TRENDING
 from ensemble.savedmodel import model_runner
-from workflows.history import NEVER_DAYS
+from workflows.purchases import pair_features
 
 
 class RankCandidates(ServingOperator):
@@ -59,14 +59,6 @@ class RankCandidates(ServingOperator):
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
         return [column(CANDIDATE_SCORES, np.float32, True), column(TIERS, np.int8, True)]
 
-    def pair_features(self, rows: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """log1p(purchases) and log1p(days since last purchase) for each (user row, candidate)."""
-        entry = self._history.lookup(rows, cands)
-        hit, safe = entry >= 0, np.maximum(entry, 0)
-        bought = np.where(hit, self._history.counts[safe], 0.0).astype(np.float32)
-        days = np.where(hit, self._history.days_ago[safe], NEVER_DAYS).astype(np.float32)
-        return np.log1p(bought), np.log1p(days)
-
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cands, rows = columns[CANDIDATES], columns[USER_ROW]
         valid = cands >= 0
@@ -84,7 +76,7 @@ class RankCandidates(ServingOperator):
         elif known.any():
             users, slots = np.nonzero(known)
             items = cands[users, slots]
-            bought, since = self.pair_features(rows, cands)
+            bought, since = pair_features(self._history, rows, cands)
             if ONLINE_ITEMS in columns:  # one more purchase each, just now
                 fresh = online_matches(cands, columns[ONLINE_ITEMS])
                 bought = np.where(fresh, np.log1p(np.expm1(bought) + 1), bought).astype(np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from merlin.schema import ColumnSchema, Schema
 
-from ensemble.history import PurchaseHistory
+from workflows.purchases import PurchaseHistory
 from ensemble.index import load_index
 from ensemble.savedmodel import model_runner
 from ensemble.ops.online import ONLINE_ITEMS

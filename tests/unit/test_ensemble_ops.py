@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.history import PurchaseHistory
+from workflows.purchases import PurchaseHistory
 from ensemble.index import build_index, choose_kind, recall_vs_exact
 from funnel.core.topk import dot_top_k
 from ensemble.ops.base import CANDIDATES, EXCLUDE, USER_ROW

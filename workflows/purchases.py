@@ -1,4 +1,5 @@
-"""Per-user purchase history packed for serving: CSR arrays in an ``.npz`` (no pickles)."""
+"""Per-user purchase history as CSR arrays (an ``.npz`` in exports, no pickles) and the pair features
+"how often did this user buy this item, how long ago": one implementation for ranker training and serving."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from workflows.history import latest_purchases
+
+NEVER_DAYS = 365.0  # pair_days_since for items the user never bought
 
 
 @dataclass
@@ -33,17 +38,16 @@ class PurchaseHistory:
     def build(cls, interactions: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index,
               as_of: pd.Timestamp) -> "PurchaseHistory":
         """From raw (user_id, item_id, timestamp) rows; users/items outside the tables are dropped."""
-        frame = pd.DataFrame({"u": user_ids.get_indexer(interactions["user_id"]),
-                              "i": item_ids.get_indexer(interactions["item_id"]),
-                              "t": interactions["timestamp"].to_numpy()})
-        frame = frame[(frame["u"] >= 0) & (frame["i"] >= 0)]
-        stats = frame.groupby(["u", "i"])["t"].agg(["size", "max"]).reset_index()
-        stats = stats.sort_values(["u", "max", "i"], ascending=[True, False, True], kind="stable")
-        days = ((as_of - stats["max"]) / pd.Timedelta(days=1)).clip(lower=0)
+        latest = latest_purchases(interactions)
+        stats = pd.DataFrame({"u": user_ids.get_indexer(latest["user_id"]), "i": item_ids.get_indexer(latest["item_id"]),
+                              "n": latest["n"].to_numpy(), "last": latest["last"].to_numpy()})
+        stats = stats[(stats["u"] >= 0) & (stats["i"] >= 0)]
+        stats = stats.sort_values(["u", "last", "i"], ascending=[True, False, True], kind="stable")
+        days = ((as_of - stats["last"]) / pd.Timedelta(days=1)).clip(lower=0)
         counts = np.bincount(stats["u"].to_numpy(), minlength=len(user_ids))
         offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        return cls(offsets, stats["i"].to_numpy(np.int32), stats["size"].to_numpy(np.float32),
+        return cls(offsets, stats["i"].to_numpy(np.int32), stats["n"].to_numpy(np.float32),
                    days.to_numpy(np.float32), len(item_ids))
 
     def of(self, user_row: int) -> slice:
@@ -81,3 +85,16 @@ class PurchaseHistory:
     def load(cls, path: Path) -> "PurchaseHistory":
         with np.load(path, allow_pickle=False) as data:
             return cls(data["offsets"], data["items"], data["counts"], data["days_ago"], int(data["n_items"]))
+
+
+def pair_features(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log1p(times bought) and log1p(days since the last purchase, or ``NEVER_DAYS``) per (user row, item row).
+
+    ``rows`` is ``(users,)`` and ``items`` ``(users, width)``; the ranker's pair features in training
+    and in the served graph both come from here.
+    """
+    entry = history.lookup(rows, items)
+    hit, safe = entry >= 0, np.maximum(entry, 0)
+    bought = np.where(hit, history.counts[safe] if len(history.counts) else 0.0, 0.0).astype(np.float32)
+    days = np.where(hit, history.days_ago[safe] if len(history.days_ago) else 0.0, NEVER_DAYS).astype(np.float32)
+    return np.log1p(bought), np.log1p(days)
