@@ -28,6 +28,7 @@ from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
 from workflows import history as hist
 from workflows.io import features_as_of
+from workflows.candidates import REPURCHASE, RETRIEVAL, SOURCE_NAMES, merge_sources
 from workflows.negatives import popularity_draws
 from workflows.purchases import PurchaseHistory, pair_features
 
@@ -36,22 +37,31 @@ PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
 
 def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
                history: dict[Any, list], repurchase: bool, recent: int = 20) -> pd.DataFrame:
-    """Retriever top-n per user, plus the user's ``recent`` latest items where the domain repurchases.
+    """The served graph's known-user candidates: retriever top-n, plus the user's ``recent`` latest items
+    where the domain repurchases, merged as serving merges them (``workflows.candidates``); where the
+    domain does not repurchase, seen items are then removed, as serving's filter does.
 
-    Returns rows (user_id, item_id, source, retrieval_score) with raw ids, duplicates removed
-    (a retrieved item the user bought before keeps source 'retrieval').
+    Returns rows (user_id, item_id, source, retrieval_score) with raw ids, in candidate order
+    (a retrieved item the user bought before keeps source 'retrieval'). Trending fill, which the
+    ranker never scores for known users, is not a training candidate.
     """
     pos = pd.Index(item_ids)
-    exclude = None if repurchase else [pos.get_indexer(history.get(u, [])) for u in user_ids]
-    top = dot_top_k(q, vectors, n, exclude)
-    frames = [pd.DataFrame({"user_id": np.repeat(user_ids, top.shape[1]), "item_id": item_ids[top.ravel()],
-                            "source": "retrieval"})]
+    parts, kinds = [dot_top_k(q, vectors, n)], [RETRIEVAL]
+    rows = [pos.get_indexer(history.get(u, [])) for u in user_ids]  # most recent first; -1 = unknown item
     if repurchase:
-        own = [(u, i) for u in user_ids for i in history.get(u, [])[:recent]]
-        if own:
-            frames.append(pd.DataFrame(own, columns=["user_id", "item_id"]).assign(source="repurchase"))
-    cands = pd.concat(frames, ignore_index=True).drop_duplicates(["user_id", "item_id"], keep="first")
-    cands = cands[pos.get_indexer(cands["item_id"]) >= 0].reset_index(drop=True)
+        own = np.full((len(user_ids), recent), -1, dtype=np.int64)
+        for r, items in enumerate(rows):
+            items = items[items >= 0][:recent]
+            own[r, : len(items)] = items
+        parts.append(own)
+        kinds.append(REPURCHASE)
+    ids, src = merge_sources(parts, kinds)
+    if not repurchase:  # serving's exclude_seen=all
+        for r, items in enumerate(rows):
+            ids[r, np.isin(ids[r], items[items >= 0])] = -1
+    users, slots = np.nonzero(ids >= 0)
+    cands = pd.DataFrame({"user_id": np.asarray(user_ids)[users], "item_id": item_ids[ids[users, slots]],
+                          "source": np.asarray(SOURCE_NAMES)[src[users, slots]]})
     cands["retrieval_score"] = dot_scores(q, user_ids, vectors, item_ids, cands)
     return cands
 

@@ -42,7 +42,7 @@ class PurchaseHistory:
         stats = pd.DataFrame({"u": user_ids.get_indexer(latest["user_id"]), "i": item_ids.get_indexer(latest["item_id"]),
                               "n": latest["n"].to_numpy(), "last": latest["last"].to_numpy()})
         stats = stats[(stats["u"] >= 0) & (stats["i"] >= 0)]
-        stats = stats.sort_values(["u", "last", "i"], ascending=[True, False, True], kind="stable")
+        stats = stats.sort_values("u", kind="stable")  # within a user: latest_purchases' recency order
         days = ((as_of - stats["last"]) / pd.Timedelta(days=1)).clip(lower=0)
         counts = np.bincount(stats["u"].to_numpy(), minlength=len(user_ids))
         offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)

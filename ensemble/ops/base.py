@@ -17,7 +17,6 @@ USER_ROW = "user_row"  # position in the export's user table, -1 for unknown use
 USER_PREFIX = "user__"  # encoded user features travel as user__<feature>
 CANDIDATES, SOURCES, RETRIEVAL_SCORES, CANDIDATE_SCORES, TIERS = (
     "candidate_rows", "candidate_sources", "retrieval_scores", "candidate_scores", "candidate_tiers")
-SOURCE_NAMES = ("retrieval", "repurchase", "trending")
 
 
 class ServingOperator(BaseOperator):

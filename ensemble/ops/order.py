@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
-from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCE_NAMES, SOURCES, TEMPERATURE, TIERS,
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCES, TEMPERATURE, TIERS,
                                ServingOperator, column)
+from workflows.candidates import SOURCE_NAMES
 
 ITEM_IDS, SCORES, ITEM_SOURCES = "item_ids", "scores", "sources"
 # every candidate that reached the ranker, for the served-prediction log (not sent to clients)

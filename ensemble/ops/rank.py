@@ -13,8 +13,8 @@ from workflows.purchases import PurchaseHistory
 from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, SOURCES, TIERS, USER_ROW,
                                ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
-from ensemble.ops.retrieve import TRENDING
 from ensemble.savedmodel import model_runner
+from workflows.candidates import TRENDING
 from workflows.purchases import pair_features
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from merlin.schema import ColumnSchema, Schema
 
+from workflows.candidates import REPURCHASE, RETRIEVAL, TRENDING, merge_sources
 from workflows.purchases import PurchaseHistory
 from ensemble.index import load_index
 from ensemble.savedmodel import model_runner
@@ -15,18 +16,6 @@ from ensemble.ops.online import ONLINE_ITEMS
 from ensemble.ops.base import (CANDIDATES, RETRIEVAL_SCORES, SOURCES, USER_ROW, ServingOperator, column,
                                user_features)
 
-RETRIEVAL, REPURCHASE, TRENDING = 0, 1, 2
-
-
-def first_occurrence(ids: np.ndarray) -> np.ndarray:
-    """1 where an id appears for the first time in its row (scanning left to right), else 0; -1 never counts."""
-    order = np.argsort(ids, axis=1, kind="stable")
-    ordered = np.take_along_axis(ids, order, axis=1)
-    repeat = np.zeros(ids.shape, dtype=bool)
-    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-    first = np.empty(ids.shape, dtype=np.int8)
-    np.put_along_axis(first, order, (~repeat & (ordered >= 0)).astype(np.int8), axis=1)
-    return first
 
 
 class RetrieveCandidates(ServingOperator):
@@ -89,11 +78,9 @@ class RetrieveCandidates(ServingOperator):
             kinds.append(REPURCHASE)
         parts.append(np.tile(self._trending, (users, 1)))
         kinds.append(TRENDING)
-        ids = np.concatenate(parts, axis=1).astype(np.int32)
-        src = np.concatenate([np.full(p.shape, kind, dtype=np.int8) for p, kind in zip(parts, kinds)], axis=1)
-        ids[first_occurrence(ids) == 0] = -1  # a duplicate keeps its first source
+        ids, src = merge_sources(parts, kinds)  # a duplicate keeps its first source
         cands[:, : ids.shape[1]] = ids
-        sources[:, : ids.shape[1]] = np.where(ids >= 0, src, -1)
+        sources[:, : ids.shape[1]] = src
         valid = cands >= 0
         if len(known):
             vec = self._vectors[np.maximum(cands, 0)]

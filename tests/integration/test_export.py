@@ -136,3 +136,37 @@ def test_export_config_errors(ranked_run, tmp_path):
         export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), exclude_categories=["colour"]))
     with pytest.raises(FunnelError, match="not a training run"):
         export(ExportConfig(run=str(tmp_path), out=str(tmp_path / "r")))
+
+
+def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_dir, tmp_path, known_users):
+    """The ranker is trained on the candidate lists the served graph builds: for the same users, history
+    and towers, models.ranking_data.candidates gives the served graph's list, source for source."""
+    from merlin.io import Dataset
+    from merlin.schema import Tags
+
+    from models.ranking_data import candidates
+    from models.tf_helpers import encode_rows, load_tower
+    from workflows.history import recent_items
+
+    repo = tmp_path / "repo"
+    export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=40, recent=20, trending=0,
+                        out_of_stock=False))
+    served = Recommender(repo / "funnel" / "1" / "ensemble").recommend(known_users[:20], k=5, with_candidates=True)
+
+    train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    users = pd.read_parquet(pre_dir / "catalogue" / "users.parquet")
+    users["user_id_raw"] = users["user_id_raw"].astype(str)
+    schema = Dataset(str(pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
+    q = encode_rows(load_tower(ranked_run / "query_tower"), users.set_index("user_id_raw").loc[known_users[:20]]
+                    .reset_index(), schema)
+    emb = pd.read_parquet(ranked_run / "item_embeddings.parquet")
+    item_ids = emb["item_id"].astype(str).to_numpy()
+    history = recent_items(train.assign(user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str)))
+    trained = candidates(q, np.array(known_users[:20]), item_ids, emb.drop(columns=["item_id"]).to_numpy(np.float32),
+                         40, history.to_dict(), repurchase=True, recent=20)
+    for row, user in enumerate(known_users[:20]):
+        mine = trained[trained["user_id"] == user]
+        ids = [v.decode() for v in served["candidate_ids"][row] if v]
+        sources = [v.decode() for v in served["candidate_sources"][row] if v]
+        assert mine["item_id"].tolist() == ids, user
+        assert mine["source"].tolist() == sources, user

@@ -155,7 +155,7 @@ def test_history_lookup_and_recent_are_vectorised_views():
 
 
 def test_duplicates_keep_their_first_source():
-    from ensemble.ops.retrieve import first_occurrence
+    from workflows.candidates import first_occurrence
 
     ids = np.array([[5, 3, 5, -1, 3, 7], [1, 1, 1, 2, -1, -1]])
     assert first_occurrence(ids).tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 0, 0]]
