@@ -8,32 +8,55 @@ import numpy as np
 import tensorflow as tf
 
 
+def model_inputs(columns: dict[str, np.ndarray], inputs: dict[str, tuple]) -> tuple[dict[str, np.ndarray], int]:
+    """The arrays a signature wants, cast and shaped, and the number of rows.
+
+    A list feature (e.g. genres) arrives as an object array holding one array per row; merlin-models
+    signatures take it as ``NAME__values`` (every row's values, concatenated) and ``NAME__offsets``
+    (``rows + 1`` cumulative lengths).
+    """
+    columns = dict(columns)
+    plain = [v for n, v in columns.items() if not n.endswith(("__values", "__offsets")) and np.asarray(v).dtype != object]
+    rows = len(plain[0]) if plain else len(next(iter(columns.values())))
+    for name in {n[: -len("__values")] for n in inputs if n.endswith("__values")}:
+        if name in columns and f"{name}__values" not in columns:
+            lists = columns.pop(name)
+            lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+            columns[f"{name}__values"] = np.concatenate(list(lists)) if lengths.sum() else np.zeros(0)
+            columns[f"{name}__offsets"] = np.concatenate([[0], np.cumsum(lengths)])
+    missing = sorted(set(inputs) - set(columns))
+    if missing:
+        raise KeyError(f"inputs missing: {', '.join(missing)}")
+    feed = {}
+    for name, (dtype, rank) in inputs.items():
+        values = np.asarray(columns[name]).astype(dtype, copy=False)
+        feed[name] = values.reshape(-1, 1) if rank == 2 else values.reshape(-1)
+    return feed, rows
+
+
 class SavedModelRunner:
     """``serving_default`` of a SavedModel, called with a dict of 1-D numpy columns.
 
     merlin-models towers and the DLRM export plain signatures (one ``[-1]`` or ``[-1, 1]``
-    tensor per feature); inputs are cast and shaped to the signature, the single output is
-    returned as a float32 array with one row per input row.
+    tensor per feature, list features as values + offsets); inputs are cast and shaped to the
+    signature (:func:`model_inputs`), the single output is returned as a float32 array with one
+    row per input row.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = str(path)
-        self._tf = tf
         self._fn = tf.saved_model.load(self.path).signatures["serving_default"]
         specs = self._fn.structured_input_signature[1]
         self.inputs = {name: (spec.dtype.as_numpy_dtype, spec.shape.rank or 1) for name, spec in specs.items()}
         self.output = sorted(self._fn.structured_outputs)[0]
 
     def __call__(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        missing = sorted(set(self.inputs) - set(columns))
-        if missing:
-            raise KeyError(f"{self.path}: inputs missing: {', '.join(missing)}")
-        feed = {}
-        for name, (dtype, rank) in self.inputs.items():
-            values = np.asarray(columns[name]).astype(dtype, copy=False)
-            feed[name] = self._tf.constant(values.reshape(-1, 1) if rank == 2 else values.reshape(-1))
-        out = self._fn(**feed)[self.output].numpy()
-        return out.astype(np.float32, copy=False).reshape(len(next(iter(feed.values()))), -1)
+        try:
+            feed, rows = model_inputs(columns, self.inputs)
+        except KeyError as exc:
+            raise KeyError(f"{self.path}: {exc.args[0]}") from None
+        out = self._fn(**{name: tf.constant(values) for name, values in feed.items()})[self.output].numpy()
+        return out.astype(np.float32, copy=False).reshape(rows, -1)
 
 
 NUMPY_TO_TRITON = {"int32": "TYPE_INT32", "int64": "TYPE_INT64", "float32": "TYPE_FP32", "float64": "TYPE_FP64"}
@@ -63,16 +86,14 @@ class TritonModelRunner:
 
     def __call__(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         pb = self._pb
-        tensors = []
-        for name, (dtype, rank) in self.inputs.items():
-            values = np.asarray(columns[name]).astype(dtype, copy=False)
-            tensors.append(pb.Tensor(name, values.reshape(-1, 1) if rank == 2 else values.reshape(-1)))
+        feed, rows = model_inputs(columns, self.inputs)
+        tensors = [pb.Tensor(name, values) for name, values in feed.items()]
         response = pb.InferenceRequest(model_name=self.model_name, requested_output_names=[self.output],
                                        inputs=tensors).exec()
         if response.has_error():
             raise RuntimeError(f"{self.model_name}: {response.error().message()}")
         out = pb.get_output_tensor_by_name(response, self.output).as_numpy()
-        return out.astype(np.float32, copy=False).reshape(len(tensors[0].as_numpy()), -1)
+        return out.astype(np.float32, copy=False).reshape(rows, -1)
 
 
 def model_runner(path, triton_model: str | None, spec: dict | None):

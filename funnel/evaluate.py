@@ -146,7 +146,8 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
         labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
         scores.append(ranker_scores)
         order = ranker_scores if use_ranker else cands["retrieval_score"].to_numpy()
-        out.extend(rank_candidates(order, cands, k).reindex(batch).tolist())
+        ranked = rank_candidates(order, cands, k).reindex(batch)
+        out.extend(r if isinstance(r, list) else [] for r in ranked)  # every candidate seen: nothing left
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
 
 

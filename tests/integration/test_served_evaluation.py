@@ -59,3 +59,49 @@ def test_served_recall_equals_grpc_lists_scored_outside_the_project(ml_run, ml_p
     assert len(lists) == len(truth)
     grpc_recall = recall(lists, truth, K)
     assert grpc_recall == pytest.approx(report["methods"]["served"][f"recall@{K}"], abs=0.005)
+
+
+def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_dir, tmp_path):
+    """A DLRM that reads a list feature (genres) is served (values + offsets), and the served graph's
+    ranker scores equal the training-side scoring of the same (user, item) rows: features, pair
+    features and retrieval scores assembled the way the ranker was trained."""
+    import shutil
+
+    import numpy as np
+    from merlin.io import Dataset
+    from merlin.schema import Tags
+
+    from ensemble.build import ExportConfig, export
+    from ensemble.runtime import Recommender
+    from models.ranking import score_pairs
+    from models.ranking_data import assemble, ranking_schema
+    from models.tf_helpers import encode_rows, load_tower
+    from workflows import TARGET
+
+    run, _ = ml_run
+    forced = tmp_path / "run"
+    shutil.copytree(run, forced)
+    ranking = json.loads((forced / "ranking.json").read_text())
+    ranking["use_ranker"] = True  # as if the gate had switched it on
+    (forced / "ranking.json").write_text(json.dumps(ranking))
+    export(ExportConfig(run=str(forced), out=str(tmp_path / "repo")))
+    recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
+
+    pre = ml_pre_dir
+    train = pd.read_parquet(pre / "splits" / "train.parquet")
+    users = pd.read_parquet(pre / "catalogue" / "users.parquet")
+    items = pd.read_parquet(pre / "catalogue" / "items.parquet")
+    cutoff = pd.Timestamp(json.loads((pre / "preprocess.json").read_text())["split"]["cutoff"])
+    user = train["user_id"].iloc[0]
+    served = recommender.recommend([str(user)], k=10, with_candidates=True)
+    keep = served["candidate_sources"][0] == b"retrieval"
+    ids = [int(v) for v in served["candidate_ids"][0][keep]]
+    assert len(ids) > 10
+
+    schema = Dataset(str(pre / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
+    q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
+    emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[ids].to_numpy(np.float32)
+    pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32)})
+    rows = assemble(pairs, users, items, train, cutoff).assign(**{TARGET: 0})
+    expected = score_pairs(load_tower(run / "ranker"), rows, ranking_schema(pre))
+    np.testing.assert_allclose(served["candidate_scores"][0][keep], expected, rtol=1e-4, atol=1e-5)

@@ -167,3 +167,18 @@ def test_tiers_order_before_scores():
     assert order_slots(scores, 4, tiers=tiers)[0].tolist() == [2, 0, 1, -1]
     sampled = order_slots(scores, 4, temperature=0.5, rng=np.random.default_rng(0), tiers=tiers)[0]
     assert sampled[2] == 1 and sampled[3] == -1  # the fill stays behind ranked candidates
+
+
+def test_list_features_become_values_and_offsets_for_the_signature():
+    from ensemble.savedmodel import model_inputs
+
+    inputs = {"item_id": (np.int32, 1), "genres__values": (np.int32, 1), "genres__offsets": (np.int64, 1),
+              "score": (np.float32, 2)}
+    lists = np.empty(3, dtype=object)
+    lists[:] = [np.array([4, 5]), np.array([], dtype=np.int32), np.array([7])]
+    feed, rows = model_inputs({"item_id": np.array([1, 2, 3]), "genres": lists, "score": np.ones(3)}, inputs)
+    assert rows == 3 and set(feed) == set(inputs)
+    assert feed["genres__values"].tolist() == [4, 5, 7] and feed["genres__offsets"].tolist() == [0, 2, 2, 3]
+    assert feed["score"].shape == (3, 1) and feed["genres__values"].dtype == np.int32
+    with pytest.raises(KeyError, match="inputs missing: item_id"):
+        model_inputs({"genres": lists, "score": np.ones(3)}, inputs)
