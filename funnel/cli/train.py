@@ -79,8 +79,9 @@ def ranking(args: argparse.Namespace) -> None:
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
         ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
         (f"gate recall@{cfg.valid_k}: ranker / retrieval order",
-         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_retrieval_order']:.4f}"
-         + ("" if m["use_ranker"] else "  (ranker not used: retrieval order is better)")),
+         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_retrieval_order']:.4f} on {d['gate_users']:,} users, "
+         f"lift 95% CI [{m['metrics']['gate_lift_ci95'][0]:+.4f}, {m['metrics']['gate_lift_ci95'][1]:+.4f}]"
+         + ("" if m["use_ranker"] else "  (ranker not used: no confident gain over the retrieval order)")),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
                  f"{d['build_seconds']:.1f} s building data"),
         ("written to", str(Path(cfg.run) / "ranker")),

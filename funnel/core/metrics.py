@@ -7,10 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def recalls_at_k(recommended: Sequence[Sequence], relevant: Sequence[set], k: int) -> np.ndarray:
+    """|top-k ∩ relevant| / |relevant| of each user with relevant items, in order."""
+    return np.array([len(set(list(r)[:k]) & t) / len(t) for r, t in zip(recommended, relevant) if t], dtype=np.float64)
+
+
 def recall_at_k(recommended: Sequence[Sequence], relevant: Sequence[set], k: int) -> float:
     """Mean over users with relevant items of |top-k ∩ relevant| / |relevant|."""
-    values = [len(set(list(r)[:k]) & t) / len(t) for r, t in zip(recommended, relevant) if t]
-    return float(np.mean(values)) if values else 0.0
+    values = recalls_at_k(recommended, relevant, k)
+    return float(values.mean()) if len(values) else 0.0
 
 
 def hit_rate_at_k(recommended: Sequence[Sequence], relevant: Sequence[set], k: int) -> float:

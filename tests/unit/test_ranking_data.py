@@ -40,3 +40,16 @@ def test_candidates_merge_sources_and_respect_domain():
     no_rep = candidates(q, users, items, vectors, 2, history, repurchase=False)
     assert 10 not in no_rep[no_rep["user_id"] == "u"]["item_id"].tolist()  # seen items excluded
     assert 12 not in no_rep[no_rep["user_id"] == "v"]["item_id"].tolist()
+
+
+def test_the_gate_needs_a_confident_gain():
+    from models.ranking import gate_decision
+
+    rng = np.random.default_rng(0)
+    retrieval = rng.random(50)
+    noisy = retrieval + rng.normal(0.01, 0.3, size=50)  # a small mean gain buried in noise: not used
+    assert gate_decision(noisy, retrieval, seed=0)["use"] is False
+    clear = retrieval + 0.1 + rng.normal(0, 0.05, size=2000)[:50]  # a clear gain: used
+    decision = gate_decision(clear, retrieval, seed=0)
+    assert decision["use"] is True and decision["ci95"][0] > 0 and abs(decision["lift"] - 0.1) < 0.03
+    assert gate_decision(retrieval, retrieval, seed=0)["use"] is False  # no gain, no ranker
