@@ -24,11 +24,10 @@ as serving does. Figures go to ``RUN/evaluation.json``, ``RUN/evaluation.md`` an
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import tempfile
 
 import numpy as np
 import pandas as pd

@@ -1,0 +1,92 @@
+"""README tables rendered from bench/results/*.json (what the benchmark scripts wrote).
+
+    python bench/readme_tables.py          # rewrite the marked tables in README.md
+    python bench/readme_tables.py --check  # exit 1 when README.md differs from the results
+
+A table lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md and is
+rendered from ``bench/results/NAME.json``; ``tests/unit/test_readme_figures.py`` runs the check,
+so a README figure cannot drift from the file the benchmark wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+COLUMNS = [("served", "served"), ("popularity", "popularity"), ("repurchase", "repurchase"),
+           ("retrieval", "retrieval"), ("retrieval+ranking", "retrieval + ranking"), ("implicit-als", "implicit ALS"),
+           ("oracle", "oracle")]
+
+
+def _cells(values: dict, fmt) -> list[str]:
+    return [fmt(values[key]) if key in values else "-" for key, _ in COLUMNS]
+
+
+def quality(doc: dict) -> str:
+    """The quality table: every method of bench/quality.py, per data set, and each bar met or missed."""
+    lines = ["| data | metric | " + " | ".join(label for _, label in COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(COLUMNS)]
+    bars = []
+    if "synthetic" in doc:
+        s = doc["synthetic"]
+        lines.append("| synthetic default (time split) | Recall@12 | "
+                     + " | ".join(_cells(s["recall@12"], lambda v: f"{v:.4f}")) + " |")
+        lines.append("| synthetic default | share of oracle@12 | "
+                     + " | ".join(_cells(s["share_of_oracle@12"], lambda v: f"{v:.0%}")) + " |")
+        lines.append("| synthetic default | MAP@12 | " + " | ".join(_cells(s["map@12"], lambda v: f"{v:.4f}")) + " |")
+        used = (s.get("ranker_on_test_candidates") or {}).get("ranker_used")
+        if used is not None:
+            bars.append(f"synthetic: ranker switched on by its gate: {'yes' if used else 'no'}")
+        bars += [f"synthetic: {bar}: {'met' if met else 'MISSED'}" for bar, met in s["bars"].items()]
+    if "movielens-100k" in doc:
+        m = doc["movielens-100k"]
+        seeds = "-".join(map(str, (m["seeds"][0], m["seeds"][-1]))) if len(m["seeds"]) > 1 else str(m["seeds"][0])
+        lines.append(f"| MovieLens-100k (user-last), mean of seeds {seeds} | Recall@10 | "
+                     + " | ".join(_cells(m["recall@10"], lambda v: f"{v:.4f}")) + " |")
+        lines.append("| MovieLens-100k, per seed | Recall@10 | "
+                     + " | ".join(_cells(m["recall@10_per_seed"], lambda v: " / ".join(f"{x:.3f}" for x in v)))
+                     + " |")
+        used = m.get("ranker_used", [])
+        bars.append(f"MovieLens-100k: ranker switched on by its gate in {sum(map(bool, used))} of {len(used)} runs")
+        bars += [f"MovieLens-100k: {bar}: {'met' if met else 'MISSED'}" for bar, met in m["bars"].items()]
+    return "\n".join(lines + [""] + [f"- {b}" for b in bars])
+
+
+RENDERERS = {"quality": quality}
+
+
+def render(readme: str) -> str:
+    """README text with every marked table re-rendered from its results file."""
+    for name, renderer in RENDERERS.items():
+        path = RESULTS / f"{name}.json"
+        pattern = re.compile(rf"(<!-- bench:{name} -->)(.*?)(<!-- /bench:{name} -->)", re.S)
+        if not path.exists() or not pattern.search(readme):
+            continue
+        table = renderer(json.loads(path.read_text()))
+        readme = pattern.sub(lambda m: m.group(1) + "\n" + table + "\n" + m.group(3), readme)
+    return readme
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
+    args = parser.parse_args()
+    readme_path = ROOT / "README.md"
+    current = readme_path.read_text()
+    wanted = render(current)
+    if args.check:
+        if wanted != current:
+            print("README.md tables differ from bench/results (run: python bench/readme_tables.py)", file=sys.stderr)
+            return 1
+        return 0
+    readme_path.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
