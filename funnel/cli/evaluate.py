@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> None:
     if report.get("ranker_on_test_candidates"):
         r = report["ranker_on_test_candidates"]
         print(f"ranker on test candidates: AUC {r['auc']:.4f}, log loss {r['logloss']:.4f}"
-              + ("" if r.get("ranker_used", True) else " (not used: it lost to retrieval order on validation)"))
+              + ("" if r.get("ranker_used", True) else " (not used: no confident gain on its gate users)"))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
