@@ -5,7 +5,7 @@ Repository layout (built in a temporary directory next to ``--out`` and swapped 
     triton_repo/funnel/config.pbtxt          python-backend model: the whole graph in one executor
     triton_repo/funnel/1/model.py            imports ensemble.triton_model (installed funnel)
     triton_repo/funnel/1/ensemble/           merlin-systems Ensemble (graph config only) + artifacts:
-        ensemble.pkl, metadata.json          Ensemble.save (its sha256 is checked before loading)
+        ensemble.pkl, metadata.json          Ensemble.save (its HMAC is verified before unpickling)
         users.parquet, items.parquet         encoded user / item features (the fitted sub-workflows' output)
         item_attributes.parquet              raw item attributes (category rules, raw ids)
         inventory.parquet                    item_id, in_stock (the ops stage may replace it live)
@@ -42,6 +42,7 @@ from funnel.core.artifacts import (EXPORT_MANIFEST, MODEL_NAME, MODEL_VERSION, e
 from funnel.core.config import as_dict
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir, sha256_files
+from funnel.core.signing import sign_files
 from funnel.core.versions import package_versions
 from funnel.data.canonical import read_dataset
 
@@ -270,6 +271,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "limits": {"k": cfg.k, "max_k": cfg.max_k, "max_batch": cfg.max_batch},
             "tf_runtime": str(runtime),
             "ensemble_checksum": sha256_files([dest / "ensemble.pkl"]),
+            "ensemble_signature": sign_files([dest / "ensemble.pkl"]),
             "versions": package_versions(),
             "export_seconds": round(time.perf_counter() - start, 2),
         }

@@ -5,8 +5,9 @@ every ``flush_records`` records or ``flush_seconds`` seconds into hive-partition
 ``LOG_DIR/date=YYYY-MM-DD/part-<pid>-<n>.parquet``. Each file is written under a temporary name
 and renamed, so readers never see half a file. The queue is bounded (``max_buffer`` records):
 when the writer falls behind, new records are dropped and counted (``dropped``), never blocking
-a request. ``close()`` (Triton's ``finalize``, a clean shutdown) flushes everything; a crash
-loses at most the unflushed buffer: ``flush_records`` records or ``flush_seconds`` of traffic.
+a request. ``close()`` (Triton's ``finalize``: a clean shutdown, SIGTERM or SIGINT of the server)
+flushes everything; a hard crash (``kill -9``, power loss) loses at most the unflushed buffer:
+``flush_seconds`` (1 s by default) of sampled traffic, or ``flush_records`` records if fewer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class PredictionLogger:
     """Sample and write served predictions; thread-safe ``log_batch`` from the serving path."""
 
     def __init__(self, log_dir: str | Path, sample: float = 0.05, model_version: str = "",
-                 flush_records: int = 1000, flush_seconds: float = 5.0, max_buffer: int = 100_000, seed: int | None = None):
+                 flush_records: int = 1000, flush_seconds: float = 1.0, max_buffer: int = 100_000, seed: int | None = None):
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"log sample rate must be within [0, 1] (got {sample})")
         self.dir = Path(log_dir)

@@ -14,7 +14,7 @@ from merlin.table import TensorTable
 
 from funnel.core.artifacts import EXPORT_MANIFEST
 from funnel.core.errors import FunnelError
-from funnel.core.fsutil import sha256_files
+from funnel.core.signing import verify_files
 
 MAX_EXCLUDE = 10_000
 OUTPUTS = ("item_ids", "scores", "sources")
@@ -28,8 +28,9 @@ class RequestError(ValueError):
 class Recommender:
     """Load an export's ensemble directory and answer batches of users.
 
-    The pickled graph (``ensemble.pkl``, configuration only) is loaded only if its sha256
-    matches the export manifest written next to it.
+    The pickled graph (``ensemble.pkl``) is unpickled only if its HMAC under this host's signing
+    key (``funnel.core.signing``, kept outside the repository) matches the export manifest: a
+    checksum alone would not stop a replaced pickle that comes with its own checksum.
     """
 
     def __init__(self, ensemble_dir: str | Path):
@@ -38,10 +39,8 @@ class Recommender:
         if not manifest_path.exists():
             raise FunnelError(f"{self.path}: not a funnel ensemble (no export.json)")
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        found = sha256_files([self.path / "ensemble.pkl"])
-        if found != self.manifest["ensemble_checksum"]:
-            raise FunnelError(f"{self.path / 'ensemble.pkl'}: checksum {found} does not match export.json; "
-                              "refusing to unpickle a graph funnel did not write (re-export)")
+        verify_files([self.path / "ensemble.pkl"], self.manifest.get("ensemble_signature"),
+                     str(self.path / "ensemble.pkl"))
         self.ensemble = Ensemble.load(str(self.path))
         for node in postorder_iter_nodes(self.ensemble.graph.output_node):
             node.op.load_artifacts(str(self.path))
@@ -66,6 +65,8 @@ class Recommender:
         exclude = np.asarray([] if exclude_items is None else exclude_items, dtype=object).reshape(-1)
         if len(exclude) > MAX_EXCLUDE:
             raise RequestError(f"exclude_items: at most {MAX_EXCLUDE} ids (got {len(exclude)})")
+        _check_text(users, "user_id")
+        _check_text(exclude, "exclude_items")
         n = len(users)
         return TensorTable({
             "user_id": users.astype(object),
@@ -88,3 +89,13 @@ class Recommender:
         ``candidate_scores``), as the served-prediction log records them.
         """
         return self.run(self.request_table(user_ids, k, exclude_items, temperature, seed), with_candidates)
+
+
+def _check_text(values: np.ndarray, name: str) -> None:
+    """Ids arrive as bytes over gRPC: each must be UTF-8 text (a request error names the first that is not)."""
+    for row, value in enumerate(values):
+        if isinstance(value, bytes):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(f"{name}: entry {row} is not valid UTF-8 text ({value[:20]!r})") from None

@@ -5,18 +5,32 @@ On CPU hosts the server is the Triton 2.51 build bundled in the ``nvidia-pytrito
 copied once into a private cache directory, and the environment is set so the stub loads
 this interpreter's libpython and sees this environment's packages. Elsewhere ``tritonserver``
 from PATH (NVIDIA's full build) or an explicit binary is used.
+
+Operations:
+
+- the server dies with its owner (``PR_SET_PDEATHSIG``): a ``kill -9`` of ``funnel serve``
+  leaves no orphan holding the ports;
+- models are loaded in explicit model-control mode, so a dead python-backend stub (which
+  Triton itself neither reports nor replaces) is found by ``check()`` and replaced by
+  reloading the models (``restore()``);
+- the administrative APIs (model repository, model configuration, shared memory, statistics,
+  trace, logging) need the ``funnel-admin-key`` header; health, metadata and inference stay
+  open. The key comes from ``FUNNEL_ADMIN_KEY`` or is generated per server.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +68,49 @@ def _bundled_backends(root: Path) -> Path:
     return cache
 
 
+ADMIN_HEADER = "funnel-admin-key"
+RESTRICTED = "shared-memory,model-config,model-repository,statistics,trace,logging"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: the process group is still stopped by stop()
+        pass
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of ``pid`` (pid -> command name); zombies (dead, not reaped) excluded."""
+    out: dict[int, str] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for kid in map(int, kids):
+            try:
+                stat = Path(f"/proc/{kid}/stat").read_text()
+            except OSError:
+                continue
+            name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+            if state not in "ZX":
+                out[kid] = name
+    return out
+
+
+def error_lines(log: str, limit: int = 5) -> list[str]:
+    """The lines of a Triton log that say why it failed (errors first, else the tail)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
+    return (errors or lines)[-limit:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,12 +121,15 @@ class TritonServer:
     """A tritonserver process serving ``repo``; ``start()`` waits until it is ready.
 
     Usable as a context manager. The process runs in its own process group and is stopped
-    with SIGTERM (then SIGKILL after ``stop_timeout``), so no python-backend stub survives.
+    with SIGTERM (then SIGKILL after ``stop_timeout``), so no python-backend stub survives;
+    it is also killed by the kernel when the process that started it dies.
     """
 
     def __init__(self, repo: str | Path, host: str = "127.0.0.1", grpc_port: int = 8001,
                  http_port: int | None = None, binary: str | None = None, log_path: str | Path | None = None,
-                 stop_timeout: float = 60.0, prediction_log: str | Path | None = None, log_sample: float = 0.05):
+                 stop_timeout: float = 60.0, prediction_log: str | Path | None = None, log_sample: float = 0.05,
+                 admin_key: str | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None):
         self.repo = Path(repo).resolve()
         if not (self.repo / "funnel" / "config.pbtxt").exists():
             raise FunnelError(f"{repo}: not a funnel Triton repository (run `funnel export` first)")
@@ -80,8 +140,28 @@ class TritonServer:
             raise FunnelError(f"--log-sample must be within [0, 1] (got {log_sample})")
         self.prediction_log = Path(prediction_log).resolve() if prediction_log else None
         self.log_sample = log_sample
+        self.admin_key = admin_key or os.environ.get("FUNNEL_ADMIN_KEY") or secrets.token_urlsafe(24)
+        if bool(tls_cert) != bool(tls_key):
+            raise FunnelError("TLS needs both --grpc-tls-cert and --grpc-tls-key")
+        for path in (tls_cert, tls_key):
+            if path and not Path(path).is_file():
+                raise FunnelError(f"{path}: no such TLS certificate/key file")
+        self.tls = (str(Path(tls_cert).resolve()), str(Path(tls_key).resolve())) if tls_cert else None
         self.process: subprocess.Popen | None = None
+        self.stubs: dict[int, str] = {}
         self._log = None
+        self._log_start = 0
+        self._own_log: str | None = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC metadata for the restricted APIs (Triton prefixes the key with its protocol tag)."""
+        return {f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_key}
+
+    @property
+    def exposed(self) -> bool:
+        """Whether the server listens on more than the loopback interface."""
+        return self.host not in LOOPBACK
 
     @property
     def url(self) -> str:
@@ -97,7 +177,12 @@ class TritonServer:
             env["FUNNEL_LOG_DIR"], env["FUNNEL_LOG_SAMPLE"] = str(self.prediction_log), str(self.log_sample)
         flags = [f"--model-repository={self.repo}", f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                  f"--http-address={self.host}", f"--http-port={self.http_port}", "--allow-metrics=false",
-                 "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
+                 "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+                 "--model-control-mode=explicit", "--load-model=*",
+                 f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}",
+                 f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}"]
+        if self.tls:
+            flags += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls[0]}", f"--grpc-server-key={self.tls[1]}"]
         binary = self.binary or shutil.which("tritonserver")
         if binary:
             return [binary, *flags], env
@@ -110,22 +195,34 @@ class TritonServer:
                   "--cuda-memory-pool-byte-size=0:0"]
         return [str(root / "bin" / "tritonserver"), *flags], env
 
+    def client(self) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(self.url, ssl=bool(self.tls),
+                                                root_certificates=self.tls[0] if self.tls else None)
+
     def start(self, timeout: float = 300.0) -> "TritonServer":
         cmd, env = self.command()
-        out = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")
-            out = self._log
-        self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self._log_start = self._log.tell()
+        else:  # kept only to say why a start failed
+            handle, self._own_log = tempfile.mkstemp(prefix="funnel-triton-", suffix=".log")
+            self._log, self._log_start = os.fdopen(handle, "wb"), 0
+        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
-        client = grpcclient.InferenceServerClient(self.url)
+        client = self.client()
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise FunnelError(f"tritonserver exited with code {self.process.returncode} while starting"
+                    code = self.process.returncode
+                    reason = "; ".join(self.log_tail())
+                    self.stop()
+                    raise FunnelError(f"tritonserver exited with code {code} while starting"
+                                      + (f": {reason}" if reason else "")
                                       + (f" (log: {self.log_path})" if self.log_path else ""))
                 try:
                     if client.is_server_ready():
+                        self.stubs = _children(self.process.pid)
                         return self
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass
@@ -134,6 +231,55 @@ class TritonServer:
             client.close()
         self.stop()
         raise FunnelError(f"tritonserver not ready after {timeout:.0f} s")
+
+    def log_tail(self) -> list[str]:
+        """Why the server stopped, from this run's part of its log."""
+        path = self.log_path or self._own_log
+        if not path:
+            return []
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(self._log_start)
+                return error_lines(handle.read().decode(errors="replace"))
+        except OSError:
+            return []
+
+    def check(self) -> str | None:
+        """None while healthy, else what is wrong (a backend process died, the server exited)."""
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            return f"tritonserver exited with code {code}"
+        alive = _children(self.process.pid)
+        dead = [f"{name} (pid {pid})" for pid, name in self.stubs.items() if pid not in alive]
+        return f"backend process died: {', '.join(dead)}" if dead else None
+
+    def restore(self, timeout: float = 60.0) -> float:
+        """Replace dead backend processes by unloading and reloading every model; returns seconds.
+
+        While it runs the server is not ready (strict readiness), so a load balancer routes
+        elsewhere. Raises FunnelError when the server is not serving again within ``timeout``.
+        """
+        began = time.monotonic()
+        client = self.client()
+        try:
+            models = [m.name for m in client.get_model_repository_index(headers=self.admin_headers).models]
+            for name in models:
+                client.unload_model(name, headers=self.admin_headers)
+            for name in models:  # the graph's own models before the graph that calls them
+                if name != "funnel":
+                    client.load_model(name, headers=self.admin_headers)
+            if "funnel" in models:
+                client.load_model("funnel", headers=self.admin_headers)
+            while time.monotonic() - began < timeout:
+                if client.is_server_ready():
+                    self.stubs = _children(self.process.pid)
+                    return time.monotonic() - began
+                time.sleep(0.1)
+        except Exception as exc:  # noqa: BLE001 - any failure to reload is reported as one
+            raise FunnelError(f"could not reload the models: {exc}") from None
+        finally:
+            client.close()
+        raise FunnelError(f"the server was not ready {timeout:.0f} s after reloading its models")
 
     def stop(self) -> None:
         if self.process is None:
@@ -151,6 +297,9 @@ class TritonServer:
         if self._log:
             self._log.close()
             self._log = None
+        if self._own_log:
+            Path(self._own_log).unlink(missing_ok=True)
+            self._own_log = None
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self

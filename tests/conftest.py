@@ -87,17 +87,29 @@ def cli(capsys):
 
 
 TINY_TRAIN = dict(epochs=3, batch_size=256, embedding_dim=16, tower_dims=[32], valid_users=500, patience=3)
+TINY_RANKER = dict(candidates=50, embedding_dim=16, top_dims=[32], epochs=2, batch_size=256)
 
 
 @pytest.fixture(scope="session")
-def retrieval_run(pre_dir, tmp_path_factory) -> Path:
-    """A two-tower model trained for a few epochs on the small synthetic data."""
-    from models.config import RetrievalConfig
-    from models.retrieval import train
+def train_small():
+    """Train the small run's models: ``train_small(pre, out, ranker=True)`` (one home for their configs)."""
+    from models.config import RankingConfig, RetrievalConfig
+    from models.ranking import train as train_ranker
+    from models.retrieval import train as train_retriever
 
-    out = tmp_path_factory.mktemp("run") / "run"
-    train(RetrievalConfig(pre=str(pre_dir), out=str(out), **TINY_TRAIN))
-    return out
+    def run(pre: Path, out: Path, ranker: bool = True) -> Path:
+        train_retriever(RetrievalConfig(pre=str(pre), out=str(out), **TINY_TRAIN))
+        if ranker:
+            train_ranker(RankingConfig(pre=str(pre), run=str(out), **TINY_RANKER))
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def retrieval_run(pre_dir, tmp_path_factory, train_small) -> Path:
+    """A two-tower model trained for a few epochs on the small synthetic data."""
+    return train_small(pre_dir, tmp_path_factory.mktemp("run") / "run", ranker=False)
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +118,5 @@ def ranked_run(pre_dir, retrieval_run) -> Path:
     from models.config import RankingConfig
     from models.ranking import train
 
-    train(RankingConfig(pre=str(pre_dir), run=str(retrieval_run), candidates=50, embedding_dim=16,
-                        top_dims=[32], epochs=2, batch_size=256))
+    train(RankingConfig(pre=str(pre_dir), run=str(retrieval_run), **TINY_RANKER))
     return retrieval_run

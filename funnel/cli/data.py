@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--repurchase", action=argparse.BooleanOptionalAction, default=False,
                    help="buying the same item again is normal in this domain")
     p.add_argument("--drop-duplicates", action="store_true", help="drop exact duplicate rows instead of failing")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop rows whose user or item id is missing or a non-integer number (21.5, 1e3) "
+                        "instead of failing; says how many")
     p.add_argument("--name", help="dataset name (default: the file's stem)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=csv)
@@ -114,7 +117,8 @@ def csv(args: argparse.Namespace) -> None:
         time_col=args.time_col, time_unit=args.time_unit,
         items=Path(args.items) if args.items else None, item_key=args.item_key,
         users=Path(args.users) if args.users else None, user_key=args.user_key,
-        repurchase=args.repurchase, drop_duplicates=args.drop_duplicates, name=args.name,
+        repurchase=args.repurchase, drop_duplicates=args.drop_duplicates, drop_invalid=args.drop_invalid,
+        name=args.name,
     )
     start = time.perf_counter()
     with atomic_output_dir(args.out) as tmp:

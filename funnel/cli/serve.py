@@ -32,6 +32,12 @@ def register(sub) -> None:
     p.add_argument("--prediction-log", default="prediction_logs",
                    help="directory for the served-prediction log (parquet; '' turns it off)")
     p.add_argument("--log-sample", type=float, default=0.05, help="share of served users logged (0..1)")
+    p.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS (with --grpc-tls-key)")
+    p.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
+    p.add_argument("--admin-key-file", help="write the key of the administrative APIs here (mode 600); "
+                                            "the key is FUNNEL_ADMIN_KEY when set, else generated")
+    p.add_argument("--check-interval", type=float, default=1.0,
+                   help="seconds between checks that every backend process is alive")
     p.set_defaults(func=serve)
 
     p = sub.add_parser("batch", help="precompute every known user's top-k into a cache (SQLite and/or Redis)")
@@ -94,37 +100,63 @@ def serve(args: argparse.Namespace) -> None:
     import signal
 
     from funnel.core.artifacts import read_export_manifest
-    from funnel.serving import TritonServer
+    from funnel.serving import RESTRICTED, TritonServer
 
     manifest = read_export_manifest(args.repo)
     server = TritonServer(args.repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           binary=args.tritonserver, log_path=args.log,
-                          prediction_log=args.prediction_log or None, log_sample=args.log_sample)
-    stop = []
+                          prediction_log=args.prediction_log or None, log_sample=args.log_sample,
+                          tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key)
+    if args.admin_key_file:
+        path = Path(args.admin_key_file)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(server.admin_key + "\n")
 
     def on_signal(signum, frame) -> None:
-        stop.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    if server.exposed:
+        print(f"warning: binding {args.host}: gRPC port {server.grpc_port} and HTTP port {server.http_port} are open "
+              f"to the network; gRPC TLS {'on' if server.tls else 'OFF'}, HTTP TLS off; inference and health need "
+              f"no authentication (admin APIs need the {len(RESTRICTED.split(','))}-API admin key). "
+              "Put an authenticating proxy or a private network in front.", file=sys.stderr, flush=True)
     print(f"starting Triton on {args.repo} ({manifest['data']['items']:,} items, "
           f"{manifest['data']['users']:,} users) ...", file=sys.stderr, flush=True)
     try:
         server.start(timeout=args.timeout)
+        address = f"<this host's address>:{server.grpc_port}" if server.exposed else server.url
         print(f"ready: gRPC {server.url}  HTTP {server.host}:{server.http_port}  model 'funnel'", flush=True)
-        print(f"try:   funnel recommend --url {server.url} --user <ID>   (Ctrl-C stops)", flush=True)
+        print(f"try:   funnel recommend --url {address} --user <ID>   (Ctrl-C stops)", flush=True)
         if server.prediction_log and args.log_sample > 0:
             print(f"logging {args.log_sample:.0%} of served users to {server.prediction_log}", flush=True)
-        while server.process is not None and server.process.poll() is None:
-            time.sleep(0.5)
-        if server.process is not None:
-            raise FunnelError(f"tritonserver exited with code {server.process.returncode}"
-                              + (f" (log: {args.log})" if args.log else ""))
+        watch(server, args.check_interval)
     except KeyboardInterrupt:
         print("stopping Triton ...", file=sys.stderr, flush=True)
     finally:
         server.stop()
     print("stopped", file=sys.stderr)
+
+
+def watch(server, interval: float) -> None:
+    """Until the server exits: check its backend processes; reload the models when one died.
+
+    Returns never; raises FunnelError (exit 2, for a supervisor to restart us) when the server
+    exited or could not be restored.
+    """
+    while True:
+        time.sleep(interval)
+        problem = server.check()
+        if problem is None:
+            continue
+        if problem.startswith("tritonserver exited"):
+            reason = "; ".join(server.log_tail())
+            raise FunnelError(problem + (f": {reason}" if reason else "")
+                              + (f" (log: {server.log_path})" if server.log_path else ""))
+        print(f"unhealthy: {problem}; reloading the models ...", file=sys.stderr, flush=True)
+        seconds = server.restore()
+        print(f"restored: serving again after {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def _read_users_file(path: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,11 +17,14 @@ def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds.
 
     The temporary directory lives next to ``final`` (same file system, so the swap is a
-    rename). On any exception it is removed and a previous ``final`` stays untouched.
+    rename) and carries the writer's pid in its name. On any exception (SIGTERM included, the
+    CLI turns it into one) it is removed and a previous ``final`` stays untouched; what a
+    killed writer (``kill -9``, power loss) left behind is removed by the next writer.
     """
     final = Path(final).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temporaries(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:
@@ -34,6 +38,35 @@ def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``final`` whose writer is dead.
+
+    Temporaries of a live process (another export running now) are left alone. Returns what was
+    removed.
+    """
+    final = Path(final)
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)(?:-.*)?$")
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for path in final.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def sha256_files(paths: list[Path], chunk: int = 1 << 20) -> str:

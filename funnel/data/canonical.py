@@ -103,28 +103,56 @@ def id_type(series: pd.Series) -> str:
     return "int64" if pd.api.types.is_integer_dtype(series.dtype) else "string"
 
 
-def normalise_ids(frame: pd.DataFrame, column: str, origin: str) -> pd.DataFrame:
-    """Check an id column: present, not all null; drop rows with null ids; ints stay ints.
+NUMBER_NOT_INTEGER = r"^\s*[+-]?(?:\d+\.\d*|\.\d+|\d+(?:\.\d*)?[eE][+-]?\d+)\s*$"  # 21.5, 1e3, 7.
 
-    Float columns holding whole numbers (pandas reads ints with gaps as float) become int64;
-    anything else becomes string. ``origin`` names the file in error messages.
+
+def invalid_ids(values: pd.Series) -> pd.Series:
+    """Which ids are unusable: missing, blank, or written as a non-integer number (``21.5``,
+    ``1e3``: a spreadsheet's rendering of an id, which would silently become a different id)."""
+    bad = values.isna()
+    if pd.api.types.is_float_dtype(values.dtype):
+        return bad | (np.mod(values.fillna(0).to_numpy(), 1) != 0)
+    if pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype):
+        text = values.astype(str)
+        return bad | text.str.strip().eq("") | text.str.match(NUMBER_NOT_INTEGER)
+    return bad
+
+
+def normalise_ids(frame: pd.DataFrame, column: str, origin: str, drop_invalid: bool = False,
+                  first_line: int | None = None, label: str | None = None) -> pd.DataFrame:
+    """Check an id column and normalise it: integers stay int64, anything else is text.
+
+    Ids are integers when every id is one written without zero padding (float columns of whole
+    numbers, as pandas reads integers with gaps, become int64); otherwise every id is kept as
+    its text (surrounding blanks removed), so ``0108775015`` stays that string.
+    Missing or blank ids and ids written as non-integer numbers (``21.5``, ``1e3``) are an
+    error naming how many and the first (``first_line``: the file line of data row 0, for CSV;
+    else rows are counted from 1), unless ``drop_invalid``, which drops those rows (the caller
+    reports how many: compare lengths). ``origin`` names the file in error messages.
     """
     if column not in frame.columns:
         raise DataError(f"{origin}: column '{column}' is missing (found: {', '.join(map(str, frame.columns))})")
     values = frame[column]
     if values.isna().all():
         raise DataError(f"{origin}: column '{column}' has only null ids")
-    if values.isna().any():
-        frame = frame[values.notna()]
+    if pd.api.types.is_bool_dtype(values.dtype):
+        raise DataError(f"{origin}: column '{column}' is boolean; ids must be integers or strings")
+    bad = invalid_ids(values)
+    if bad.any() and not drop_invalid:
+        at = int(np.flatnonzero(bad.to_numpy())[0])
+        where = f"line {at + first_line}" if first_line is not None else f"row {at + 1}"
+        shown = values.iloc[at]
+        raise DataError(f"{origin}: column '{label or column}': {int(bad.sum())} row(s) with a missing or invalid id "
+                        f"(first: {where}, value {shown!r}); fix them or pass --drop-invalid to drop them")
+    if bad.any():
+        frame = frame[~bad.to_numpy()]
         values = frame[column]
     if pd.api.types.is_float_dtype(values.dtype):
-        if not np.all(np.mod(values.to_numpy(), 1) == 0):
-            raise DataError(f"{origin}: column '{column}' holds non-integer numbers; ids must be integers or strings")
         values = values.astype("int64")
-    elif pd.api.types.is_bool_dtype(values.dtype):
-        raise DataError(f"{origin}: column '{column}' is boolean; ids must be integers or strings")
     elif not pd.api.types.is_integer_dtype(values.dtype):
-        values = values.astype(str)
+        values = values.astype(str).str.strip()
+        if values.str.fullmatch(r"[+-]?(?:0|[1-9]\d{0,17})").all():  # all integers, no zero padding
+            values = values.astype("int64")
     elif values.dtype != np.int64:
         values = values.astype("int64")
     frame = frame.copy()
@@ -270,8 +298,11 @@ def _complete(table: pd.DataFrame | None, ids: pd.Series) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def read_table(path: Path, what: str) -> pd.DataFrame:
-    """Read a CSV or parquet file with clear errors for missing, empty or unreadable files."""
+def read_table(path: Path, what: str, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV or parquet file with clear errors for missing, empty or unreadable files.
+
+    ``text_columns`` of a CSV are read as written (ids: ``1e3`` must not become the number 1000).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: {what} file not found")
@@ -284,7 +315,7 @@ def read_table(path: Path, what: str) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-            frame = pd.read_csv(path, sep=sep, low_memory=False)
+            frame = pd.read_csv(path, sep=sep, low_memory=False, dtype={c: str for c in text_columns} or None)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: {what} file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from funnel.data import canonical
@@ -27,7 +29,13 @@ class TabularSource:
     user_key: str | None = None
     repurchase: bool = False
     drop_duplicates: bool = False
+    drop_invalid: bool = False
     name: str | None = None
+
+
+def _first_line(path: Path) -> int | None:
+    """File line of data row 0 (CSV/TSV: after the header), None for parquet (rows are counted)."""
+    return None if Path(path).suffix.lower() in (".parquet", ".pq") else 2
 
 
 def _rename_key(frame: pd.DataFrame, key: str, target: str, origin: Path) -> pd.DataFrame:
@@ -45,7 +53,7 @@ def _rename_key(frame: pd.DataFrame, key: str, target: str, origin: Path) -> pd.
 def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """Read and validate the files; return canonical interactions, items and users frames."""
     origin = src.interactions
-    frame = canonical.read_table(origin, "interactions")
+    frame = canonical.read_table(origin, "interactions", text_columns=(src.user_col, src.item_col))
     for col in (src.user_col, src.item_col) + ((src.time_col,) if src.time_col else ()):
         if col not in frame.columns:
             raise DataError(f"{origin}: column '{col}' is missing (found: {', '.join(map(str, frame.columns))})")
@@ -56,8 +64,23 @@ def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.Data
         renames[src.time_col] = "timestamp"
     clash = [c for c in ("user_id", "item_id", "timestamp") if c in frame.columns and c not in renames]
     frame = frame.drop(columns=clash).rename(columns=renames)
-    frame = canonical.normalise_ids(frame, "user_id", f"{origin} (column '{src.user_col}')").reset_index(drop=True)
-    frame = canonical.normalise_ids(frame, "item_id", f"{origin} (column '{src.item_col}')").reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    line = _first_line(origin)
+    bad = canonical.invalid_ids(frame["user_id"]) | canonical.invalid_ids(frame["item_id"])
+    if bad.any() and not src.drop_invalid:
+        at = int(np.flatnonzero(bad.to_numpy())[0])
+        where = f"line {at + line}" if line is not None else f"row {at + 1}"
+        raise DataError(f"{origin}: {int(bad.sum()):,} row(s) whose '{src.user_col}' or '{src.item_col}' id is missing "
+                        f"(null or blank) or a non-integer number such as 21.5 or 1e3 (first: {where}: "
+                        f"{src.user_col}={frame['user_id'].iloc[at]!r}, {src.item_col}={frame['item_id'].iloc[at]!r}); "
+                        "fix them or pass --drop-invalid to drop them")
+    if bad.any():
+        dropped = int(bad.sum())
+        frame = frame[~bad.to_numpy()].reset_index(drop=True)
+        print(f"{origin}: dropped {dropped:,} row(s) with a missing or invalid user or item id (--drop-invalid)",
+              file=sys.stderr)
+    frame = canonical.normalise_ids(frame, "user_id", str(origin), first_line=line, label=src.user_col)
+    frame = canonical.normalise_ids(frame, "item_id", str(origin), first_line=line, label=src.item_col)
     if src.time_col:
         frame["timestamp"] = canonical.parse_timestamps(frame["timestamp"], str(origin), src.time_col, src.time_unit)
     else:  # no time: keep file order as a sequence (one second apart), so splits still work
@@ -71,11 +94,13 @@ def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.Data
 
     items = users = None
     if src.items is not None:
-        items = _rename_key(canonical.read_table(src.items, "items"), src.item_key or src.item_col, "item_id", src.items)
+        key = src.item_key or src.item_col
+        items = _rename_key(canonical.read_table(src.items, "items", (key,)), key, "item_id", src.items)
         if items["item_id"].dtype != frame["item_id"].dtype:
             items["item_id"] = items["item_id"].astype(frame["item_id"].dtype)
     if src.users is not None:
-        users = _rename_key(canonical.read_table(src.users, "users"), src.user_key or src.user_col, "user_id", src.users)
+        key = src.user_key or src.user_col
+        users = _rename_key(canonical.read_table(src.users, "users", (key,)), key, "user_id", src.users)
         if users["user_id"].dtype != frame["user_id"].dtype:
             users["user_id"] = users["user_id"].astype(frame["user_id"].dtype)
     return frame, items, users

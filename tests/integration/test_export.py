@@ -113,7 +113,25 @@ def test_tampered_graph_is_not_unpickled(exported, tmp_path):
     shutil.copytree(exported, copy)
     pkl = copy / "funnel" / "1" / "ensemble" / "ensemble.pkl"
     pkl.write_bytes(pkl.read_bytes() + b"\0")
-    with pytest.raises(FunnelError, match="checksum"):
+    with pytest.raises(FunnelError, match="signature does not match"):
+        Recommender(pkl.parent)
+    # a replaced pickle that brings its own checksum is still refused: the HMAC needs the key
+    import json
+
+    from funnel.core.fsutil import sha256_files
+
+    manifest_path = pkl.parent / "export.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["ensemble_checksum"] = sha256_files([pkl])
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(FunnelError, match="signature does not match"):
+        Recommender(pkl.parent)
+    # signed with another key (an attacker's own) is refused too
+    from funnel.core.signing import sign_files
+
+    manifest["ensemble_signature"] = sign_files([pkl], key=b"not-the-servers-key-0123456789")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(FunnelError, match="signature does not match"):
         Recommender(pkl.parent)
 
 

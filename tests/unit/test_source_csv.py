@@ -122,3 +122,28 @@ def test_failed_run_leaves_previous_output_intact(files, cli):
     assert cli(*_args(files))[0] == 2
     assert (files / "out" / "interactions.parquet").read_bytes() == before
     assert [p.name for p in files.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_missing_and_malformed_ids_are_counted_with_the_first_line(files, cli):
+    (files / "events.csv").write_text("uid,sku,when\na,10,2024-01-01\nb,,2024-01-02\nc,1e3,2024-01-03\n"
+                                      ",11,2024-01-04\nd,21.5,2024-01-05\ne,12,2024-01-06\n")
+    _expect_error(cli, _args(files), "events.csv", "4 row(s)", "first: line 3", "--drop-invalid")
+    assert not (files / "out").exists()
+    code, _, err = cli(*_args(files), "--drop-invalid")
+    assert code == 0, err
+    assert "dropped 4 row(s)" in err
+    rows = read_dataset(files / "out").interactions()
+    assert sorted(rows["user_id"]) == ["a", "e"] and sorted(rows["item_id"]) == [10, 12]
+
+
+def test_id_text_is_kept_unless_every_id_is_a_plain_integer(files, cli):
+    (files / "events.csv").write_text("uid,sku,when\n007,0108775015,2024-01-01\n8, 0108775044 ,2024-01-02\n")
+    code, _, err = cli(*_args(files, **{"--items": None, "--users": None}))
+    assert code == 0, err
+    rows = read_dataset(files / "out").interactions()
+    assert list(rows["user_id"]) == ["007", "8"]  # zero padding is part of the id: text
+    assert list(rows["item_id"]) == ["0108775015", "0108775044"]
+    (files / "events.csv").write_text("uid,sku,when\n7,15,2024-01-01\n-8,+16,2024-01-02\n")
+    assert cli(*_args(files, **{"--items": None, "--users": None}))[0] == 0
+    rows = read_dataset(files / "out").interactions()
+    assert rows["user_id"].dtype == "int64" and list(rows["item_id"]) == [15, 16]
