@@ -82,6 +82,16 @@ def recent_table(interactions: pd.DataFrame, limit: int = RECENT) -> pd.DataFram
     return pd.DataFrame({"recent_items": grouped["item_id"].apply(list), "recent_times": grouped["t"].apply(list)}).reset_index()
 
 
+def current_stock(pre_manifest: dict, item_ids: pd.Series) -> pd.DataFrame:
+    """``item_id`` (text), ``in_stock``: the dataset's current stock (every item in stock without one)."""
+    from funnel.data.canonical import read_dataset
+
+    raw = read_dataset(pre_manifest["dataset"]["path"]).items()
+    flags = (raw.set_index(raw["item_id"].astype(str))["in_stock"] if "in_stock" in raw
+             else pd.Series(True, index=raw["item_id"].astype(str)))
+    return pd.DataFrame({"item_id": item_ids, "in_stock": item_ids.map(flags).fillna(True).astype(bool)})
+
+
 def apply(run: str | Path, repo: str | Path, redis_url: str | None = None) -> dict[str, Any]:
     """Create (or replace) the feature repository for a run and materialize every view."""
     feast = feast_module()
@@ -99,9 +109,8 @@ def apply(run: str | Path, repo: str | Path, redis_url: str | None = None) -> di
     train = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
     tables = {
         "user_features": _stamp(users, as_of),
-        "item_features": _stamp(items.drop(columns=[c for c in ("in_stock",) if c in items]), as_of),
-        "item_stock": _stamp(items[["item_id"]].assign(
-            in_stock=items["in_stock"].astype(bool) if "in_stock" in items else True), as_of),
+        "item_features": _stamp(items, as_of),
+        "item_stock": _stamp(current_stock(pre_manifest, items["item_id"]), as_of),
         "user_recent": _stamp(recent_table(train), as_of),
     }
     if redis_url:  # fail before writing anything

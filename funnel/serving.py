@@ -104,11 +104,20 @@ def _children(pid: int) -> dict[int, str]:
     return out
 
 
-def error_lines(log: str, limit: int = 5) -> list[str]:
-    """The lines of a Triton log that say why it failed (errors first, else the tail)."""
+def error_lines(log: str, limit: int = 3) -> list[str]:
+    """Why a Triton run failed, from its log: the distinct error messages (without the Python
+    stack the backend appends), else the last lines."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
-    return (errors or lines)[-limit:]
+    errors = [line for line in lines if line.startswith("E") or "error:" in line.lower()]
+    out: list[str] = []
+    for line in errors or lines[-limit:]:
+        line = line.split("\\n\\nAt:")[0].split("\\n")[0]  # the backend's escaped traceback
+        if "] " in line and line[:1] in "EIW" and line[1:5].isdigit():
+            line = line.split("] ", 1)[1]  # drop Triton's "E1129 10:22:36.49 1167 file.cc:692]" prefix
+        line = line.strip('"')
+        if line not in out:
+            out.append(line[:400])
+    return out[-limit:]
 
 
 def free_port() -> int:

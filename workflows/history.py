@@ -42,7 +42,11 @@ def user_table(train: pd.DataFrame, users: pd.DataFrame, cutoff: pd.Timestamp) -
 
 
 def item_table(train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
-    """items.parquet joined with popularity, recency and price aggregates."""
+    """items.parquet joined with popularity, recency and price aggregates as of ``cutoff``.
+
+    ``in_stock`` (the stock at the end of the data, after the cutoff) is not carried: stock comes
+    from the dataset where it is needed (exports, the online store), as of the time asked for.
+    """
     grouped = train.groupby("item_id", sort=False)
     recent = train[train["timestamp"] >= cutoff - pd.Timedelta(days=7)].groupby("item_id").size()
     agg = pd.DataFrame(
@@ -57,6 +61,7 @@ def item_table(train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp) -
     if "price" in train.columns:
         agg["item_mean_price"] = grouped["price"].mean().astype(np.float32)
     agg.index.name = "item_id"
+    items = items.drop(columns=[c for c in ("in_stock",) if c in items])
     out = plain_dtypes(items.merge(agg.reset_index(), on="item_id", how="left"))
     for col in ("item_n_purchases", "item_n_buyers", "item_n_purchases_last7"):
         out[col] = out[col].fillna(0).astype(np.float32)

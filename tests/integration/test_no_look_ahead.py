@@ -57,7 +57,9 @@ def planted_pre(planted, tmp_path_factory):
 
 
 def frame(path) -> pd.DataFrame:
-    return pd.read_parquet(path).reset_index(drop=True)
+    """A parquet file, or a directory of parquet parts (NVTabular's output, with its schema files)."""
+    parts = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
 def test_the_future_really_changed(planted, planted_pre, pre_dir):

@@ -97,7 +97,7 @@ def test_runs_are_reproducible_on_cpu_for_a_fixed_seed(pre_dir, tmp_path):
     manifests = []
     for name in ("a", "b"):
         run = tmp_path / name
-        r = train(RetrievalConfig(pre=str(pre_dir), out=str(run), epochs=2, batch_size=256, embedding_dim=16,
+        r = train(RetrievalConfig(pre=str(pre_dir), out=str(run), epochs=1, batch_size=256, embedding_dim=16,
                                   tower_dims=[32], valid_users=300, seed=3))
         k = train_ranking(RankingConfig(pre=str(pre_dir), run=str(run), candidates=30, embedding_dim=8,
                                         top_dims=[16], epochs=1, batch_size=256, seed=3))

@@ -124,7 +124,7 @@ def test_start_failure_names_tritons_reason(tmp_path):
     from pathlib import Path
 
     before = set(Path(tempfile.gettempdir()).glob("funnel-triton-*.log"))
-    with pytest.raises(FunnelError, match="exited with code 1 while starting: E1129 .*failed to load 'funnel': boom"):
+    with pytest.raises(FunnelError, match="exited with code 1 while starting: failed to load 'funnel': boom"):
         TritonServer(repo, binary=str(fake), grpc_port=0).start(timeout=30)
     assert set(Path(tempfile.gettempdir()).glob("funnel-triton-*.log")) == before  # its log is not left behind
 
