@@ -272,9 +272,10 @@ def export_kills(run: str, work: Path, points: list[float]) -> list[dict]:
                 Recommender(repo / "funnel" / "1" / "ensemble")
             except Exception:  # noqa: BLE001 - reported
                 loads = False
-            temps = [p.name for p in work.iterdir() if p.name.startswith(".kill_repo.")]
+            own = [p.name for p in work.iterdir() if p.name.startswith((f".kill_repo.tmp-{proc.pid}-",
+                                                                         f".kill_repo.old-{proc.pid}"))]
             out.append({"signal": how.name, "after_s": at, "finished_first": finished, "repo_loads": intact and loads,
-                        "temporaries_left": len(temps)})
+                        "own_temporary_left": bool(own)})
     subprocess.run([*FUNNEL, "export", run, "--out", str(repo)], check=True, capture_output=True)
     out.append({"signal": "next export", "after_s": None, "finished_first": True,
                 "repo_loads": (repo / "funnel" / "1" / "ensemble" / "export.json").read_bytes() != before,
@@ -336,8 +337,11 @@ def main() -> None:
         ("funnel serve kill -9", f"tritonserver survived: {owner['tritonserver_survived']}, "
                                  f"port free: {owner['port_free']}"),
         ("export killed", f"{len(exports) - 1} kills: repository loads after each: "
-                          f"{all(e['repo_loads'] for e in exports[:-1])}; temporaries left after the next "
-                          f"export: {exports[-1]['temporaries_left']}"),
+                          f"{all(e['repo_loads'] for e in exports[:-1])}; SIGTERM left its temporary: "
+                          f"{sum(e['own_temporary_left'] for e in exports[:-1] if e['signal'] == 'SIGTERM')} of "
+                          f"{sum(e['signal'] == 'SIGTERM' for e in exports)}, SIGKILL: "
+                          f"{sum(e['own_temporary_left'] for e in exports[:-1] if e['signal'] == 'SIGKILL')}; "
+                          f"temporaries after the next export: {exports[-1]['temporaries_left']}"),
     ]
     print(table(rows, title="funnel serve: reliability probes"))
     text = json.dumps(doc, indent=2)

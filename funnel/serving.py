@@ -257,6 +257,8 @@ class TritonServer:
         """None while healthy, else what is wrong (a backend process died, the server exited)."""
         if self.process is None or self.process.poll() is not None:
             code = None if self.process is None else self.process.returncode
+            if code is not None and code < 0:
+                return f"tritonserver exited: killed by {signal.Signals(-code).name}"
             return f"tritonserver exited with code {code}"
         alive = _children(self.process.pid)
         dead = [f"{name} (pid {pid})" for pid, name in self.stubs.items() if pid not in alive]

@@ -151,7 +151,7 @@ def watch(server, interval: float) -> None:
         if problem is None:
             continue
         if problem.startswith("tritonserver exited"):
-            reason = "; ".join(server.log_tail())
+            reason = "" if "killed by" in problem else "; ".join(server.log_tail())
             raise FunnelError(problem + (f": {reason}" if reason else "")
                               + (f" (log: {server.log_path})" if server.log_path else ""))
         print(f"unhealthy: {problem}; reloading the models ...", file=sys.stderr, flush=True)
