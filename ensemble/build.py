@@ -172,7 +172,8 @@ input [
 output [
   {{ name: "item_ids" data_type: TYPE_STRING dims: [ -1, -1 ] }},
   {{ name: "scores" data_type: TYPE_FP32 dims: [ -1, -1 ] }},
-  {{ name: "sources" data_type: TYPE_STRING dims: [ -1, -1 ] }}
+  {{ name: "sources" data_type: TYPE_STRING dims: [ -1, -1 ] }},
+  {{ name: "variant" data_type: TYPE_STRING dims: [ -1 ] }}
 ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 """

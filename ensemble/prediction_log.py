@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-SCHEMA_FIELDS = ("request_id", "time", "model_version", "user_id", "items", "scores", "sources",
-                 "candidates", "candidate_sources", "candidate_scores")
+SCHEMA_FIELDS = ("request_id", "time", "model_version", "experiment", "variant", "user_id", "items", "scores",
+                 "propensities", "sources", "candidates", "candidate_sources", "candidate_scores")
 
 
 class PredictionLogger:
@@ -47,8 +47,13 @@ class PredictionLogger:
         self._writer = threading.Thread(target=self._run, name="funnel-prediction-log", daemon=True)
         self._writer.start()
 
-    def log_batch(self, request_id: str, user_ids: np.ndarray, out: dict[str, np.ndarray]) -> int:
-        """Queue the sampled users of one answered request; returns how many were queued."""
+    def log_batch(self, request_id: str, user_ids: np.ndarray, out: dict[str, np.ndarray], experiment: str = "",
+                  deterministic: bool = True) -> int:
+        """Queue the sampled users of one answered request; returns how many were queued.
+
+        ``propensities``: each shown item's probability under the serving policy; 1.0 for a
+        deterministic answer (temperature 0), empty for a sampled one (not computed yet).
+        """
         if self.sample <= 0:
             return 0
         keep = np.flatnonzero(self._rng.random(len(user_ids)) < self.sample) if self.sample < 1 else range(len(user_ids))
@@ -57,9 +62,11 @@ class PredictionLogger:
         for row in keep:
             record = {
                 "request_id": request_id, "time": now, "model_version": self.model_version,
+                "experiment": experiment, "variant": _text(out["variant"][row]) if "variant" in out else "",
                 "user_id": _text(user_ids[row]),
                 "items": [_text(v) for v in out["item_ids"][row] if v],
                 "scores": [float(s) for s in out["scores"][row] if not np.isnan(s)],
+                "propensities": [1.0 for v in out["item_ids"][row] if v] if deterministic else [],
                 "sources": [_text(v) for v in out["sources"][row] if v],
                 "candidates": [_text(v) for v in out["candidate_ids"][row] if v],
                 "candidate_sources": [_text(v) for v in out["candidate_sources"][row] if v],

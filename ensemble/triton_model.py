@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.experiment import ENV as EXPERIMENT_ENV
+from ensemble.experiment import Experiment
 from ensemble.prediction_log import PredictionLogger
 from ensemble.runtime import Recommender, RequestError
 
@@ -29,6 +31,9 @@ class TritonPythonModel:
         faiss.omp_set_num_threads(int(os.environ.get("FUNNEL_FAISS_THREADS", "1")))
         path = _model_dir(args) / str(args["model_version"]) / "ensemble"
         self.recommender = Recommender(path)
+        self.experiment = None
+        if os.environ.get(EXPERIMENT_ENV):  # `funnel serve --variant/--traffic`: route users by a salted hash
+            self.experiment = Experiment(os.environ[EXPERIMENT_ENV], loaded={str(path.resolve()): self.recommender})
         self.logger = None
         log_dir = os.environ.get("FUNNEL_LOG_DIR")
         sample = float(os.environ.get("FUNNEL_LOG_SAMPLE", "0.05"))
@@ -63,17 +68,24 @@ class TritonPythonModel:
                 exclude = optional(request, "exclude_items", None)
                 if k is not None and len(k) != 1:
                     raise RequestError("k: one value per request")
-                out = self.recommender.recommend(users, None if k is None else int(k[0]), exclude,
-                                                 float(temperature[0]), int(seed[0]),
-                                                 with_candidates=self.logger is not None)
+                served_by = self.experiment or self.recommender
+                if self.experiment is not None:
+                    self.recommender.request_table(users, None if k is None else int(k[0]), exclude,
+                                                   float(temperature[0]), int(seed[0]))  # validate once
+                out = served_by.recommend(users, None if k is None else int(k[0]), exclude,
+                                          float(temperature[0]), int(seed[0]),
+                                          with_candidates=self.logger is not None)
+                variant = out.get("variant", np.full(len(out["item_ids"]), b"", dtype=object))
                 tensors = [pb_utils.Tensor("item_ids", out["item_ids"].astype(np.object_)),
                            pb_utils.Tensor("scores", out["scores"].astype(np.float32)),
-                           pb_utils.Tensor("sources", out["sources"].astype(np.object_))]
+                           pb_utils.Tensor("sources", out["sources"].astype(np.object_)),
+                           pb_utils.Tensor("variant", variant.astype(np.object_))]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
                 if self.logger is not None:
                     self._requests += 1
                     request_id = request.request_id() or uuid.uuid4().hex
-                    self.logger.log_batch(request_id, users, out)
+                    self.logger.log_batch(request_id, users, out, self.experiment.name if self.experiment else "",
+                                          deterministic=float(temperature[0]) == 0.0)
             except RequestError as exc:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
             except Exception as exc:  # noqa: BLE001 - answer, log, keep serving

@@ -12,19 +12,25 @@ from tritonclient.utils import InferenceServerException
 from funnel.core.errors import FunnelError
 
 MODEL = "funnel"
+OUTPUT_NAMES = ("item_ids", "scores", "sources", "variant")
 
 
 @dataclass
 class Recommendation:
-    """One user's answer: raw item ids, scores and the candidate source of each, best first."""
+    """One user's answer: raw item ids, scores and the candidate source of each, best first; the
+    experiment variant that answered (empty outside an experiment)."""
 
     user_id: str
     items: list[str]
     scores: list[float]
     sources: list[str]
+    variant: str = ""
 
     def as_dict(self) -> dict:
-        return {"user_id": self.user_id, "items": self.items, "scores": self.scores, "sources": self.sources}
+        out = {"user_id": self.user_id, "items": self.items, "scores": self.scores, "sources": self.sources}
+        if self.variant:
+            out["variant"] = self.variant
+        return out
 
 
 class Client:
@@ -61,12 +67,12 @@ class Client:
             inputs.append(tensor("temperature", np.array([temperature], dtype=np.float32), "FP32"))
         if seed is not None:
             inputs.append(tensor("seed", np.array([seed], dtype=np.int64), "INT64"))
-        outputs = [g.InferRequestedOutput(n) for n in ("item_ids", "scores", "sources")]
+        outputs = [g.InferRequestedOutput(n) for n in OUTPUT_NAMES]
         try:
             result = self._client.infer(MODEL, inputs, outputs=outputs, client_timeout=self.timeout)
         except InferenceServerException as exc:
             raise FunnelError(f"{self.url}: {exc.message()}") from None
-        return {n: result.as_numpy(n) for n in ("item_ids", "scores", "sources")}
+        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}
 
     def recommend(self, user_ids: Iterable, k: int | None = None, exclude_items: Sequence | None = None,
                   temperature: float | None = None, seed: int | None = None) -> Iterator[Recommendation]:
@@ -82,10 +88,11 @@ class Client:
 
     def _answer(self, batch, k, exclude_items, temperature, seed) -> Iterator[Recommendation]:
         out = self.infer(batch, k, exclude_items, temperature, seed)
-        for user, ids, scores, sources in zip(batch, out["item_ids"], out["scores"], out["sources"]):
+        for user, ids, scores, sources, variant in zip(batch, out["item_ids"], out["scores"], out["sources"],
+                                                       out["variant"]):
             keep = ids != b""
             yield Recommendation(str(user), [i.decode() for i in ids[keep]], [float(s) for s in scores[keep]],
-                                 [s.decode() for s in sources[keep]])
+                                 [s.decode() for s in sources[keep]], variant.decode())
 
     def close(self) -> None:
         self._client.close()

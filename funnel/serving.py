@@ -138,7 +138,7 @@ class TritonServer:
                  http_port: int | None = None, binary: str | None = None, log_path: str | Path | None = None,
                  stop_timeout: float = 60.0, prediction_log: str | Path | None = None, log_sample: float = 0.05,
                  admin_key: str | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None):
+                 tls_key: str | Path | None = None, experiment: str | None = None):
         self.repo = Path(repo).resolve()
         if not (self.repo / "funnel" / "config.pbtxt").exists():
             raise FunnelError(f"{repo}: not a funnel Triton repository (run `funnel export` first)")
@@ -156,6 +156,7 @@ class TritonServer:
             if path and not Path(path).is_file():
                 raise FunnelError(f"{path}: no such TLS certificate/key file")
         self.tls = (str(Path(tls_cert).resolve()), str(Path(tls_key).resolve())) if tls_cert else None
+        self.experiment = experiment  # FUNNEL_EXPERIMENT JSON (ensemble.experiment.plan) or None
         self.process: subprocess.Popen | None = None
         self.stubs: dict[int, str] = {}
         self._log = None
@@ -182,6 +183,9 @@ class TritonServer:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("FEAST_USAGE", "False")
         env.pop("FUNNEL_LOG_DIR", None)
+        env.pop("FUNNEL_EXPERIMENT", None)
+        if self.experiment:
+            env["FUNNEL_EXPERIMENT"] = self.experiment
         if self.prediction_log and self.log_sample > 0:
             env["FUNNEL_LOG_DIR"], env["FUNNEL_LOG_SAMPLE"] = str(self.prediction_log), str(self.log_sample)
         flags = [f"--model-repository={self.repo}", f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",

@@ -36,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
     p.add_argument("--admin-key-file", help="write the key of the administrative APIs here (mode 600); "
                                             "the key is FUNNEL_ADMIN_KEY when set, else generated")
+    p.add_argument("--variant", action="append", metavar="NAME=REPO",
+                   help="A/B test: another export served to a share of users (repeatable; with --traffic)")
+    p.add_argument("--traffic", nargs="+", metavar="NAME=FRACTION",
+                   help="shares of users per variant, the served REPO being --control (they sum to 1)")
+    p.add_argument("--experiment", help="experiment name: salts the user assignment (default: the variants' names)")
+    p.add_argument("--control", default="control", help="variant name of REPO itself")
     p.add_argument("--check-interval", type=float, default=1.0,
                    help="seconds between checks that every backend process is alive")
     p.set_defaults(func=serve)
@@ -103,10 +109,11 @@ def serve(args: argparse.Namespace) -> None:
     from funnel.serving import RESTRICTED, TritonServer
 
     manifest = read_export_manifest(args.repo)
+    experiment = experiment_plan(args)
     server = TritonServer(args.repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           binary=args.tritonserver, log_path=args.log,
                           prediction_log=args.prediction_log or None, log_sample=args.log_sample,
-                          tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key)
+                          tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key, experiment=experiment)
     if args.admin_key_file:
         path = Path(args.admin_key_file)
         path.touch(mode=0o600)
@@ -131,12 +138,43 @@ def serve(args: argparse.Namespace) -> None:
         print(f"try:   funnel recommend --url {address} --user <ID>   (Ctrl-C stops)", flush=True)
         if server.prediction_log and args.log_sample > 0:
             print(f"logging {args.log_sample:.0%} of served users to {server.prediction_log}", flush=True)
+        if experiment:
+            plan = json.loads(experiment)
+            print(f"experiment {plan['experiment']}: " + ", ".join(f"{n} {s:.0%}" for n, s in plan["traffic"].items()),
+                  flush=True)
         watch(server, args.check_interval)
     except KeyboardInterrupt:
         print("stopping Triton ...", file=sys.stderr, flush=True)
     finally:
         server.stop()
     print("stopped", file=sys.stderr)
+
+
+def experiment_plan(args: argparse.Namespace) -> str | None:
+    """The FUNNEL_EXPERIMENT JSON for --variant/--traffic (validated before anything starts), or None."""
+    from ensemble.experiment import plan
+    from funnel.core.artifacts import ensemble_dir, read_export_manifest
+    from funnel.core.assignment import parse_traffic
+
+    if not args.variant and not args.traffic:
+        return None
+    if not args.variant or not args.traffic:
+        raise FunnelError("an experiment needs both --variant NAME=REPO and --traffic NAME=FRACTION ...")
+    variants = {args.control: str(ensemble_dir(args.repo))}
+    for spec in args.variant:
+        name, sep, repo = spec.partition("=")
+        if not sep or not name or not repo:
+            raise FunnelError(f"--variant {spec!r} is not NAME=REPO")
+        if name in variants:
+            raise FunnelError(f"--variant {name!r} is named twice (the served repository is {args.control!r})")
+        read_export_manifest(repo)  # a clear error for a missing or foreign repository
+        variants[name] = str(ensemble_dir(repo))
+    traffic = parse_traffic(args.traffic)
+    unknown = set(traffic) - set(variants)
+    if unknown:
+        raise FunnelError(f"--traffic names an unknown variant: {', '.join(sorted(unknown))} "
+                          f"(variants: {', '.join(variants)})")
+    return plan(args.experiment or "-".join(variants), traffic, variants)
 
 
 def watch(server, interval: float) -> None:
