@@ -47,7 +47,7 @@ demo: venv
 # The layer contracts (pyproject.toml [tool.importlinter]) first: a lower layer never imports a higher one.
 test: venv ml-100k
 	$(VENV)/bin/lint-imports
-	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra
+	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra --durations=25
 
 test-unit: venv ml-100k
 	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra tests/unit

@@ -37,13 +37,15 @@ def test_aa_through_a_real_server(repos, pre_dir, tmp_path, cli):
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
     try:
         assert proc.stdout.readline().startswith("ready"), proc.stderr.read()
-        answers = []
-        for _ in range(2):
-            result = subprocess.run([*FUNNEL, "recommend", "--url", f"127.0.0.1:{port}", "--users-file",
-                                     str(tmp_path / "users.txt"), "--json", "--k", "5", "--batch-size", "256"],
-                                    capture_output=True, text=True, timeout=300)
-            assert result.returncode == 0, result.stderr
-            answers.append({row["user_id"]: row["variant"] for row in map(json.loads, result.stdout.splitlines())})
+        result = subprocess.run([*FUNNEL, "recommend", "--url", f"127.0.0.1:{port}", "--users-file",
+                                 str(tmp_path / "users.txt"), "--json", "--k", "5", "--batch-size", "256"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        answers = [{row["user_id"]: row["variant"] for row in map(json.loads, result.stdout.splitlines())}]
+        from funnel.client import Client
+
+        with Client(f"127.0.0.1:{port}", batch_size=256) as client:  # a second pass, in another order
+            answers.append({r.user_id: r.variant for r in client.recommend(users[::-1], k=5)})
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
