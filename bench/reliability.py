@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import throughput as load  # noqa: E402 - the same load generator as the serving benchmark
 
 FUNNEL = [sys.executable, "-m", "funnel"]
 
@@ -76,41 +78,6 @@ class Serve:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(60)
-
-
-def load(url: str, users: list[str], batch: int, concurrency: int, requests: int) -> dict:
-    from funnel.client import Client
-
-    per_thread = max(1, requests // concurrency)
-    latencies, errors = [], []
-    lock = threading.Lock()
-
-    def worker(offset: int) -> None:
-        with Client(url, batch_size=batch) as client:
-            for r in range(per_thread):
-                start = (offset * per_thread + r) * batch % max(1, len(users) - batch)
-                t0 = time.perf_counter()
-                try:
-                    client.infer(users[start : start + batch], k=12)
-                except Exception as exc:  # noqa: BLE001 - counted
-                    with lock:
-                        errors.append(str(exc)[:120])
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    ms = np.array(latencies or [np.nan]) * 1000
-    return {"users_per_request": batch, "concurrency": concurrency, "requests": per_thread * concurrency,
-            "errors": len(errors), "first_error": errors[0] if errors else None,
-            "users_per_s": round(len(latencies) * batch / wall, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
 def hostile(url: str, users: list[str]) -> list[dict]:

@@ -67,10 +67,12 @@ def logging_overhead(repo: Path, users: list[str], work: Path) -> tuple[list[flo
 
 
 def throughput(url: str, users: list[str], batch: int, concurrency: int, requests: int) -> dict:
+    """``requests`` requests of ``batch`` users from ``concurrency`` threads; failed requests are counted."""
     from funnel.client import Client
 
-    per_thread = max(2, requests // concurrency)
+    per_thread = max(1, requests // concurrency)
     latencies: list[float] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
     def worker(offset: int) -> None:
@@ -78,7 +80,12 @@ def throughput(url: str, users: list[str], batch: int, concurrency: int, request
             for r in range(per_thread):
                 start = (offset * per_thread + r) * batch % max(1, len(users) - batch)
                 t0 = time.perf_counter()
-                client.infer(users[start : start + batch], k=12)
+                try:
+                    client.infer(users[start : start + batch], k=12)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(str(exc)[:120])
+                    continue
                 with lock:
                     latencies.append(time.perf_counter() - t0)
 
@@ -90,8 +97,9 @@ def throughput(url: str, users: list[str], batch: int, concurrency: int, request
         t.join()
     wall = time.perf_counter() - t0
     n = per_thread * concurrency
-    return {"users_per_request": batch, "concurrency": concurrency, "requests": n,
-            "requests_per_s": round(n / wall, 1), "users_per_s": round(n * batch / wall, 1), **percentiles(latencies)}
+    return {"users_per_request": batch, "concurrency": concurrency, "requests": n, "errors": len(errors),
+            "first_error": errors[0] if errors else None, "requests_per_s": round(len(latencies) / wall, 1),
+            "users_per_s": round(len(latencies) * batch / wall, 1), **percentiles(latencies or [float("nan")])}
 
 
 def faiss_vs_exact(n_items: int, dim: int = 64, queries: int = 200, k: int = 200, seed: int = 0) -> dict:
