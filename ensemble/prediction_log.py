@@ -51,8 +51,9 @@ class PredictionLogger:
                   deterministic: bool = True) -> int:
         """Queue the sampled users of one answered request; returns how many were queued.
 
-        ``propensities``: each shown item's probability under the serving policy; 1.0 for a
-        deterministic answer (temperature 0), empty for a sampled one (not computed yet).
+        ``propensities``: each shown item's probability of being drawn at its position given the
+        items above it (Plackett-Luce for a sampled answer, 1.0 for a deterministic one); the
+        list's probability is their product.
         """
         if self.sample <= 0:
             return 0
@@ -66,7 +67,7 @@ class PredictionLogger:
                 "user_id": _text(user_ids[row]),
                 "items": [_text(v) for v in out["item_ids"][row] if v],
                 "scores": [float(s) for s in out["scores"][row] if not np.isnan(s)],
-                "propensities": [1.0 for v in out["item_ids"][row] if v] if deterministic else [],
+                "propensities": _propensities(out, row, deterministic),
                 "sources": [_text(v) for v in out["sources"][row] if v],
                 "candidates": [_text(v) for v in out["candidate_ids"][row] if v],
                 "candidate_sources": [_text(v) for v in out["candidate_sources"][row] if v],
@@ -111,6 +112,13 @@ class PredictionLogger:
         """Flush every queued record and stop the writer."""
         self._stop.set()
         self._writer.join(timeout)
+
+
+def _propensities(out: dict[str, np.ndarray], row: int, deterministic: bool) -> list[float]:
+    shown = [bool(v) for v in out["item_ids"][row]]
+    if "propensities" not in out:
+        return [1.0] * sum(shown) if deterministic else []
+    return [float(p) for p, keep in zip(out["propensities"][row], shown) if keep]
 
 
 def _text(value: Any) -> str:

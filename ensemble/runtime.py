@@ -18,7 +18,7 @@ from funnel.core.signing import verify_files
 
 MAX_EXCLUDE = 10_000
 OUTPUTS = ("item_ids", "scores", "sources")
-CANDIDATE_OUTPUTS = ("candidate_ids", "candidate_sources", "candidate_scores")
+CANDIDATE_OUTPUTS = ("candidate_ids", "candidate_sources", "candidate_scores", "propensities")
 
 
 class RequestError(ValueError):

@@ -15,6 +15,8 @@ from workflows.candidates import SOURCE_NAMES
 ITEM_IDS, SCORES, ITEM_SOURCES = "item_ids", "scores", "sources"
 # every candidate that reached the ranker, for the served-prediction log (not sent to clients)
 LOG_CANDIDATES, LOG_SOURCES, LOG_SCORES = "candidate_ids", "candidate_sources", "candidate_scores"
+# each shown item's probability of being drawn at its position given the items above it (the log's propensities)
+LOG_PROPENSITIES = "propensities"
 
 
 def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
@@ -41,6 +43,33 @@ def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
     return np.where(alive, order, -1)
 
 
+def plackett_luce(scores: np.ndarray, slots: np.ndarray, temperature: float,
+                  tiers: np.ndarray | None = None) -> np.ndarray:
+    """Propensity of each drawn slot: P(item at position j | items above it) under ``order_slots``.
+
+    Gumbel-top-k with keys score / T is a Plackett-Luce draw: position j takes item i with
+    probability exp(s_i / T) / sum over the items still available of exp(s / T). With tiers the
+    draw runs tier by tier, so the sum runs over the remaining items of the drawn item's tier.
+    Deterministic orders (``temperature <= 0``) have propensity 1. NaN where a slot is empty.
+    """
+    out = np.where(slots >= 0, 1.0, np.nan)
+    if temperature <= 0:
+        return out.astype(np.float32)
+    alive = np.isfinite(scores)
+    logits = np.where(alive, scores / temperature, -np.inf)
+    tier = np.zeros(scores.shape, dtype=np.int64) if tiers is None else np.asarray(tiers)
+    for row in range(scores.shape[0]):
+        remaining = alive[row].copy()
+        for j, slot in enumerate(slots[row]):
+            if slot < 0:
+                break
+            pool = remaining & (tier[row] == tier[row, slot])
+            top = logits[row, pool].max()
+            out[row, j] = np.exp(logits[row, slot] - top) / np.exp(logits[row, pool] - top).sum()
+            remaining[slot] = False
+    return out.astype(np.float32)
+
+
 class OrderItems(ServingOperator):
     """Final lists: raw ``item_ids``, ``scores`` and candidate ``sources`` per user, ``k`` wide.
 
@@ -64,7 +93,8 @@ class OrderItems(ServingOperator):
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
         return [column(ITEM_IDS, np.object_, True), column(SCORES, np.float32, True),
                 column(ITEM_SOURCES, np.object_, True), column(LOG_CANDIDATES, np.object_, True),
-                column(LOG_SOURCES, np.object_, True), column(LOG_SCORES, np.float32, True)]
+                column(LOG_SOURCES, np.object_, True), column(LOG_SCORES, np.float32, True),
+                column(LOG_PROPENSITIES, np.float32, True)]
 
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores, cands, sources = columns[CANDIDATE_SCORES], columns[CANDIDATES], columns[SOURCES]
@@ -72,7 +102,8 @@ class OrderItems(ServingOperator):
         temperature = float(columns[TEMPERATURE].reshape(-1)[0]) if len(cands) else 0.0
         seed = int(columns[SEED].reshape(-1)[0]) if len(cands) else -1
         rng = np.random.default_rng(None if seed < 0 else seed)
-        slots = order_slots(np.where(cands >= 0, scores, -np.inf), k, temperature, rng, columns.get(TIERS))
+        masked = np.where(cands >= 0, scores, -np.inf)
+        slots = order_slots(masked, k, temperature, rng, columns.get(TIERS))
         safe = np.maximum(slots, 0)
         picked = np.where(slots >= 0, np.take_along_axis(cands, safe, axis=1), -1)
         out_scores = np.where(slots >= 0, np.take_along_axis(scores, safe, axis=1), np.nan).astype(np.float32)
@@ -81,4 +112,5 @@ class OrderItems(ServingOperator):
         return {ITEM_IDS: self._raw_ids[picked], SCORES: out_scores, ITEM_SOURCES: self._source_names[out_sources],
                 LOG_CANDIDATES: self._raw_ids[np.where(alive, cands, -1)],
                 LOG_SOURCES: self._source_names[np.where(alive, sources, -1)],
-                LOG_SCORES: np.where(alive & np.isfinite(scores), scores, np.nan).astype(np.float32)}
+                LOG_SCORES: np.where(alive & np.isfinite(scores), scores, np.nan).astype(np.float32),
+                LOG_PROPENSITIES: plackett_luce(masked, slots, temperature, columns.get(TIERS))}

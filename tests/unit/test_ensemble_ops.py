@@ -182,3 +182,27 @@ def test_list_features_become_values_and_offsets_for_the_signature():
     assert feed["score"].shape == (3, 1) and feed["genres__values"].dtype == np.int32
     with pytest.raises(KeyError, match="inputs missing: item_id"):
         model_inputs({"genres": lists, "score": np.ones(3)}, inputs)
+
+
+def test_logged_propensities_are_the_sampling_probabilities():
+    """Plackett-Luce propensities of drawn lists match how often order_slots draws those lists."""
+    from collections import Counter
+
+    from ensemble.ops.order import plackett_luce
+
+    scores = np.array([[1.0, 0.5, 0.0, -np.inf]])
+    rng = np.random.default_rng(0)
+    draws = [tuple(order_slots(scores, 2, temperature=0.7, rng=rng)[0]) for _ in range(30_000)]
+    freq = Counter(draws)
+    for pair in [(0, 1), (1, 0), (2, 0), (0, 2)]:
+        p = plackett_luce(scores, np.array([pair]), 0.7).prod()
+        assert freq[pair] / len(draws) == pytest.approx(p, abs=0.01)
+    # softmax by hand for the first position
+    e = np.exp(np.array([1.0, 0.5, 0.0]) / 0.7)
+    assert plackett_luce(scores, np.array([[1, 0]]), 0.7)[0, 0] == pytest.approx(e[1] / e.sum(), rel=1e-5)
+    # tiers: the draw runs tier by tier, so the second tier's first item is certain here
+    tiers = np.array([[0, 1, 1, 0]])
+    p = plackett_luce(np.array([[1.0, 0.5, 0.0, 0.2]]), np.array([[0, 3, 2, 1]]), 1.0, tiers)[0]
+    assert p[0] == pytest.approx(np.exp(1.0) / (np.exp(1.0) + np.exp(0.2)), rel=1e-5) and p[1] == 1.0
+    assert p[2] == pytest.approx(np.exp(0.0) / (np.exp(0.0) + np.exp(0.5)), rel=1e-5) and p[3] == 1.0
+    assert plackett_luce(scores, np.array([[0, 1, -1]]), 0.0).tolist()[0][:2] == [1.0, 1.0]
