@@ -39,6 +39,17 @@ def register(sub) -> None:
     p.add_argument("--plot", help="write a PNG of conversion per variant with 95%% intervals")
     p.set_defaults(func=report)
 
+    p = sub.add_parser("ope", help="off-policy evaluation: a new export's top-slot conversion from an "
+                                   "exploring policy's prediction log (IPS, SNIPS, doubly robust)")
+    p.add_argument("logs", help="prediction-log directory (answers logged with temperature > 0)")
+    p.add_argument("--target", required=True, help="the export to evaluate (a Triton repository)")
+    p.add_argument("--outcomes", required=True,
+                   help="purchases: a dataset folder or a parquet/CSV/JSON-lines file (user_id, item_id, timestamp)")
+    p.add_argument("--window-days", type=float, default=7.0, help="a purchase counts within this window")
+    p.add_argument("--bootstrap", type=positive, default=500, help="bootstrap resamples for the intervals")
+    p.add_argument("--json", dest="json_path", help="write the estimates as JSON here")
+    p.set_defaults(func=ope)
+
 
 def plan(args: argparse.Namespace) -> None:
     from funnel.ab import sample_size
@@ -112,3 +123,43 @@ def _plot(doc: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def ope(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from ensemble.prediction_log import read_logs
+    from ensemble.runtime import Recommender
+    from funnel.ab import read_purchases
+    from funnel.core.artifacts import ensemble_dir, read_export_manifest
+    from funnel.core.errors import FunnelError
+    from funnel.ope import decisions, evaluate_target
+    from funnel.report import table
+
+    if not Path(args.logs).is_dir():
+        raise FunnelError(f"{args.logs}: no such prediction-log directory")
+    read_export_manifest(args.target)
+    frame = decisions(read_logs(args.logs), read_purchases(args.outcomes), args.window_days)
+    recommender = Recommender(ensemble_dir(args.target))
+
+    def top_item(users: list[str]) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(users), recommender.max_batch):
+            ids = recommender.recommend(np.array(users[start : start + recommender.max_batch], dtype=object), k=1)
+            out.extend(v.decode() for v in ids["item_ids"][:, 0])
+        return out
+
+    doc = {"target": str(args.target), "estimand": "top-slot conversion", "window_days": args.window_days,
+           **evaluate_target(frame, top_item, bootstrap=args.bootstrap)}
+    rows = [("logged decisions", f"{doc['decisions']:,} ({doc['matches']:,} where the target agrees)"),
+            ("effective sample size", f"{doc['effective_sample_size']:,.0f}"),
+            ("logging policy", f"{doc['logging_policy_value']:.4f}")]
+    for name in ("ips", "snips", "dr"):
+        e = doc[name]
+        ci = f" [{e['ci95'][0]:.4f}, {e['ci95'][1]:.4f}]" if e["ci95"] else ""
+        rows.append((f"target, {name.upper()}", f"{e['value']:.4f}{ci}"))
+    print(table(rows, title="funnel ope: top-slot conversion of the target"))
+    if "warning" in doc:
+        print(f"warning: {doc['warning']}", file=sys.stderr)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(doc, indent=2) + "\n")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -46,24 +47,27 @@ def test_aa_through_a_real_server(repos, pre_dir, tmp_path, cli):
 
         with Client(f"127.0.0.1:{port}", batch_size=256) as client:  # a second pass, in another order
             answers.append({r.user_id: r.variant for r in client.recommend(users[::-1], k=5)})
+            # an exploring pass (sampled lists): its log records carry Plackett-Luce propensities
+            answers.append({r.user_id: r.variant for r in client.recommend(users, k=5, temperature=1.0, seed=3)})
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-    assert answers[0] == answers[1]  # sticky
+    assert answers[0] == answers[1] == answers[2]  # sticky
     share = pd.Series(answers[0]).value_counts(normalize=True)
     assert set(share.index) == {"control", "twin"} and 0.46 <= share["twin"] <= 0.54
 
     from ensemble.prediction_log import read_logs
 
     frame = read_logs(logs)
-    assert len(frame) == 2 * len(users) and set(frame["experiment"]) == {"aa"}
+    assert len(frame) == 3 * len(users) and set(frame["experiment"]) == {"aa"}
     assert dict(zip(frame["user_id"], frame["variant"])) == answers[0]
-    assert all(list(p) == [1.0] * len(i) for p, i in zip(frame["propensities"], frame["items"]))  # deterministic
+    sizes = frame["propensities"].map(len) == frame["items"].map(len)
+    deterministic = frame["propensities"].map(lambda p: bool(np.all(np.asarray(p) == 1.0)))
+    assert sizes.all() and deterministic.sum() >= 2 * len(users)  # temperature 0: probability 1
+    assert (~deterministic).sum() > 0.9 * len(users)  # sampled lists: probabilities below 1
     # purchases after the exposure, the same for both variants (the twins answer identically)
     first = frame.groupby("user_id")["time"].min()
     shown = frame.groupby("user_id")["items"].first()
-    import numpy as np
-
     buyers = [u for u, buys in zip(users, np.random.default_rng(1).random(len(users)) < 1 / 7) if buys]
     bought = pd.DataFrame({"user_id": buyers, "item_id": [shown[u][0] for u in buyers],
                            "timestamp": pd.to_datetime(first[buyers].to_numpy().round() + 3600, unit="s")})
@@ -76,6 +80,13 @@ def test_aa_through_a_real_server(repos, pre_dir, tmp_path, cli):
     conv = next(c for c in doc["comparisons"] if c["metric"] == "conversion")
     assert conv["p_value"] > 0.05 and conv["ci95"][0] < 0 < conv["ci95"][1]
     assert (tmp_path / "ab.png").stat().st_size > 1000 and "sample-ratio mismatch" in out
+
+    # off-policy evaluation of the twin export from the exploring answers
+    code, out, err = cli("ope", logs, "--target", b, "--outcomes", tmp_path / "purchases.parquet", "--json",
+                         tmp_path / "ope.json", "--bootstrap", "100")
+    assert code == 0, err
+    ope = json.loads((tmp_path / "ope.json").read_text())
+    assert ope["matches"] > 0 and 0 <= ope["snips"]["value"] <= 1 and "top-slot conversion" in out
 
 
 @pytest.mark.parametrize("flags, message", [
