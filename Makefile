@@ -10,6 +10,9 @@ TRITON_REPO ?= triton_repo
 DEMO_GRPC_PORT ?= 8001
 DEMO_HTTP_PORT ?= 8000
 ML100K_DIR := .cache/ml-100k
+# Two pytest workers (one test file each at a time): much of the integration suite waits on servers
+# and subprocesses, so two workers keep both cores busy. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-unit test-integration ml-100k bench lock clean
 
@@ -47,7 +50,7 @@ demo: venv
 # The layer contracts (pyproject.toml [tool.importlinter]) first: a lower layer never imports a higher one.
 test: venv ml-100k
 	$(VENV)/bin/lint-imports
-	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra --durations=25
+	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: venv ml-100k
 	FUNNEL_ML100K=$(ML100K_DIR) $(PY) -m pytest -q -ra tests/unit

@@ -21,6 +21,7 @@ Operations:
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import importlib.util
 import os
 import secrets
@@ -57,14 +58,23 @@ def _bundled_backends(root: Path) -> Path:
     target = cache / "python"
     wanted = [root / "backends" / "python" / "libtriton_python.so",
               root / "backends" / "python" / "triton_python_backend_utils.py", stub]
-    if not all((target / f.name).exists() and (target / f.name).stat().st_size == f.stat().st_size for f in wanted):
-        tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "python").mkdir(parents=True)
-        for f in wanted:
-            shutil.copy2(f, tmp / "python" / f.name)
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp.rename(cache)
+    def complete() -> bool:
+        return all((target / f.name).exists() and (target / f.name).stat().st_size == f.stat().st_size
+                   for f in wanted)
+
+    if complete():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f".{cache.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent starts (test workers, several servers) copy once
+        if not complete():
+            tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "python").mkdir(parents=True)
+            for f in wanted:
+                shutil.copy2(f, tmp / "python" / f.name)
+            shutil.rmtree(cache, ignore_errors=True)
+            tmp.rename(cache)
     return cache
 
 

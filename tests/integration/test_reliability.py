@@ -103,9 +103,10 @@ def test_stub_death_is_repaired_and_the_server_dies_with_its_owner(repo, tmp_pat
         assert noticed <= 5
         print(f"stub kill: noticed after {noticed:.1f} s, restored after {restored:.1f} s")
 
-        # a crash loses at most the last second of the prediction log
-        served = sum(len(ask(serve.url, [f"user-{i}-{j}" for j in range(50)])["item_ids"]) for i in range(40))
-        time.sleep(1.6)
+        # a crash loses at most the last second of the prediction log: 1,950 records are not a multiple of
+        # the 1,000-record batch, and 3 s is within the old 5 s period, so the old policy lost 950 here
+        served = sum(len(ask(serve.url, [f"user-{i}-{j}" for j in range(50)])["item_ids"]) for i in range(39))
+        time.sleep(3)
         os.kill(serve.proc.pid, signal.SIGKILL)  # the owner dies hard ...
         serve.proc.wait(10)
         deadline = time.monotonic() + 10
@@ -118,7 +119,7 @@ def test_stub_death_is_repaired_and_the_server_dies_with_its_owner(repo, tmp_pat
             os.killpg(serve.proc.pid, signal.SIGTERM)
             serve.proc.wait(60)
     frame = read_logs(logs)
-    assert (frame["user_id"].str.startswith("user-")).sum() == served == 2000
+    assert (frame["user_id"].str.startswith("user-")).sum() == served == 1950
 
 
 def test_a_tampered_export_is_refused_with_the_reason_on_the_console(repo, tmp_path):
