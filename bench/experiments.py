@@ -14,7 +14,9 @@ With that ground truth:
 4. off-policy evaluation: a logger that draws the top slot by Plackett-Luce (``--temperature``)
    over each user's 50 truly best articles, a target that shows each user's single best article
    first; the share of runs whose IPS / SNIPS / DR 95% interval covers the target's true top-slot
-   conversion.
+   conversion;
+5. the same beyond the top slot: the logger draws all 12 slots, the target shows each user's 12
+   truly best articles; coverage of the purchases-per-list estimates (item-level click model).
 Prints a table and one JSON document (also written to bench/results/experiments.json) and a PNG.
 """
 
@@ -115,8 +117,8 @@ def off_policy(truth: dict, runs: int, temperature: float, rng, shortlist: int =
         slot = np.minimum((cdf[users] < rng.random(len(users))[:, None]).sum(axis=1), shortlist - 1)
         items = top[users, slot]
         reward = rng.random(len(users)) < convert[users, slot]
-        frame = pd.DataFrame({"item": items.astype(str), "propensity": probs[users, slot],
-                              "reward": reward.astype(float)})
+        frame = pd.DataFrame({"decision": np.arange(len(users)), "item": items.astype(str),
+                              "propensity": probs[users, slot], "reward": reward.astype(float)})
         out = estimate(frame, top[users, best[users]].astype(str), bootstrap=200, seed=run)
         ess.append(out["effective_sample_size"])
         for name in covered:
@@ -126,6 +128,50 @@ def off_policy(truth: dict, runs: int, temperature: float, rng, shortlist: int =
             "temperature": temperature, "shortlist": shortlist,
             "median_effective_sample_size": float(np.median(ess)),
             **{f"{k}_coverage": v / runs for k, v in covered.items()}}
+
+
+def off_policy_lists(truth: dict, runs: int, temperature: float, rng, shortlist: int = 50, k: int = 12,
+                     decisions: int = 20_000) -> dict:
+    """Beyond the top slot: the logger draws all ``k`` slots by Plackett-Luce over the shortlist,
+    each shown article is bought with its own probability (the item-level click model); the
+    target shows each user's ``k`` truly best articles. Estimand: purchases from the list per
+    answer. Inclusion probabilities come from the logged scores and temperature
+    (``funnel.ope.inclusion_probabilities``, Monte Carlo), not from the simulator."""
+    import pandas as pd
+
+    from funnel.ope import estimate, inclusion_probabilities
+
+    scores, lam = truth["scores"], truth["activity"]
+    top = np.argpartition(-scores, shortlist, axis=1)[:, :shortlist]
+    weights = np.take_along_axis(scores, top, axis=1)
+    log_scores = np.log(np.maximum(weights, 1e-12))
+    inclusion = inclusion_probabilities(log_scores, None, temperature, k, samples=256, seed=1)
+    convert = 1 - np.exp(-lam[:, None] * weights)
+    best = np.argsort(-weights, axis=1)[:, :k]
+    true_value = float(np.take_along_axis(convert, best, axis=1).sum(axis=1).mean())
+    covered = {"ips": 0, "snips": 0, "dr": 0}
+    values: dict[str, list] = {name: [] for name in covered}
+    logging_values = []
+    for run in range(runs):
+        users = rng.integers(0, len(lam), decisions)
+        keys = log_scores[users] / temperature + rng.gumbel(size=(decisions, shortlist))
+        slots = np.argsort(-keys, axis=1)[:, :k]
+        reward = rng.random(slots.shape) < np.take_along_axis(convert[users], slots, axis=1)
+        frame = pd.DataFrame({"decision": np.repeat(np.arange(decisions), k),
+                              "item": top[users[:, None], slots].reshape(-1).astype(str),
+                              "propensity": np.take_along_axis(inclusion[users], slots, axis=1).reshape(-1),
+                              "reward": reward.reshape(-1).astype(float)})
+        targets = top[users[:, None], best[users]].astype(str).tolist()
+        out = estimate(frame, targets, bootstrap=200, seed=run)
+        logging_values.append(out["logging_policy_value"])
+        for name in covered:
+            lo, hi = out[name]["ci95"]
+            covered[name] += lo <= true_value <= hi
+            values[name].append(out[name]["value"])
+    return {"true_value": true_value, "logging_value": float(np.mean(logging_values)), "runs": runs,
+            "decisions_per_run": decisions, "slots": k, "temperature": temperature, "shortlist": shortlist,
+            **{f"{name}_mean": float(np.mean(v)) for name, v in values.items()},
+            **{f"{name}_coverage": c / runs for name, c in covered.items()}}
 
 
 def main() -> None:
@@ -146,8 +192,9 @@ def main() -> None:
     doc = {"data": args.data, "mde": args.mde, "runs": args.runs,
            "ab": aa_and_power(truth, args.mde, args.runs, rng),
            "peeking": peeking(truth, args.runs, 14, 2000, rng),
-           "ope": off_policy(truth, args.ope_runs, args.temperature, rng)}
-    ab, pk, ope = doc["ab"], doc["peeking"], doc["ope"]
+           "ope": off_policy(truth, args.ope_runs, args.temperature, rng),
+           "ope_lists": off_policy_lists(truth, args.ope_runs, args.temperature, rng)}
+    ab, pk, ope, opl = doc["ab"], doc["peeking"], doc["ope"], doc["ope_lists"]
     rows = [
         ("baseline (popularity top-12)", f"weekly conversion {ab['baseline']:.4f}; plan: {ab['users_per_arm']:,} "
                                          f"users per arm for +{args.mde:.0%}"),
@@ -158,6 +205,9 @@ def main() -> None:
         ("OPE interval coverage", f"IPS {ope['ips_coverage']:.2f}, SNIPS {ope['snips_coverage']:.2f}, "
                                   f"DR {ope['dr_coverage']:.2f} over {ope['runs']} runs (target >= 0.9); true "
                                   f"{ope['true_value']:.4f} vs logging {ope['logging_value']:.4f}"),
+        (f"OPE coverage, first {opl['slots']} slots", f"IPS {opl['ips_coverage']:.2f}, SNIPS {opl['snips_coverage']:.2f}, "
+                                  f"DR {opl['dr_coverage']:.2f}; purchases per list: true {opl['true_value']:.4f}, "
+                                  f"DR mean {opl['dr_mean']:.4f}, logging {opl['logging_value']:.4f}"),
     ]
     print(table(rows, title="experiments against the generator's ground truth"))
     text = json.dumps(doc, indent=2)

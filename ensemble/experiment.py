@@ -9,6 +9,7 @@ repository's own graph and ``variant`` is empty.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,16 @@ class Experiment:
         variants = assign(self.name, users, self.traffic)
         k = self.k if k is None else k
         parts = {}
+        latency = np.zeros(len(users))
         for name, rec in self.recommenders.items():
             rows = np.flatnonzero(variants == name)
             if len(rows):
+                started = time.perf_counter()
                 parts[name] = (rows, rec.recommend(users[rows], k, exclude_items, temperature, seed, with_candidates))
+                latency[rows] = (time.perf_counter() - started) * 1000.0
         out = merge([p for p in parts.values()], len(users))
         out["variant"] = variants.astype(bytes)
+        out["latency_ms"] = latency  # each variant's own time on this request (the log's latency guardrail)
         return out
 
 

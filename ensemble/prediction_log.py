@@ -26,7 +26,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 SCHEMA_FIELDS = ("request_id", "time", "model_version", "experiment", "variant", "user_id", "items", "scores",
-                 "propensities", "sources", "candidates", "candidate_sources", "candidate_scores")
+                 "propensities", "sources", "candidates", "candidate_sources", "candidate_scores", "candidate_tiers",
+                 "temperature", "latency_ms")
 
 
 class PredictionLogger:
@@ -48,12 +49,17 @@ class PredictionLogger:
         self._writer.start()
 
     def log_batch(self, request_id: str, user_ids: np.ndarray, out: dict[str, np.ndarray], experiment: str = "",
-                  deterministic: bool = True) -> int:
+                  temperature: float = 0.0, latency_ms: float | None = None) -> int:
         """Queue the sampled users of one answered request; returns how many were queued.
 
         ``propensities``: each shown item's probability of being drawn at its position given the
         items above it (Plackett-Luce for a sampled answer, 1.0 for a deterministic one); the
-        list's probability is their product.
+        list's probability is their product. ``candidate_scores`` and ``candidate_tiers`` are
+        aligned with ``candidates`` (NaN: a candidate that could not be drawn) and, with the
+        request's ``temperature``, define the whole draw (``funnel.ope`` recomputes the chance
+        of any item landing in the list from them). ``latency_ms``: the time the server spent
+        answering (``out["latency_ms"]`` per user where an experiment timed each variant's part,
+        else the request's), for latency guardrails per variant.
         """
         if self.sample <= 0:
             return 0
@@ -67,11 +73,15 @@ class PredictionLogger:
                 "user_id": _text(user_ids[row]),
                 "items": [_text(v) for v in out["item_ids"][row] if v],
                 "scores": [float(s) for s in out["scores"][row] if not np.isnan(s)],
-                "propensities": _propensities(out, row, deterministic),
+                "propensities": _propensities(out, row, temperature <= 0),
                 "sources": [_text(v) for v in out["sources"][row] if v],
                 "candidates": [_text(v) for v in out["candidate_ids"][row] if v],
                 "candidate_sources": [_text(v) for v in out["candidate_sources"][row] if v],
-                "candidate_scores": [float(s) for s in out["candidate_scores"][row] if not np.isnan(s)],
+                "candidate_scores": _aligned(out, "candidate_scores", row),
+                "candidate_tiers": _aligned(out, "candidate_tiers", row),
+                "temperature": float(temperature),
+                "latency_ms": float(out["latency_ms"][row]) if "latency_ms" in out else (
+                    None if latency_ms is None else float(latency_ms)),
             }
             try:
                 self._queue.put_nowait(record)
@@ -119,6 +129,13 @@ def _propensities(out: dict[str, np.ndarray], row: int, deterministic: bool) -> 
     if "propensities" not in out:
         return [1.0] * sum(shown) if deterministic else []
     return [float(p) for p, keep in zip(out["propensities"][row], shown) if keep]
+
+
+def _aligned(out: dict[str, np.ndarray], name: str, row: int) -> list[float]:
+    """One float per logged candidate (NaN kept, padding dropped); empty when the export lacks the output."""
+    if name not in out:
+        return []
+    return [float(v) for v, c in zip(out[name][row], out["candidate_ids"][row]) if c]
 
 
 def _text(value: Any) -> str:

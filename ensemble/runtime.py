@@ -18,7 +18,7 @@ from funnel.core.signing import verify_files
 
 MAX_EXCLUDE = 10_000
 OUTPUTS = ("item_ids", "scores", "sources")
-CANDIDATE_OUTPUTS = ("candidate_ids", "candidate_sources", "candidate_scores", "propensities")
+CANDIDATE_OUTPUTS = ("candidate_ids", "candidate_sources", "candidate_scores", "candidate_tiers", "propensities")
 
 
 class RequestError(ValueError):
@@ -79,14 +79,16 @@ class Recommender:
     def run(self, table, with_candidates: bool = False) -> dict[str, np.ndarray]:
         out = self._runtime.transform(self.ensemble.graph, table)
         names = OUTPUTS + (CANDIDATE_OUTPUTS if with_candidates else ())
-        return {name: out[name].values for name in names}
+        present = set(out.columns)  # exports made before an output existed lack it
+        return {name: out[name].values for name in names if name in present}
 
     def recommend(self, user_ids, k: int | None = None, exclude_items=None, temperature: float = 0.0,
                   seed: int = -1, with_candidates: bool = False) -> dict[str, np.ndarray]:
         """``item_ids`` (bytes), ``scores``, ``sources`` (bytes): arrays of shape (users, k).
 
         ``with_candidates`` adds every ranked candidate (``candidate_ids``, ``candidate_sources``,
-        ``candidate_scores``), as the served-prediction log records them.
+        ``candidate_scores``, ``candidate_tiers``) and the shown items' ``propensities``, as the
+        served-prediction log records them.
         """
         return self.run(self.request_table(user_ids, k, exclude_items, temperature, seed), with_candidates)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class TritonPythonModel:
                 exclude = optional(request, "exclude_items", None)
                 if k is not None and len(k) != 1:
                     raise RequestError("k: one value per request")
+                started = time.perf_counter()
                 served_by = self.experiment or self.recommender
                 if self.experiment is not None:
                     self.recommender.request_table(users, None if k is None else int(k[0]), exclude,
@@ -85,7 +87,8 @@ class TritonPythonModel:
                     self._requests += 1
                     request_id = request.request_id() or uuid.uuid4().hex
                     self.logger.log_batch(request_id, users, out, self.experiment.name if self.experiment else "",
-                                          deterministic=float(temperature[0]) == 0.0)
+                                          temperature=float(temperature[0]),
+                                          latency_ms=(time.perf_counter() - started) * 1000.0)
             except RequestError as exc:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
             except Exception as exc:  # noqa: BLE001 - answer, log, keep serving

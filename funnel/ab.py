@@ -16,7 +16,8 @@ Statistics (each a small function with its formula, checked against independent 
 ``report`` joins the log's exposures (first time each user was served in the experiment, and
 the variant) with later purchases: per user conversion (bought an item the variant showed them
 within ``window_days``), purchases and revenue in the window, and the same window before the
-exposure as the CUPED covariate.
+exposure as the CUPED covariate. Guardrails per variant: catalogue coverage (items shown) and the
+server's latency per logged answer (p50, p99, and the change in mean latency against control).
 """
 
 from __future__ import annotations
@@ -223,6 +224,27 @@ def report(logs: pd.DataFrame, purchases: pd.DataFrame, window_days: float = 7.0
     return {"experiment": experiment or str(logs["experiment"].dropna().iloc[0]), "control": control,
             "window_days": window_days, "variants": variants, "comparisons": comparisons,
             "srm_p_value": srm_p_value(counts, traffic), "traffic": traffic, "users_in_two_variants": mixed,
-            "guardrails": {name: {"items_shown": variants[name]["items_shown"]} for name in names},
-            "notes": ["served latency is not in the prediction log: compare variants' latency in Triton's "
-                      "statistics or a load test"]}
+            **latency_guardrails(logs, experiment, names, control, variants)}
+
+
+def latency_guardrails(logs: pd.DataFrame, experiment: str | None, names: list[str], control: str,
+                       variants: dict[str, dict]) -> dict[str, Any]:
+    """Per variant: catalogue coverage (items shown) and the server's time per logged answer
+    (``latency_ms``: each variant's own share of a request), with the treatment's change in
+    mean latency against control (Welch)."""
+    guardrails: dict[str, Any] = {name: {"items_shown": variants[name]["items_shown"]} for name in names}
+    frame = logs if experiment is None else logs[logs["experiment"] == experiment]
+    if "latency_ms" not in frame.columns or frame["latency_ms"].isna().all():
+        return {"guardrails": guardrails, "notes": ["the prediction log has no latency_ms (logged by an older "
+                                                    "funnel): compare latency in Triton's statistics"]}
+    answers = frame.dropna(subset=["latency_ms"]).drop_duplicates(["request_id", "variant"])
+    samples = {name: answers.loc[answers["variant"] == name, "latency_ms"].to_numpy(float) for name in names}
+    for name, ms in samples.items():
+        if len(ms):
+            guardrails[name].update(requests=int(len(ms)), latency_ms_p50=float(np.percentile(ms, 50)),
+                                    latency_ms_p99=float(np.percentile(ms, 99)), latency_ms_mean=float(ms.mean()))
+    for name in names:
+        if name != control and len(samples[name]) > 1 and len(samples[control]) > 1:
+            guardrails[name]["latency_vs_control"] = compare(samples[control], samples[name])
+    return {"guardrails": guardrails,
+            "notes": ["latency_ms: the server's own time per logged answer (sampled requests; network excluded)"]}

@@ -15,6 +15,8 @@ from workflows.candidates import SOURCE_NAMES
 ITEM_IDS, SCORES, ITEM_SOURCES = "item_ids", "scores", "sources"
 # every candidate that reached the ranker, for the served-prediction log (not sent to clients)
 LOG_CANDIDATES, LOG_SOURCES, LOG_SCORES = "candidate_ids", "candidate_sources", "candidate_scores"
+# each candidate's tier (fills after ranked candidates; NaN where no candidate): the draw's order, for off-policy evaluation
+LOG_TIERS = "candidate_tiers"
 # each shown item's probability of being drawn at its position given the items above it (the log's propensities)
 LOG_PROPENSITIES = "propensities"
 
@@ -94,7 +96,7 @@ class OrderItems(ServingOperator):
         return [column(ITEM_IDS, np.object_, True), column(SCORES, np.float32, True),
                 column(ITEM_SOURCES, np.object_, True), column(LOG_CANDIDATES, np.object_, True),
                 column(LOG_SOURCES, np.object_, True), column(LOG_SCORES, np.float32, True),
-                column(LOG_PROPENSITIES, np.float32, True)]
+                column(LOG_PROPENSITIES, np.float32, True), column(LOG_TIERS, np.float32, True)]
 
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores, cands, sources = columns[CANDIDATE_SCORES], columns[CANDIDATES], columns[SOURCES]
@@ -109,8 +111,11 @@ class OrderItems(ServingOperator):
         out_scores = np.where(slots >= 0, np.take_along_axis(scores, safe, axis=1), np.nan).astype(np.float32)
         out_sources = np.where(slots >= 0, np.take_along_axis(sources, safe, axis=1), -1)
         alive = cands >= 0
+        tiers = columns.get(TIERS)
+        tiers = np.zeros(cands.shape, np.float32) if tiers is None else tiers.astype(np.float32)
         return {ITEM_IDS: self._raw_ids[picked], SCORES: out_scores, ITEM_SOURCES: self._source_names[out_sources],
                 LOG_CANDIDATES: self._raw_ids[np.where(alive, cands, -1)],
                 LOG_SOURCES: self._source_names[np.where(alive, sources, -1)],
                 LOG_SCORES: np.where(alive & np.isfinite(scores), scores, np.nan).astype(np.float32),
-                LOG_PROPENSITIES: plackett_luce(masked, slots, temperature, columns.get(TIERS))}
+                LOG_PROPENSITIES: plackett_luce(masked, slots, temperature, columns.get(TIERS)),
+                LOG_TIERS: np.where(alive, tiers, np.nan).astype(np.float32)}

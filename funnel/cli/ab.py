@@ -39,13 +39,18 @@ def register(sub) -> None:
     p.add_argument("--plot", help="write a PNG of conversion per variant with 95%% intervals")
     p.set_defaults(func=report)
 
-    p = sub.add_parser("ope", help="off-policy evaluation: a new export's top-slot conversion from an "
-                                   "exploring policy's prediction log (IPS, SNIPS, doubly robust)")
+    p = sub.add_parser("ope", help="off-policy evaluation: a new export's value (top-slot conversion, or "
+                                   "purchases from its first K slots) from an exploring policy's prediction "
+                                   "log (IPS, SNIPS, doubly robust)")
     p.add_argument("logs", help="prediction-log directory (answers logged with temperature > 0)")
     p.add_argument("--target", required=True, help="the export to evaluate (a Triton repository)")
     p.add_argument("--outcomes", required=True,
                    help="purchases: a dataset folder or a parquet/CSV/JSON-lines file (user_id, item_id, timestamp)")
     p.add_argument("--window-days", type=float, default=7.0, help="a purchase counts within this window")
+    p.add_argument("--slots", type=positive, default=1,
+                   help="1: top-slot conversion (exact propensities); K > 1: purchases from the first K slots "
+                        "(item-level click model, inclusion probabilities from the logged draw)")
+    p.add_argument("--samples", type=positive, default=256, help="Monte Carlo draws per answer for --slots > 1")
     p.add_argument("--bootstrap", type=positive, default=500, help="bootstrap resamples for the intervals")
     p.add_argument("--json", dest="json_path", help="write the estimates as JSON here")
     p.set_defaults(func=ope)
@@ -93,6 +98,12 @@ def report(args: argparse.Namespace) -> None:
             continue
         rows.append((f"{c['variant']} vs {c['control']}: {c['metric']}",
                      f"lift {c['lift']:+.2%} [{c['ci95'][0]:+.2%}, {c['ci95'][1]:+.2%}], p {c['p_value']:.3g}"))
+    for name, g in doc["guardrails"].items():
+        if "latency_ms_p99" in g:
+            change = g.get("latency_vs_control", {}).get("lift")
+            rows.append((f"{name}: guardrails", f"{g['items_shown']:,} items shown, latency p50 "
+                         f"{g['latency_ms_p50']:.1f} ms, p99 {g['latency_ms_p99']:.1f} ms"
+                         + (f" (mean {change:+.1%} vs control)" if change is not None else "")))
     rows.append(("sample-ratio mismatch", f"p {doc['srm_p_value']:.3g}"
                  + ("  <- assignment or logging is broken: do not trust the figures" if doc["srm_p_value"] < 0.001
                     else "")))
@@ -139,18 +150,23 @@ def ope(args: argparse.Namespace) -> None:
     if not Path(args.logs).is_dir():
         raise FunnelError(f"{args.logs}: no such prediction-log directory")
     read_export_manifest(args.target)
-    frame = decisions(read_logs(args.logs), read_purchases(args.outcomes), args.window_days)
+    frame = decisions(read_logs(args.logs), read_purchases(args.outcomes), args.window_days, args.slots,
+                      args.samples)
     recommender = Recommender(ensemble_dir(args.target))
+    if args.slots > recommender.max_k:
+        raise FunnelError(f"--slots {args.slots}: the target answers at most {recommender.max_k} items")
 
-    def top_item(users: list[str]) -> list[str]:
-        out: list[str] = []
+    def target_lists(users: list[str]) -> list[list[str]]:
+        out: list[list[str]] = []
         for start in range(0, len(users), recommender.max_batch):
-            ids = recommender.recommend(np.array(users[start : start + recommender.max_batch], dtype=object), k=1)
-            out.extend(v.decode() for v in ids["item_ids"][:, 0])
+            ids = recommender.recommend(np.array(users[start : start + recommender.max_batch], dtype=object),
+                                        k=args.slots)
+            out.extend([v.decode() for v in row if v] for row in ids["item_ids"])
         return out
 
-    doc = {"target": str(args.target), "estimand": "top-slot conversion", "window_days": args.window_days,
-           **evaluate_target(frame, top_item, bootstrap=args.bootstrap)}
+    estimand = "top-slot conversion" if args.slots == 1 else f"purchases from the first {args.slots} slots"
+    doc = {"target": str(args.target), "estimand": estimand, "slots": args.slots, "window_days": args.window_days,
+           **evaluate_target(frame, target_lists, bootstrap=args.bootstrap)}
     rows = [("logged decisions", f"{doc['decisions']:,} ({doc['matches']:,} where the target agrees)"),
             ("effective sample size", f"{doc['effective_sample_size']:,.0f}"),
             ("logging policy", f"{doc['logging_policy_value']:.4f}")]
@@ -158,7 +174,7 @@ def ope(args: argparse.Namespace) -> None:
         e = doc[name]
         ci = f" [{e['ci95'][0]:.4f}, {e['ci95'][1]:.4f}]" if e["ci95"] else ""
         rows.append((f"target, {name.upper()}", f"{e['value']:.4f}{ci}"))
-    print(table(rows, title="funnel ope: top-slot conversion of the target"))
+    print(table(rows, title=f"funnel ope: {estimand} of the target"))
     if "warning" in doc:
         print(f"warning: {doc['warning']}", file=sys.stderr)
     if args.json_path:

@@ -80,6 +80,11 @@ def test_aa_through_a_real_server(repos, pre_dir, tmp_path, cli):
     conv = next(c for c in doc["comparisons"] if c["metric"] == "conversion")
     assert conv["p_value"] > 0.05 and conv["ci95"][0] < 0 < conv["ci95"][1]
     assert (tmp_path / "ab.png").stat().st_size > 1000 and "sample-ratio mismatch" in out
+    # latency guardrail: each variant's own time per logged answer, compared with control's
+    assert frame["latency_ms"].gt(0).all() and frame["temperature"].isin([0.0, 1.0]).all()
+    twin = doc["guardrails"]["twin"]
+    assert 0 < twin["latency_ms_p50"] <= twin["latency_ms_p99"] and twin["requests"] > 0
+    assert twin["latency_vs_control"]["p_value"] is not None and "twin: guardrails" in out
 
     # off-policy evaluation of the twin export from the exploring answers
     code, out, err = cli("ope", logs, "--target", b, "--outcomes", tmp_path / "purchases.parquet", "--json",
@@ -87,6 +92,13 @@ def test_aa_through_a_real_server(repos, pre_dir, tmp_path, cli):
     assert code == 0, err
     ope = json.loads((tmp_path / "ope.json").read_text())
     assert ope["matches"] > 0 and 0 <= ope["snips"]["value"] <= 1 and "top-slot conversion" in out
+    # beyond the top slot: purchases from the first 5 slots, inclusion probabilities from the logged draw
+    code, out, err = cli("ope", logs, "--target", b, "--outcomes", tmp_path / "purchases.parquet", "--json",
+                         tmp_path / "ope5.json", "--bootstrap", "100", "--slots", "5", "--samples", "64")
+    assert code == 0, err
+    ope5 = json.loads((tmp_path / "ope5.json").read_text())
+    assert ope5["slots"] == 5 and ope5["matches"] > ope["matches"] and "first 5 slots" in out
+    assert ope5["logging_policy_value"] >= ope["logging_policy_value"]  # a list holds its first item
 
 
 @pytest.mark.parametrize("flags, message", [

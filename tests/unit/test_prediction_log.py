@@ -51,3 +51,19 @@ def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):
 def test_bad_sample_rate(tmp_path):
     with pytest.raises(ValueError, match="sample"):
         PredictionLogger(tmp_path, sample=1.5)
+
+
+def test_candidate_scores_and_tiers_stay_aligned_with_candidates(tmp_path):
+    log = PredictionLogger(tmp_path, sample=1.0, flush_seconds=60)
+    answer = _answer(2)
+    answer["candidate_scores"][0, 1] = np.nan  # a candidate the draw could not pick
+    answer["candidate_tiers"] = np.array([[0, 0, 1, np.nan], [0, 1, 1, np.nan]], np.float32)
+    answer["latency_ms"] = np.array([1.5, 2.5])
+    log.log_batch("r", np.array([b"a", b"b"], dtype=object), answer, temperature=0.5)
+    log.close()
+    frame = read_logs(tmp_path).sort_values("user_id")
+    first = frame.iloc[0]
+    assert len(first["candidate_scores"]) == len(first["candidates"]) == len(first["candidate_tiers"]) == 3
+    assert np.isnan(first["candidate_scores"][1]) and list(first["candidate_tiers"]) == [0, 0, 1]
+    assert frame["latency_ms"].tolist() == [1.5, 2.5] and frame["temperature"].tolist() == [0.5, 0.5]
+
