@@ -44,7 +44,6 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=None, help="catalogue size (default: 1% of interactions, >= 10k)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--negatives", type=int, default=4)
     parser.add_argument("--keep", help="keep generated data under this folder")
     parser.add_argument("--out", default="bench/results/data.json")
     args = parser.parse_args()
@@ -60,8 +59,7 @@ def main() -> None:
         gen_cmd = funnel + ["data", "synth", "--out", str(data), "--users", str(users), "--items", str(items)]
         gen = run(gen_cmd)
         rows = json.loads((data / "dataset.json").read_text())["rows"]["interactions"]
-        pre_cmd = funnel + ["preprocess", str(data), "--out", str(pre), "--device", args.device,
-                            "--negatives", str(args.negatives)]
+        pre_cmd = funnel + ["preprocess", str(data), "--out", str(pre), "--device", args.device]
         if args.workers:
             pre_cmd += ["--workers", str(args.workers)]
         prep = run(pre_cmd)
@@ -72,7 +70,6 @@ def main() -> None:
                          "peak_rss_mib": gen["peak_rss_mib"], "command": " ".join(gen_cmd[2:])},
             "preprocess": {"seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),
                            "peak_rss_mib": prep["peak_rss_mib"], "steps_s": manifest["timings_s"],
-                           "ranking_rows": manifest["rows"]["ranking_train"] + manifest["rows"]["ranking_test"],
                            "command": " ".join(pre_cmd[2:])},
         })
         if not args.keep:

@@ -27,7 +27,7 @@ from models.retrieval import valid_mask
 from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
 from workflows import history as hist
-from workflows.io import features_as_of
+from workflows.io import features_as_of, load_workflow
 from workflows.candidates import REPURCHASE, RETRIEVAL, SOURCE_NAMES, merge_sources
 from workflows.negatives import popularity_draws
 from workflows.purchases import PurchaseHistory, pair_features
@@ -107,10 +107,12 @@ def rank_candidates(scores: np.ndarray, cands: pd.DataFrame, k: int) -> pd.Serie
 
 
 def ranking_schema(pre: Path) -> Schema:
-    """Schema of the ranker's inputs: user + item features, pair features, the target."""
-    base = Dataset(str(pre / "ranking" / "train"), engine="parquet", cpu=True).schema
+    """Schema of the ranker's inputs: user + item features (as transformed), pair features, the
+    target (the workflow's own column schema: tags, dtype)."""
+    base = Dataset(str(pre / "retrieval" / "train"), engine="parquet", cpu=True).schema
     pair = Schema([ColumnSchema(name, tags=[Tags.CONTINUOUS], dtype=np.float32, is_list=False) for name in PAIR_FEATURES])
-    return base.select_by_tag(Tags.USER) + base.select_by_tag(Tags.ITEM) + pair + base.select_by_name([TARGET])
+    target = Schema([load_workflow(pre).output_schema[TARGET]])
+    return base.select_by_tag(Tags.USER) + base.select_by_tag(Tags.ITEM) + pair + target
 
 
 @dataclass

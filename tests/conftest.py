@@ -48,7 +48,7 @@ def pre_dir(synth_dir, tmp_path_factory) -> Path:
     from workflows.preprocess import PreprocessConfig, preprocess
 
     out = tmp_path_factory.mktemp("pre") / "pre"
-    preprocess(PreprocessConfig(data=str(synth_dir), out=str(out), device="cpu", negatives=2))
+    preprocess(PreprocessConfig(data=str(synth_dir), out=str(out), device="cpu"))
     return out
 
 

@@ -34,15 +34,14 @@ class PreprocessConfig:
     device: Device = field(default=Device.AUTO, metadata={"help": "auto, cpu (pandas) or gpu (cuDF)"})
     workers: int | None = field(default=None, metadata={"help": "run NVTabular on a local Dask cluster of N workers"})
     scheduler: str | None = field(default=None, metadata={"help": "run NVTabular on an existing Dask cluster (ADDRESS)"})
-    negatives: int = field(default=4, metadata={"help": "sampled negatives per positive (ranking data)"})
     id_freq_threshold: int = field(default=1, metadata={"help": "ids seen fewer times in train go to the OOV bucket"})
     feature_freq_threshold: int = field(default=3, metadata={"help": "the same for other categorical features"})
     seed: int = 0
 
     def __post_init__(self) -> None:
         coerce_choices(self)
-        if self.test_days < 1 or self.negatives < 0 or self.id_freq_threshold < 1 or self.feature_freq_threshold < 1:
-            raise FunnelError("preprocess: test_days >= 1, negatives >= 0, frequency thresholds >= 1")
+        if self.test_days < 1 or self.id_freq_threshold < 1 or self.feature_freq_threshold < 1:
+            raise FunnelError("preprocess: test_days >= 1, frequency thresholds >= 1")
         if self.workers is not None and self.workers < 1:
             raise FunnelError("preprocess: workers must be >= 1")
         if self.workers and self.scheduler:

@@ -6,9 +6,12 @@ Output directory (written to a temporary directory, renamed on success)::
     PRE/features/{users,items}.parquet     raw feature tables as of the cutoff (serving reads these)
     PRE/workflow/                          the fitted NVTabular workflow (+ categories)
     PRE/retrieval/{train,test}/            transformed positives + schema (two-tower input)
-    PRE/ranking/{train,test}/              transformed positives + sampled negatives + schema
     PRE/catalogue/{items,users}.parquet    every known item/user encoded, with *_raw ids
     PRE/preprocess.json                    config, sizes, timings, checksums
+
+The ranker's rows are built at training time from the retriever's candidates
+(``models.ranking_data``); its schema comes from the saved workflow, so no labelled folder with
+random negatives is written here.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from workflows.compute import dask_client, resolve_device
 from workflows.config import PreprocessConfig, Split
 from workflows.graph import build_workflow, infer_spec
 from workflows.io import encode_table
-from workflows.negatives import sample_negatives
 from workflows.splits import split
 
 PART_ROWS = 1_000_000  # rows per staged parquet part (the unit of Dask parallelism)
@@ -123,10 +125,6 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         positive = {TARGET: np.int8(1)}
         train_glob = _stage(train_rows.assign(**positive), user_in, item_in, stage / "train_pos")
         test_glob = _stage(test_rows.assign(**positive), user_in, item_in, stage / "test_pos")
-        rank_train = sample_negatives(train_rows, cfg.negatives, cfg.seed)
-        rank_test = sample_negatives(test_rows, cfg.negatives, cfg.seed + 1, popular=train_rows)
-        rank_train_glob = _stage(rank_train, user_in, item_in, stage / "rank_train")
-        rank_test_glob = _stage(rank_test, user_in, item_in, stage / "rank_test")
         tick("stage")
 
         workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold,
@@ -137,9 +135,6 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         _write(workflow.transform(_dataset(train_glob, device)), out / "retrieval" / "train", drop=[TARGET])
         _write(workflow.transform(_dataset(test_glob, device)), out / "retrieval" / "test", drop=[TARGET])
         tick("transform_retrieval")
-        _write(workflow.transform(_dataset(rank_train_glob, device)), out / "ranking" / "train")
-        _write(workflow.transform(_dataset(rank_test_glob, device)), out / "ranking" / "test")
-        tick("transform_ranking")
 
         (out / "catalogue").mkdir()
         encode_table(workflow.get_subworkflow(ITEM_SUBGRAPH), item_in, "item_id", device).to_parquet(
@@ -166,8 +161,6 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
                 "interactions": int(len(interactions)),
                 "train": int(len(train)),
                 "test": int(len(test)),
-                "ranking_train": int(len(rank_train)),
-                "ranking_test": int(len(rank_test)),
             },
             "users": {"total": int(len(users)), "train": int(train["user_id"].nunique()),
                       "test": int(test["user_id"].nunique()),

@@ -53,6 +53,34 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=csv)
 
+    p = dsub.add_parser("sql", help="interactions from a SQL database (DuckDB, SQLite, any SQLAlchemy URL)")
+    p.add_argument("--url", required=True, help="SQLAlchemy URL (duckdb:///shop.duckdb, sqlite:///shop.db, "
+                                                "postgresql://...) or a .duckdb/.db/.sqlite file")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--query", help="SELECT returning one row per interaction")
+    what.add_argument("--table", help="a table (or schema.table) with one row per interaction")
+    p.add_argument("--user-col", required=True)
+    p.add_argument("--item-col", required=True)
+    p.add_argument("--time-col")
+    p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"], help="unit of numeric times")
+    items = p.add_mutually_exclusive_group()
+    items.add_argument("--items-query", help="item features: a SELECT")
+    items.add_argument("--items-table", help="item features: a table")
+    p.add_argument("--item-key", help="item id column of the item features (default: --item-col)")
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--users-query", help="user features: a SELECT")
+    users.add_argument("--users-table", help="user features: a table")
+    p.add_argument("--user-key", help="user id column of the user features (default: --user-col)")
+    p.add_argument("--repurchase", action=argparse.BooleanOptionalAction, default=False,
+                   help="buying the same item again is normal in this domain")
+    p.add_argument("--drop-duplicates", action="store_true", help="drop exact duplicate rows instead of failing")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop rows whose user or item id is missing or a non-integer number instead of failing")
+    p.add_argument("--chunk-rows", type=positive, default=500_000, help="rows fetched per round trip")
+    p.add_argument("--name", help="dataset name (default: the table's name, else 'sql')")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=sql)
+
     p = dsub.add_parser("info", help="print a dataset's dataset.json")
     p.add_argument("data")
     p.set_defaults(func=info)
@@ -123,6 +151,25 @@ def csv(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     with atomic_output_dir(args.out) as tmp:
         meta = tabular.build(src, tmp)
+    print_summary(meta, Path(args.out), time.perf_counter() - start)
+
+
+def sql(args: argparse.Namespace) -> None:
+    from funnel.core.fsutil import atomic_output_dir
+    from funnel.data import sql as source
+    from funnel.report import progress
+
+    src = source.SqlSource(
+        url=args.url, user_col=args.user_col, item_col=args.item_col, query=args.query, table=args.table,
+        time_col=args.time_col, time_unit=args.time_unit, items_query=args.items_query,
+        items_table=args.items_table, item_key=args.item_key, users_query=args.users_query,
+        users_table=args.users_table, user_key=args.user_key, repurchase=args.repurchase,
+        drop_duplicates=args.drop_duplicates, drop_invalid=args.drop_invalid, name=args.name,
+        chunk_rows=args.chunk_rows,
+    )
+    start = time.perf_counter()
+    with progress(None, "fetching rows") as bar, atomic_output_dir(args.out) as tmp:
+        meta = source.build(src, tmp, on_rows=bar.update)
     print_summary(meta, Path(args.out), time.perf_counter() - start)
 
 

@@ -7,7 +7,7 @@ import argparse
 from funnel.cli.args import add_config_arguments, config_from_args
 from workflows.config import PreprocessConfig
 
-STEPS = ["split", "features", "stage", "fit", "transform_retrieval", "transform_ranking", "catalogue", "save"]
+STEPS = ["split", "features", "stage", "fit", "transform_retrieval", "catalogue", "save"]
 
 
 def register(sub) -> None:
@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> None:
         ("train / test rows", f"{r['train']:,} / {r['test']:,}"),
         ("users: all / train / test (cold)", f"{u['total']:,} / {u['train']:,} / {u['test']:,} ({u['test_cold']:,})"),
         ("items: all / train / test (cold)", f"{i['total']:,} / {i['train']:,} / {i['test']:,} ({i['test_cold']:,})"),
-        ("ranking rows train / test", f"{r['ranking_train']:,} / {r['ranking_test']:,}"),
         ("time", f"{m['timings_s']['total']:.1f} s ({m['rows_per_s']:,} rows/s), peak RSS {m['peak_rss_mb']:,} MB"),
         ("written to", args.out),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -52,8 +53,40 @@ def _rename_key(frame: pd.DataFrame, key: str, target: str, origin: Path) -> pd.
 
 def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """Read and validate the files; return canonical interactions, items and users frames."""
-    origin = src.interactions
-    frame = canonical.read_table(origin, "interactions", text_columns=(src.user_col, src.item_col))
+    frame = canonical.read_table(src.interactions, "interactions", text_columns=(src.user_col, src.item_col))
+    frame = validate_interactions(frame, src, src.interactions, _first_line(src.interactions))
+    items = users = None
+    if src.items is not None:
+        key = src.item_key or src.item_col
+        items = validate_side_table(canonical.read_table(src.items, "items", (key,)), key, "item_id", src.items, frame)
+    if src.users is not None:
+        key = src.user_key or src.user_col
+        users = validate_side_table(canonical.read_table(src.users, "users", (key,)), key, "user_id", src.users, frame)
+    return frame, items, users
+
+
+def validate_side_table(table: pd.DataFrame, key: str, target: str, origin, interactions: pd.DataFrame) -> pd.DataFrame:
+    """An item or user table keyed like the interactions (unique keys, the same id type)."""
+    table = _rename_key(table, key, target, origin)
+    if table[target].dtype != interactions[target].dtype:
+        table[target] = table[target].astype(interactions[target].dtype)
+    return table
+
+
+class ColumnMapping(Protocol):
+    """What validation needs to know of a source (``TabularSource``, ``funnel.data.sql.SqlSource``)."""
+
+    user_col: str
+    item_col: str
+    time_col: str | None
+    time_unit: str
+    drop_duplicates: bool
+    drop_invalid: bool
+
+
+def validate_interactions(frame: pd.DataFrame, src: ColumnMapping, origin, line: int | None) -> pd.DataFrame:
+    """Columns mapped to the canonical names, ids and times checked (errors name ``origin`` and the
+    row: ``line`` is the file line of row 0, None to count rows)."""
     for col in (src.user_col, src.item_col) + ((src.time_col,) if src.time_col else ()):
         if col not in frame.columns:
             raise DataError(f"{origin}: column '{col}' is missing (found: {', '.join(map(str, frame.columns))})")
@@ -65,7 +98,6 @@ def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.Data
     clash = [c for c in ("user_id", "item_id", "timestamp") if c in frame.columns and c not in renames]
     frame = frame.drop(columns=clash).rename(columns=renames)
     frame = frame.reset_index(drop=True)
-    line = _first_line(origin)
     bad = canonical.invalid_ids(frame["user_id"]) | canonical.invalid_ids(frame["item_id"])
     if bad.any() and not src.drop_invalid:
         at = int(np.flatnonzero(bad.to_numpy())[0])
@@ -90,20 +122,7 @@ def load(src: TabularSource) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.Data
     else:
         canonical.check_duplicates(frame, str(origin), ["user_id", "item_id", "timestamp"])
     first = ["user_id", "item_id", "timestamp"]
-    frame = frame[first + [c for c in frame.columns if c not in first]]
-
-    items = users = None
-    if src.items is not None:
-        key = src.item_key or src.item_col
-        items = _rename_key(canonical.read_table(src.items, "items", (key,)), key, "item_id", src.items)
-        if items["item_id"].dtype != frame["item_id"].dtype:
-            items["item_id"] = items["item_id"].astype(frame["item_id"].dtype)
-    if src.users is not None:
-        key = src.user_key or src.user_col
-        users = _rename_key(canonical.read_table(src.users, "users", (key,)), key, "user_id", src.users)
-        if users["user_id"].dtype != frame["user_id"].dtype:
-            users["user_id"] = users["user_id"].astype(frame["user_id"].dtype)
-    return frame, items, users
+    return frame[first + [c for c in frame.columns if c not in first]]
 
 
 def build(src: TabularSource, out: Path) -> dict:

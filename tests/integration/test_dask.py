@@ -15,10 +15,10 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.integration
 def test_two_worker_cluster_matches_single_process(synth_dir, pre_dir, tmp_path):
-    cfg = PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="cpu", negatives=2, workers=2)
+    cfg = PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="cpu", workers=2)
     manifest = preprocess(cfg)
     assert manifest["dask"]["client"] is True
-    for sub in ("retrieval/train", "retrieval/test", "ranking/train", "ranking/test"):
+    for sub in ("retrieval/train", "retrieval/test"):
         single = _sorted(read_parquet_dir(pre_dir / sub))
         cluster = _sorted(read_parquet_dir(tmp_path / "pre" / sub))
         pd.testing.assert_frame_equal(single, cluster, check_exact=False, rtol=1e-5)
@@ -38,7 +38,7 @@ def test_existing_scheduler_address(synth_dir, tmp_path):
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None, host="127.0.0.1") as cluster:
-        cfg = PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="cpu", negatives=1,
+        cfg = PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="cpu",
                                scheduler=cluster.scheduler_address)
         manifest = preprocess(cfg)
     assert manifest["dask"]["scheduler"].startswith("tcp://127.0.0.1")

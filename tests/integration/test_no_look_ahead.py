@@ -52,7 +52,7 @@ def planted_pre(planted, tmp_path_factory):
     from workflows.preprocess import PreprocessConfig, preprocess
 
     out = tmp_path_factory.mktemp("planted-pre") / "pre"
-    preprocess(PreprocessConfig(data=str(planted[0]), out=str(out), device="cpu", negatives=2))  # as pre_dir
+    preprocess(PreprocessConfig(data=str(planted[0]), out=str(out), device="cpu"))  # as pre_dir
     return out
 
 
@@ -71,7 +71,7 @@ def test_the_future_really_changed(planted, planted_pre, pre_dir):
 
 @pytest.mark.parametrize("part", [
     "splits/train.parquet", "features/users.parquet", "features/items.parquet", "catalogue/items.parquet",
-    "catalogue/users.parquet", "retrieval/train", "ranking/train",
+    "catalogue/users.parquet", "retrieval/train",
 ])
 def test_preprocessing_outputs_ignore_the_future(part, planted_pre, pre_dir):
     pdt.assert_frame_equal(frame(planted_pre / part), frame(pre_dir / part))

@@ -17,7 +17,7 @@ def make(tmp_path_factory):
     def build(name: str, **shift):
         root = tmp_path_factory.mktemp(name)
         generate(SynthConfig(**BASE, **shift), root / "data")
-        preprocess(PreprocessConfig(data=str(root / "data"), out=str(root / "pre"), device="cpu", negatives=1))
+        preprocess(PreprocessConfig(data=str(root / "data"), out=str(root / "pre"), device="cpu"))
         return root
     return build
 

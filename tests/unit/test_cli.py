@@ -39,7 +39,7 @@ def test_data_info(synth_dir, cli):
 
 
 def test_preprocess_summary_table(synth_dir, tmp_path, cli):
-    code, out, err = cli("preprocess", synth_dir, "--out", tmp_path / "p", "--device", "cpu", "--negatives", "1")
+    code, out, err = cli("preprocess", synth_dir, "--out", tmp_path / "p", "--device", "cpu")
     assert code == 0, err
     for label in ("device", "train / test rows", "users: all / train / test (cold)", "rows/s"):
         assert label in out

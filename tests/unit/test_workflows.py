@@ -20,7 +20,7 @@ def _categories(pre, col):
 def test_layout_and_manifest(pre_dir):
     for rel in ("splits/train.parquet", "splits/test.parquet", "features/users.parquet", "features/items.parquet",
                 "workflow/workflow.pkl", "retrieval/train/schema.pbtxt", "retrieval/test/schema.pbtxt",
-                "ranking/train/schema.pbtxt", "ranking/test/schema.pbtxt", "catalogue/items.parquet",
+                "catalogue/items.parquet",
                 "catalogue/users.parquet", "preprocess.json"):
         assert (pre_dir / rel).exists(), rel
     assert not (pre_dir / "_stage").exists()
@@ -77,27 +77,28 @@ def test_schema_tags_for_merlin_models(pre_dir):
     from merlin.io import Dataset
     from merlin.schema import Tags
 
-    schema = Dataset(str(pre_dir / "ranking" / "train"), engine="parquet", cpu=True).schema
+    from models.ranking_data import ranking_schema
+
+    schema = ranking_schema(pre_dir)  # the retriever's transformed features + pair features + the workflow's target
     assert schema.select_by_tag(Tags.USER_ID).column_names == ["user_id"]
     assert schema.select_by_tag(Tags.ITEM_ID).column_names == ["item_id"]
     assert schema.select_by_tag(Tags.TARGET).column_names == [TARGET]
+    assert schema[TARGET].dtype.name == "int8" and Tags.BINARY_CLASSIFICATION in schema[TARGET].tags
     assert "age_bucket" in schema.select_by_tag(Tags.USER).column_names
     assert "item_mean_price_bucket" in schema.select_by_tag(Tags.ITEM).column_names
     assert "item_n_purchases" in schema.select_by_tag(Tags.CONTINUOUS).column_names
-    assert "channel" in schema.select_by_tag(Tags.CONTEXT).column_names
     assert schema["user_id"].int_domain.max >= 3
     retrieval = Dataset(str(pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema
+    assert "channel" in retrieval.select_by_tag(Tags.CONTEXT).column_names
     assert TARGET not in retrieval.column_names  # positives only: no label column
 
 
-def test_ranking_data_has_negatives(pre_dir):
-    ranking = read_parquet_dir(pre_dir / "ranking" / "train")
+def test_only_what_a_consumer_reads_is_written(pre_dir):
+    # the ranker builds its rows from retriever candidates: no folder of random negatives
+    assert sorted(p.name for p in pre_dir.iterdir() if p.is_dir()) == ["catalogue", "features", "retrieval",
+                                                                       "splits", "workflow"]
     m = json.loads((pre_dir / "preprocess.json").read_text())
-    positives = (ranking[TARGET] == 1).sum()
-    assert positives == m["rows"]["train"]
-    assert 1.5 * positives < (ranking[TARGET] == 0).sum() <= 2 * positives  # --negatives 2, minus collisions
-    pairs = ranking.groupby(["user_id", "item_id"])[TARGET].nunique()
-    assert (pairs == 1).mean() > 0.99  # a negative is (almost) never an item the user bought
+    assert len(read_parquet_dir(pre_dir / "retrieval" / "train")) == m["rows"]["train"]
 
 
 def test_tampered_workflow_is_refused(pre_dir, tmp_path):
@@ -133,7 +134,7 @@ def test_user_last_split_and_movielens_features(ml100k_source, tmp_path, monkeyp
     with atomic_output_dir(tmp_path / "ml") as out:
         movielens.build(out, source)
     m = preprocess(PreprocessConfig(data=str(tmp_path / "ml"), out=str(tmp_path / "pre"), split="user-last",
-                                    device="cpu", negatives=1))
+                                    device="cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ml", "pre"]  # no ./categories left behind
     assert m["users"]["test"] == 943 and m["rows"]["test"] < 3000  # one last basket per user
     assert "genres" in m["features"]["item"]["multi_hot"]
