@@ -90,31 +90,31 @@ def hostile(url: str, users: list[str]) -> list[dict]:
         t.set_data_from_numpy(values)
         return t
 
-    text = lambda values: np.array(values, dtype=np.object_)  # noqa: E731
+    text = lambda values: np.array(values, dtype=np.object_).reshape(len(values), -1)  # noqa: E731 - rows
+    one = lambda value, dtype: np.array([[value]], dtype)  # noqa: E731 - a request-level value, one user row
+    u = text([users[0]])
     cases = {
-        "user_id as INT64": [tensor("user_id", np.array([1, 2], np.int64), "INT64")],
-        "no user_id": [tensor("k", np.array([3], np.int32), "INT32")],
-        "k = 0": [tensor("user_id", text([users[0]]), "BYTES"), tensor("k", np.array([0], np.int32), "INT32")],
-        "k = 2^31-1": [tensor("user_id", text([users[0]]), "BYTES"),
-                       tensor("k", np.array([2**31 - 1], np.int32), "INT32")],
-        "two k values": [tensor("user_id", text([users[0]]), "BYTES"), tensor("k", np.array([3, 4], np.int32), "INT32")],
+        "user_id as INT64": [tensor("user_id", np.array([[1], [2]], np.int64), "INT64")],
+        "no user_id": [tensor("k", one(3, np.int32), "INT32")],
+        "k = 0": [tensor("user_id", u, "BYTES"), tensor("k", one(0, np.int32), "INT32")],
+        "k = 2^31-1": [tensor("user_id", u, "BYTES"), tensor("k", one(2**31 - 1, np.int32), "INT32")],
+        "two k values": [tensor("user_id", text(users[:2]), "BYTES"),
+                         tensor("k", np.array([[3], [4]], np.int32), "INT32")],
         "too many users": [tensor("user_id", text(users[:1] * 5000), "BYTES")],
-        "no users": [tensor("user_id", text([]).reshape(0), "BYTES")],
-        "temperature NaN": [tensor("user_id", text([users[0]]), "BYTES"),
-                            tensor("temperature", np.array([np.nan], np.float32), "FP32")],
-        "temperature -1": [tensor("user_id", text([users[0]]), "BYTES"),
-                           tensor("temperature", np.array([-1], np.float32), "FP32")],
+        "no users": [tensor("user_id", np.empty((0, 1), dtype=np.object_), "BYTES")],
+        "temperature NaN": [tensor("user_id", u, "BYTES"), tensor("temperature", one(np.nan, np.float32), "FP32")],
+        "temperature -1": [tensor("user_id", u, "BYTES"), tensor("temperature", one(-1, np.float32), "FP32")],
         "non-UTF-8 user id": [tensor("user_id", text([b"\xff\xfe\xfd"]), "BYTES")],
         "1 MB user id": [tensor("user_id", text(["x" * 1_000_000]), "BYTES")],
         "empty user id": [tensor("user_id", text([""]), "BYTES")],
         "NUL in user id": [tensor("user_id", text(["a\0b"]), "BYTES")],
-        "10k excluded items": [tensor("user_id", text([users[0]]), "BYTES"),
-                               tensor("exclude_items", text([str(i) for i in range(10_000)]), "BYTES")],
-        "non-UTF-8 excluded item": [tensor("user_id", text([users[0]]), "BYTES"),
-                                    tensor("exclude_items", text([b"\xc3\x28"]), "BYTES")],
-        "unknown input": [tensor("user_id", text([users[0]]), "BYTES"),
-                          tensor("bogus", np.array([1], np.int32), "INT32")],
-        "2-D user_id": [tensor("user_id", text([[users[0], users[1]]]), "BYTES")],
+        "10k excluded items": [tensor("user_id", u, "BYTES"),
+                               tensor("exclude_items", np.array([[str(i) for i in range(10_000)]], np.object_),
+                                      "BYTES")],
+        "non-UTF-8 excluded item": [tensor("user_id", u, "BYTES"),
+                                    tensor("exclude_items", np.array([[b"\xc3\x28"]], np.object_), "BYTES")],
+        "unknown input": [tensor("user_id", u, "BYTES"), tensor("bogus", one(1, np.int32), "INT32")],
+        "2-D user_id": [tensor("user_id", np.array([[users[0], users[1]]], np.object_), "BYTES")],
     }
     client = grpcclient.InferenceServerClient(url)
     out = []

@@ -159,24 +159,34 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
     return Ensemble(graph, request_schema()), exclude_seen
 
 
+# One row per user (the batch dimension): a request of n users sends user_id [n, 1] and repeats its
+# k / temperature / seed ([n, 1]) and exclude_items ([n, E]) on every row. Concurrent requests are
+# queued by Triton's dynamic batcher and answered together (ensemble/triton_model.py).
 CONFIG_PBTXT = """name: "{name}"
 backend: "python"
-max_batch_size: 0
+max_batch_size: {max_batch}
 input [
-  {{ name: "user_id" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "user_id" data_type: TYPE_STRING dims: [ 1 ] }},
   {{ name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true }},
   {{ name: "exclude_items" data_type: TYPE_STRING dims: [ -1 ] optional: true }},
   {{ name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true }},
   {{ name: "seed" data_type: TYPE_INT64 dims: [ 1 ] optional: true }}
 ]
 output [
-  {{ name: "item_ids" data_type: TYPE_STRING dims: [ -1, -1 ] }},
-  {{ name: "scores" data_type: TYPE_FP32 dims: [ -1, -1 ] }},
-  {{ name: "sources" data_type: TYPE_STRING dims: [ -1, -1 ] }},
-  {{ name: "variant" data_type: TYPE_STRING dims: [ -1 ] }}
+  {{ name: "item_ids" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "scores" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "sources" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "variant" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
-instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{batcher}instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 """
+
+
+def model_config(name: str, max_batch: int, instances: int, batch_delay_us: int) -> str:
+    """The funnel model's config.pbtxt (``batch_delay_us`` -1: no dynamic batcher)."""
+    batcher = "" if batch_delay_us < 0 else (
+        f"dynamic_batching {{ max_queue_delay_microseconds: {int(batch_delay_us)} }}\n")
+    return CONFIG_PBTXT.format(name=name, max_batch=int(max_batch), instances=int(instances), batcher=batcher)
 
 TOWER_PBTXT = """name: "{name}"
 {backend}
@@ -252,7 +262,8 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         ensemble.save(str(dest))
         for node in postorder_iter_nodes(ensemble.graph.output_node):
             node.op.save_artifacts(str(dest))
-        (tmp / MODEL_NAME / "config.pbtxt").write_text(CONFIG_PBTXT.format(name=MODEL_NAME, instances=cfg.instances))
+        (tmp / MODEL_NAME / "config.pbtxt").write_text(model_config(MODEL_NAME, cfg.max_batch, cfg.instances,
+                                                                    cfg.batch_delay_us))
         (tmp / MODEL_NAME / "1" / "model.py").write_text(MODEL_PY)
         manifest = {
             "model": MODEL_NAME,

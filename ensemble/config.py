@@ -78,6 +78,9 @@ class ExportConfig:
         "help": "python (TF inside the executor), tensorflow (Triton's TF backend models, via BLS) "
                 "or python-bls (the same split with python-backend models)"})
     instances: int = field(default=1, metadata={"help": "Triton model instances (processes)"})
+    batch_delay_us: int = field(default=0, metadata={
+        "help": "Triton's dynamic batcher: microseconds a request may wait for others to be answered with it "
+                "(0: merge only what is already queued; -1: no batcher, one request at a time)"})
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +89,8 @@ class ExportConfig:
             raise FunnelError("export: candidates >= 1, 1 <= k <= max_k, max_batch >= 1")
         if self.recent < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
             raise FunnelError("export: recent, trending, seen_days >= 0; trending_days, instances >= 1")
+        if self.batch_delay_us < -1:
+            raise FunnelError("export: batch_delay_us >= 0, or -1 for no dynamic batcher")
         for rule in self.exclude_categories:
             if "=" not in rule:
                 raise FunnelError(f"export: exclude_categories rule {rule!r} is not COLUMN=VALUE")

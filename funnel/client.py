@@ -58,21 +58,27 @@ class Client:
             t.set_data_from_numpy(values)
             return t
 
-        inputs = [tensor("user_id", np.array([str(u).encode() for u in user_ids], dtype=object), "BYTES")]
+        # one row per user (Triton's batch dimension); request-level values repeat on every row
+        users = np.array([str(u).encode() for u in user_ids], dtype=object).reshape(-1, 1)
+        n = len(users)
+        inputs = [tensor("user_id", users, "BYTES")]
         if k is not None:
-            inputs.append(tensor("k", np.array([k], dtype=np.int32), "INT32"))
+            inputs.append(tensor("k", np.full((n, 1), k, dtype=np.int32), "INT32"))
         if exclude_items:
-            inputs.append(tensor("exclude_items", np.array([str(i).encode() for i in exclude_items], dtype=object), "BYTES"))
+            row = np.array([str(i).encode() for i in exclude_items], dtype=object)
+            inputs.append(tensor("exclude_items", np.tile(row, (n, 1)), "BYTES"))
         if temperature is not None:
-            inputs.append(tensor("temperature", np.array([temperature], dtype=np.float32), "FP32"))
+            inputs.append(tensor("temperature", np.full((n, 1), temperature, dtype=np.float32), "FP32"))
         if seed is not None:
-            inputs.append(tensor("seed", np.array([seed], dtype=np.int64), "INT64"))
+            inputs.append(tensor("seed", np.full((n, 1), seed, dtype=np.int64), "INT64"))
         outputs = [g.InferRequestedOutput(n) for n in OUTPUT_NAMES]
         try:
             result = self._client.infer(MODEL, inputs, outputs=outputs, client_timeout=self.timeout)
         except InferenceServerException as exc:
             raise FunnelError(f"{self.url}: {exc.message()}") from None
-        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}
+        out = {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+        out["variant"] = out["variant"].reshape(-1)
+        return out
 
     def recommend(self, user_ids: Iterable, k: int | None = None, exclude_items: Sequence | None = None,
                   temperature: float | None = None, seed: int | None = None) -> Iterator[Recommendation]:

@@ -90,8 +90,8 @@ def test_stub_death_is_repaired_and_the_server_dies_with_its_owner(repo, tmp_pat
         assert raw.is_server_ready()
 
         # an id that is not UTF-8 is a request error naming the field, not an internal error
-        bad = grpcclient.InferInput("user_id", [1], "BYTES")
-        bad.set_data_from_numpy(np.array([b"\xff\xfe"], dtype=np.object_))
+        bad = grpcclient.InferInput("user_id", [1, 1], "BYTES")
+        bad.set_data_from_numpy(np.array([[b"\xff\xfe"]], dtype=np.object_))
         with pytest.raises(InferenceServerException, match="user_id: entry 0 is not valid UTF-8"):
             raw.infer("funnel", [bad])
 

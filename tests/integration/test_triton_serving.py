@@ -119,12 +119,12 @@ def test_malformed_requests_get_clear_errors_and_the_server_stays_up(server, cli
     wrong.set_data_from_numpy(np.array([1, 2], dtype=np.int64))
     message = call([wrong])
     assert "user_id" in message and "expects 'BYTES'" in message
-    k = grpcclient.InferInput("k", [1], "INT32")
-    k.set_data_from_numpy(np.array([3], dtype=np.int32))
+    k = grpcclient.InferInput("k", [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[3]], dtype=np.int32))
     assert "missing input 'user_id'" in call([k])
     with pytest.raises(FunnelError, match="k must be between 1 and 100"):
         client.infer(users[:1], k=0)
-    with pytest.raises(FunnelError, match="between 1 and 64 users"):
+    with pytest.raises(FunnelError, match="batch-size must be <= 64"):  # Triton: users are its batch dimension
         client.infer(users[:1] * 65)
     with pytest.raises(FunnelError, match="temperature"):
         client.infer(users[:1], temperature=float("nan"))
@@ -232,3 +232,46 @@ def test_models_split_out_and_called_through_bls_answer_the_same(ranked_run, ser
         got = c.infer(asked, k=12)
     assert got["item_ids"].tolist() == expected["item_ids"].tolist()
     np.testing.assert_allclose(got["scores"], expected["scores"], rtol=0, atol=1e-5)
+
+
+def test_concurrent_single_user_requests_are_batched_and_answered_as_alone(server, client, users):
+    """Triton's dynamic batcher hands the model several queued requests at once; the model runs the
+    graph once for all of them (same k, no sampling) and each answer equals the one it gets alone."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    alone = {u: client.infer([u], k=7) for u in users[:40]}
+    stats = grpcclient.InferenceServerClient(server.url)
+
+    def counts():
+        model = stats.get_inference_statistics("funnel", headers=server.admin_headers).model_stats[0]
+        return model.inference_count, model.execution_count
+
+    before = counts()
+    together: dict[str, dict] = {}
+    failures: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            with Client(server.url, batch_size=1) as own:
+                for round_ in range(5):
+                    for u in users[offset::8][:5]:
+                        together[f"{u}/{round_}"] = own.infer([u], k=7)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures
+    inferences, executions = (a - b for a, b in zip(counts(), before))
+    assert inferences == len(together) == 200
+    assert executions < inferences  # several requests answered by one execution
+    for key, out in together.items():
+        want = alone[key.split("/")[0]]
+        assert out["item_ids"].tolist() == want["item_ids"].tolist()
+        np.testing.assert_allclose(out["scores"], want["scores"], rtol=1e-5, atol=1e-5)  # float32 matmul rounding
+    stats.close()
