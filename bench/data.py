@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--keep", help="keep generated data under this folder")
     parser.add_argument("--out", default="bench/results/data.json")
+    parser.add_argument("--plot", default="docs/data.png", help="PNG of rows vs seconds and peak GiB ('' for none)")
     args = parser.parse_args()
 
     funnel = [sys.executable, "-m", "funnel"]
@@ -89,6 +90,29 @@ def main() -> None:
             s = r[stage]
             print(f"{r['interactions']:>12,} {stage:<10} {s['seconds']:>8.1f} {s['rows_per_s']:>10,} {s['peak_rss_mib']:>12,}")
     print(json.dumps(doc))
+    if args.plot:
+        plot(results, Path(args.plot))
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Rows vs wall seconds and peak GiB per stage (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r["interactions"] for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for stage, marker in (("generate", "o"), ("preprocess", "s")):
+        left.plot(rows, [r[stage]["seconds"] for r in results], marker=marker, label=stage)
+        right.plot(rows, [r[stage]["peak_rss_mib"] / 1024 for r in results], marker=marker, label=stage)
+    left.set(xscale="log", yscale="log", xlabel="interactions", ylabel="wall seconds", title="time")
+    right.set(xscale="log", xlabel="interactions", ylabel="peak RSS GiB", title="memory")
+    left.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

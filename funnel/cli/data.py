@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from funnel.cli.args import add_config_arguments, config_from_args, positive
-from funnel.data.synth_config import SynthConfig
+from funnel.data.synth_config import PRESETS, SynthConfig
 
 
 def register(sub) -> None:
@@ -18,6 +18,8 @@ def register(sub) -> None:
 
     p = dsub.add_parser("synth", help="H&M-shaped synthetic data with planted structure (the default)")
     p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named size: hm = the H&M Kaggle data's users, "
+                                                            "articles, days and ~31.8M transactions")
     add_config_arguments(p, SynthConfig, title="generator settings")
     p.set_defaults(func=synth)
 
@@ -108,7 +110,9 @@ def synth(args: argparse.Namespace) -> None:
     from funnel.data.synth import generate
     from funnel.report import progress
 
-    cfg = config_from_args(SynthConfig, args)
+    preset = PRESETS.get(args.preset or "", {})
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    cfg = config_from_args(SynthConfig, args, **{k: v for k, v in preset.items() if k not in given})
     start = time.perf_counter()
     with progress(cfg.expected_interactions(), "generating") as bar, atomic_output_dir(args.out) as tmp:
         meta = generate(cfg, tmp, progress=bar.update)

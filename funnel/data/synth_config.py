@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 from funnel.core.errors import FunnelError
 
 
+# Named sizes: ``funnel data synth --preset NAME`` (flags given alongside still win).
+PRESETS: dict[str, dict] = {
+    # the H&M Kaggle data's shape: 1,371,980 customers, 105,542 articles, 31.8M transactions over
+    # 2018-09-20 .. 2020-09-22 (734 days): ~23 purchases per customer in two years
+    "hm": {"users": 1_371_980, "items": 105_542, "days": 734, "activity": 0.01435, "basket_size": 2.2,
+           "styles": 128},
+}
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Parameters of the generator. Expected interactions ~= users*days*activity*basket_size."""

@@ -107,3 +107,19 @@ def test_cli_synth_summary_and_atomic_output(tmp_path, cli):
     assert code == 0, err
     assert "interactions" in out and "rows/s" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary leftovers
+
+
+def test_hm_preset_sets_the_kaggle_shape_and_flags_still_win(tmp_path, cli):
+    import json
+
+    from funnel.data.synth_config import PRESETS, SynthConfig
+
+    full = SynthConfig(**PRESETS["hm"])
+    assert (full.users, full.items) == (1_371_980, 105_542)
+    assert abs(full.expected_interactions() - 31_788_324) / 31_788_324 < 0.01  # the Kaggle file's rows
+    code, _, err = cli("data", "synth", "--preset", "hm", "--users", "800", "--items", "300", "--days", "15",
+                       "--out", tmp_path / "d")
+    assert code == 0, err
+    source = json.loads((tmp_path / "d" / "dataset.json").read_text())["source"]
+    assert (source["users"], source["items"], source["days"]) == (800, 300, 15)  # flags
+    assert source["activity"] == PRESETS["hm"]["activity"] and source["styles"] == 128  # the preset
