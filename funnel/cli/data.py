@@ -37,20 +37,12 @@ def register(sub) -> None:
 
     p = dsub.add_parser("csv", help="any interactions CSV/parquet with a column mapping")
     p.add_argument("--interactions", required=True)
-    p.add_argument("--user-col", required=True)
-    p.add_argument("--item-col", required=True)
-    p.add_argument("--time-col")
-    p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"], help="unit of numeric times")
+    _column_arguments(p)
     p.add_argument("--items", help="item features file")
     p.add_argument("--item-key", help="item id column in --items (default: --item-col)")
     p.add_argument("--users", help="user features file")
     p.add_argument("--user-key", help="user id column in --users (default: --user-col)")
-    p.add_argument("--repurchase", action=argparse.BooleanOptionalAction, default=False,
-                   help="buying the same item again is normal in this domain")
-    p.add_argument("--drop-duplicates", action="store_true", help="drop exact duplicate rows instead of failing")
-    p.add_argument("--drop-invalid", action="store_true",
-                   help="drop rows whose user or item id is missing or a non-integer number (21.5, 1e3) "
-                        "instead of failing; says how many")
+    _cleaning_arguments(p)
     p.add_argument("--name", help="dataset name (default: the file's stem)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=csv)
@@ -61,10 +53,7 @@ def register(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--query", help="SELECT returning one row per interaction")
     what.add_argument("--table", help="a table (or schema.table) with one row per interaction")
-    p.add_argument("--user-col", required=True)
-    p.add_argument("--item-col", required=True)
-    p.add_argument("--time-col")
-    p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"], help="unit of numeric times")
+    _column_arguments(p)
     items = p.add_mutually_exclusive_group()
     items.add_argument("--items-query", help="item features: a SELECT")
     items.add_argument("--items-table", help="item features: a table")
@@ -73,11 +62,7 @@ def register(sub) -> None:
     users.add_argument("--users-query", help="user features: a SELECT")
     users.add_argument("--users-table", help="user features: a table")
     p.add_argument("--user-key", help="user id column of the user features (default: --user-col)")
-    p.add_argument("--repurchase", action=argparse.BooleanOptionalAction, default=False,
-                   help="buying the same item again is normal in this domain")
-    p.add_argument("--drop-duplicates", action="store_true", help="drop exact duplicate rows instead of failing")
-    p.add_argument("--drop-invalid", action="store_true",
-                   help="drop rows whose user or item id is missing or a non-integer number instead of failing")
+    _cleaning_arguments(p)
     p.add_argument("--chunk-rows", type=positive, default=500_000, help="rows fetched per round trip")
     p.add_argument("--name", help="dataset name (default: the table's name, else 'sql')")
     p.add_argument("--out", required=True)
@@ -86,6 +71,24 @@ def register(sub) -> None:
     p = dsub.add_parser("info", help="print a dataset's dataset.json")
     p.add_argument("data")
     p.set_defaults(func=info)
+
+
+def _column_arguments(p) -> None:
+    """The column mapping shared by `data csv` and `data sql`."""
+    p.add_argument("--user-col", required=True)
+    p.add_argument("--item-col", required=True)
+    p.add_argument("--time-col")
+    p.add_argument("--time-unit", default="s", choices=["s", "ms", "us", "ns"], help="unit of numeric times")
+
+
+def _cleaning_arguments(p) -> None:
+    """Domain and bad-row handling shared by `data csv` and `data sql`."""
+    p.add_argument("--repurchase", action=argparse.BooleanOptionalAction, default=False,
+                   help="buying the same item again is normal in this domain")
+    p.add_argument("--drop-duplicates", action="store_true", help="drop exact duplicate rows instead of failing")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop rows whose user or item id is missing or a non-integer number (21.5, 1e3) "
+                        "instead of failing; says how many")
 
 
 def print_summary(meta: dict, out: Path, seconds: float) -> None:
