@@ -36,10 +36,13 @@ class Recommendation:
 class Client:
     """A gRPC client of the ``funnel`` model; ``recommend`` sends users in batches of ``batch_size``."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", batch_size: int = 256, timeout: float | None = 30.0):
+    def __init__(self, url: str = "127.0.0.1:8001", batch_size: int = 256, timeout: float | None = 30.0,
+                 tls_ca: str | None = None):
+        """``tls_ca``: PEM file of the server's certificate or its CA: talk TLS (``funnel serve --grpc-tls-cert``)."""
         self.url, self.batch_size, self.timeout = url, batch_size, timeout
         self._grpc = grpcclient
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, ssl=bool(tls_ca),
+                                                        root_certificates=str(tls_ca) if tls_ca else None)
 
     def ready(self) -> bool:
         try:

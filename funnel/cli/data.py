@@ -35,8 +35,8 @@ def register(sub) -> None:
     p.add_argument("--source", help="ml-100k folder or zip (GroupLens) or RecBole ml-100k folder")
     p.set_defaults(func=movielens)
 
-    p = dsub.add_parser("csv", help="any interactions CSV/parquet with a column mapping")
-    p.add_argument("--interactions", required=True)
+    p = dsub.add_parser("csv", help="any interactions CSV/parquet file or parquet folder with a column mapping")
+    p.add_argument("--interactions", required=True, help="a CSV/TSV/parquet file or a folder of parquet files")
     _column_arguments(p)
     p.add_argument("--items", help="item features file")
     p.add_argument("--item-key", help="item id column in --items (default: --item-col)")

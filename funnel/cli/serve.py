@@ -66,6 +66,8 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=None, help="> 0: sample with softmax(score / T)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--batch-size", type=positive, default=256, help="users per request")
+    p.add_argument("--tls-ca", metavar="PEM", help="talk TLS, trusting this certificate (the server's "
+                                                   "--grpc-tls-cert or its CA)")
     p.add_argument("--json", action="store_true", help="one JSON line per user")
     p.set_defaults(func=recommend)
 
@@ -244,7 +246,7 @@ def recommend(args: argparse.Namespace) -> None:
         _recommend_from_cache(args, users)
         return
     url = args.url or "127.0.0.1:8001"
-    client = _client(url, args.batch_size)
+    client = _client(url, args.batch_size, args.tls_ca)
     with client:
         answers = (rec.as_dict() for rec in client.recommend(users, args.k, args.exclude_item, args.temperature, args.seed))
         if args.json:
@@ -253,16 +255,19 @@ def recommend(args: argparse.Namespace) -> None:
             _print_recommendations(list(answers), False, f"recommendations from {url}")
 
 
-def _client(url: str, batch_size: int):
+def _client(url: str, batch_size: int, tls_ca: str | None = None):
     from funnel.client import Client
 
+    if tls_ca and not Path(tls_ca).is_file():
+        raise FunnelError(f"{tls_ca}: no such TLS certificate file (--tls-ca)")
     try:
-        client = Client(url, batch_size=batch_size)
+        client = Client(url, batch_size=batch_size, tls_ca=tls_ca)
     except Exception as exc:  # noqa: BLE001 - bad URL
         raise FunnelError(f"{url}: cannot create a gRPC client ({exc})") from None
     if not client.ready():
         client.close()
-        raise FunnelError(f"{url}: no ready 'funnel' model there (start one: funnel serve triton_repo)")
+        hint = " (a TLS server needs --tls-ca)" if not tls_ca else " (is it serving TLS with that certificate?)"
+        raise FunnelError(f"{url}: no ready 'funnel' model there (start one: funnel serve triton_repo){hint}")
     return client
 
 
@@ -290,7 +295,7 @@ def _recommend_from_cache(args: argparse.Namespace, users: list[str]) -> None:
         if age > args.max_age_hours:
             print(f"funnel: warning: cache {args.from_cache} is stale: built {age:.1f} h ago "
                   f"(more than --max-age-hours {args.max_age_hours:g})", file=sys.stderr)
-        live = _client(args.url, args.batch_size) if args.url else None
+        live = _client(args.url, args.batch_size, args.tls_ca) if args.url else None
         try:
             answers = cache_store.answer(cache, users, args.k, live)
         finally:

@@ -299,7 +299,8 @@ def _complete(table: pd.DataFrame | None, ids: pd.Series) -> pd.DataFrame:
 
 
 def read_table(path: Path, what: str, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a CSV or parquet file with clear errors for missing, empty or unreadable files.
+    """Read a CSV or parquet file, or a folder of parquet files (hive-partitioned folders such as
+    ``date=2024-01-01/`` become columns), with clear errors for missing, empty or unreadable input.
 
     ``text_columns`` of a CSV are read as written (ids: ``1e3`` must not become the number 1000).
     """
@@ -307,7 +308,7 @@ def read_table(path: Path, what: str, text_columns: tuple[str, ...] = ()) -> pd.
     if not path.exists():
         raise DataError(f"{path}: {what} file not found")
     if path.is_dir():
-        raise DataError(f"{path}: {what} must be a file, this is a directory")
+        return _read_parquet_folder(path, what)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: {what} file is empty")
     try:
@@ -322,4 +323,25 @@ def read_table(path: Path, what: str, text_columns: tuple[str, ...] = ()) -> pd.
         raise DataError(f"{path}: cannot read {what} file ({str(exc).splitlines()[0]})") from None
     if frame.empty:
         raise DataError(f"{path}: {what} file has a header but no rows")
+    return frame
+
+
+def _read_parquet_folder(path: Path, what: str) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".pq")
+             and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)]
+    if not files:
+        raise DataError(f"{path}: {what} folder has no .parquet files")
+    try:
+        frame = pads.dataset(str(path), format="parquet", partitioning="hive",
+                             exclude_invalid_files=False).to_table().to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read {what} folder ({str(exc).splitlines()[0]})") from None
+    for column in frame.columns:  # partition keys arrive as dictionary-encoded categoricals
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype(frame[column].cat.categories.dtype)
+    if frame.empty:
+        raise DataError(f"{path}: {what} folder has no rows")
     return frame

@@ -36,7 +36,12 @@ class TabularSource:
 
 def _first_line(path: Path) -> int | None:
     """File line of data row 0 (CSV/TSV: after the header), None for parquet (rows are counted)."""
-    return None if Path(path).suffix.lower() in (".parquet", ".pq") else 2
+    return None if Path(path).is_dir() or Path(path).suffix.lower() in (".parquet", ".pq") else 2
+
+
+def _content_files(path: Path) -> list[Path]:
+    """The files whose bytes make a source: the file itself, or a parquet folder's files in order."""
+    return sorted(f for f in path.rglob("*.parquet") if f.is_file()) if path.is_dir() else [path]
 
 
 def _rename_key(frame: pd.DataFrame, key: str, target: str, origin: Path) -> pd.DataFrame:
@@ -139,5 +144,5 @@ def build(src: TabularSource, out: Path) -> dict:
         repurchase=src.repurchase,
         source={"kind": "csv", "files": [str(p) for p in files],
                 "columns": {"user": src.user_col, "item": src.item_col, "time": src.time_col}},
-        source_checksum=sha256_files([Path(p) for p in files]),
+        source_checksum=sha256_files([f for p in files for f in _content_files(Path(p))]),
     )

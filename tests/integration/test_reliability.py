@@ -174,3 +174,25 @@ def test_export_killed_by_sigterm_leaves_nothing_and_stale_temporaries_go(ranked
     export(ExportConfig(run=str(ranked_run), out=str(out)))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "repo"])
     assert json.loads((out / "funnel" / "1" / "ensemble" / "export.json").read_text())["ensemble_signature"]
+
+
+def test_tls_server_answers_a_tls_client_only(repo, tmp_path):
+    """`funnel serve --grpc-tls-cert/--grpc-tls-key` with a self-signed certificate (openssl);
+    `funnel recommend --tls-ca` trusts it; a plaintext client gets no answer."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                           "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    serve = Serve(repo, "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key))
+    try:
+        assert serve.ready.startswith("ready: gRPC"), "".join(serve.err)
+        ask_tls = [*FUNNEL, "recommend", "--url", serve.url, "--user", "someone", "--k", "3", "--json"]
+        answered = subprocess.run([*ask_tls, "--tls-ca", str(cert)], capture_output=True, text=True, timeout=120)
+        assert answered.returncode == 0, answered.stderr
+        assert len(json.loads(answered.stdout)["items"]) == 3
+        plain = subprocess.run(ask_tls, capture_output=True, text=True, timeout=120)
+        assert plain.returncode == 2 and "needs --tls-ca" in plain.stderr and "Traceback" not in plain.stderr
+    finally:
+        os.killpg(serve.proc.pid, signal.SIGTERM)
+        serve.proc.wait(60)

@@ -147,3 +147,22 @@ def test_id_text_is_kept_unless_every_id_is_a_plain_integer(files, cli):
     assert cli(*_args(files, **{"--items": None, "--users": None}))[0] == 0
     rows = read_dataset(files / "out").interactions()
     assert rows["user_id"].dtype == "int64" and list(rows["item_id"]) == [15, 16]
+
+
+def test_partitioned_parquet_folder_as_input(files, cli):
+    events = pd.read_csv(files / "events.csv")
+    folder = files / "events_by_day"
+    for day, part in events.assign(day=events["when"].str[:10]).groupby("day"):
+        (folder / f"day={day}").mkdir(parents=True)
+        part.drop(columns=["day"]).to_parquet(folder / f"day={day}" / "part-0.parquet", index=False)
+    code, _, err = cli(*_args(files, **{"--interactions": folder, "--items": None, "--users": None}))
+    assert code == 0, err
+    ds = read_dataset(files / "out")
+    inter = ds.interactions().sort_values(["timestamp", "user_id"]).reset_index(drop=True)
+    assert len(inter) == len(events) and "day" in inter.columns  # the partition key is a column
+    assert inter["item_id"].dtype == "int64" and sorted(inter["user_id"]) == sorted(events["uid"])
+    assert ds.meta["source_checksum"].startswith("sha256:")
+    (files / "empty_folder").mkdir()
+    code, _, err = cli(*_args(files, **{"--interactions": files / "empty_folder", "--items": None, "--users": None,
+                                        "--out": files / "out2"}))
+    assert code != 0 and "has no .parquet files" in err and not (files / "out2").exists()
