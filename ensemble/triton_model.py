@@ -127,7 +127,10 @@ class TritonPythonModel:
             if values is None:
                 return default
             values = values.reshape(-1)
-            if len(values) and not (values == values[0]).all():
+            same = values == values[0] if len(values) else np.ones(0, bool)
+            if values.dtype.kind == "f" and len(values):  # NaN repeated is one value (refused below as not finite)
+                same |= np.isnan(values) & np.isnan(values[0])
+            if not same.all():
                 raise RequestError(f"{name}: one value per request (every user row repeats it)")
             return values[0] if len(values) else default
 
