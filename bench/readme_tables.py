@@ -57,7 +57,25 @@ def quality(doc: dict) -> str:
     return "\n".join(lines + [""] + [f"- {b}" for b in bars])
 
 
-RENDERERS = {"quality": quality}
+def notify(doc: dict) -> str:
+    """The notification table of bench/notify.py: every policy, its OPE check, each target met or missed."""
+    seeds = len(doc["config"]["seeds"])
+    lines = ["| policy | pushes per user-day | open rate | active days per user (± s.e.) | notifications disabled | "
+             "churned | 7-day value: truth / DR estimate | truth inside the 95% interval: IPS, DR |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in doc["policies"].items():
+        truth = sum(s["policies"][name]["ope"]["truth"] for s in doc["seeds"]) / seeds
+        dr = sum(s["policies"][name]["ope"]["dr"]["estimate"] for s in doc["seeds"]) / seeds
+        lines.append(f"| {name} | {e['sends_per_user_day']:.3f} | {e['open_rate']:.3f} | "
+                     f"{e['active_days_per_user']:.2f} ± {e['se']['active_days_per_user']:.2f} | "
+                     f"{e['disable_rate']:.1%} | {e['churn_rate']:.1%} | {truth:.3f} / {dr:.3f} | "
+                     f"{e['ope_covered']['ips']}/{seeds}, {e['ope_covered']['dr']}/{seeds} |")
+    bars = [f"{bar}: {met if isinstance(met, str) else ('met' if met else 'MISSED')}"
+            for bar, met in doc["targets"].items()]
+    return "\n".join(lines + [""] + [f"- {b}" for b in bars])
+
+
+RENDERERS = {"quality": quality, "notify": notify}
 
 
 def render(readme: str) -> str:

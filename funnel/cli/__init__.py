@@ -14,11 +14,11 @@ import threading
 from collections.abc import Sequence
 
 from funnel import __version__
-from funnel.cli import ab, data, evaluate, ops, preprocess, serve, train
+from funnel.cli import ab, data, evaluate, notify, ops, preprocess, serve, train
 from funnel.core.errors import FunnelError
 
 EXIT_USAGE = 2
-GROUPS = (data, preprocess, train, evaluate, serve, ops, ab)  # in the order `funnel --help` lists them
+GROUPS = (data, preprocess, train, evaluate, serve, ops, ab, notify)  # in the order `funnel --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

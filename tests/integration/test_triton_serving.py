@@ -278,3 +278,37 @@ def test_concurrent_single_user_requests_are_batched_and_answered_as_alone(serve
         assert out["item_ids"].tolist() == want["item_ids"].tolist()
         np.testing.assert_allclose(out["scores"], want["scores"], rtol=1e-5, atol=1e-5)  # float32 matmul rounding
     stats.close()
+
+
+def test_notify_decide_over_grpc_equals_in_process(server, repo, users, tmp_path, cli):
+    """`funnel notify decide`: the served funnel's top item per user, a send/skip decision, the
+    decisions logged with propensities; the same from the export answered in process."""
+    import json
+
+    from funnel.notify import decision_log, policies
+    from funnel.notify.simulator import NotifyConfig, run
+
+    log = run(NotifyConfig(users=300, days=10, seed=0), policies.RandomSend(0.5), record=True)["log"]
+    policies.save(policies.Threshold(policies.ResponseModels.fit(log), 0.3), tmp_path / "policy.json")
+    users_file = tmp_path / "users.csv"
+    pd.DataFrame({"user_id": users[:8] + ["never-seen-user"], "pushes_7d": [0, 1, 2, 3, 4, 5, 6, 7, 0],
+                  "opens_7d": 0}).to_csv(users_file, index=False)
+    answers = {}
+    for where in (("--url", server.url), ("--run", str(repo))):
+        code, out, err = cli("notify", "decide", tmp_path / "policy.json", *where, "--users-file", users_file,
+                             "--json", "--explore", "0.5", "--seed", "3", "--log", tmp_path / "decisions")
+        assert code == 0, err
+        answers[where[0]] = [json.loads(line) for line in out.splitlines()]
+    assert answers["--url"] == answers["--run"]
+    top = Recommender(repo / ENSEMBLE).recommend(users[:8] + ["never-seen-user"], k=1)
+    assert [a["item_id"] for a in answers["--url"]] == [row[0].decode() for row in top["item_ids"]]
+    for a in answers["--url"]:
+        assert a["decision"] in ("send", "skip") and a["p_send"] in (0.25, 0.75)  # half the decisions explore
+        assert a["propensity"] == (a["p_send"] if a["decision"] == "send" else 1 - a["p_send"])
+    logged = decision_log.read_decisions(tmp_path / "decisions")
+    assert len(logged) == 18 and set(logged["policy"]) == {"threshold"}
+    assert logged["pushes_7d"].tolist()[:9] == [0, 1, 2, 3, 4, 5, 6, 7, 0]
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"user_id": ["a"], "pushes_7d": ["many"]}).to_csv(bad, index=False)
+    code, _, err = cli("notify", "decide", tmp_path / "policy.json", "--url", server.url, "--users-file", bad)
+    assert code == 2 and "column 'pushes_7d', user a" in err

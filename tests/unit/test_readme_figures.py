@@ -26,3 +26,14 @@ def test_the_renderer_shows_misses_as_misses():
     table = readme_tables.quality(json.loads(json.dumps(doc)))
     assert "| synthetic default (time split) | Recall@12 | 0.3000 | 0.1000 | - |" in table
     assert "served >= 80% of oracle: MISSED" in table
+
+
+def test_the_notify_table_shows_misses_as_misses():
+    ope = {"ope": {"truth": 2.0, "dr": {"estimate": 2.1}}}
+    entry = {"sends_per_user_day": 0.5, "open_rate": 0.3, "active_days_per_user": 9.0, "disable_rate": 0.2,
+             "churn_rate": 0.05, "se": {"active_days_per_user": 0.1}, "ope_covered": {"ips": 1, "dr": 0}}
+    doc = {"config": {"seeds": [0]}, "seeds": [{"policies": {"model": ope}}], "policies": {"model": entry},
+           "targets": {"best_heuristic": "threshold", "model >= best heuristic": False}}
+    table = readme_tables.notify(doc)
+    assert "| model | 0.500 | 0.300 | 9.00 ± 0.10 | 20.0% | 5.0% | 2.000 / 2.100 | 1/1, 0/1 |" in table
+    assert "- model >= best heuristic: MISSED" in table and "- best_heuristic: threshold" in table
