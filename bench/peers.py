@@ -1,0 +1,149 @@
+"""Simple, strong peers for ``bench/quality.py``, each tuned on a validation split carved from train.
+
+- ``ease``: EASE (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019): the closed-form item-item
+  weights ``B = -P / diag(P)`` with ``P = (X'X + lambda I)^-1`` and a zero diagonal; a user's scores
+  are ``x_u B``. Dense in the number of items (fine up to ~20k items).
+- ``item-knn``: cosine item-item similarity of the binary user-item matrix, each item keeping its
+  ``neighbours`` most similar items; scores ``x_u S``.
+- ``frequency``: the user's own items by purchase count (ties: the more recent first), the rest by
+  recent popularity: "buy again what you bought most" (only where the data has repurchases).
+
+Every method answers every test user (one without history gets the recent-popularity list), excludes
+items seen in training where the data has no repurchases (as ``funnel evaluate`` does), and is
+scored with ``funnel.core.metrics.recall_at_k`` over the same test users and items.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from funnel.core import metrics
+
+USER_BATCH = 2048
+
+
+class Split:
+    """A train/test pair with the index maps and matrix the peers need."""
+
+    def __init__(self, train: pd.DataFrame, test: pd.DataFrame, exclude_seen: bool, popular_days: int = 7):
+        self.train, self.exclude_seen = train, exclude_seen
+        truth = test.groupby("user_id")["item_id"].apply(set)
+        self.users, self.truth = truth.index.to_numpy(), list(truth.to_numpy())
+        self.items = pd.Index(train["item_id"].unique())
+        self.user_index = pd.Index(train["user_id"].unique())
+        rows, cols = self.user_index.get_indexer(train["user_id"]), self.items.get_indexer(train["item_id"])
+        x = sp.csr_matrix((np.ones(len(train), np.float32), (rows, cols)), shape=(len(self.user_index), len(self.items)))
+        x.sum_duplicates()
+        self.counts = x  # purchase counts
+        self.x = (x > 0).astype(np.float32).tocsr()  # bought at least once
+        recent = train[train["timestamp"] >= train["timestamp"].max() - pd.Timedelta(days=popular_days)]
+        ranked = list(recent["item_id"].value_counts().index)
+        seen = set(ranked)
+        self.popular = ranked + [i for i in train["item_id"].value_counts().index if i not in seen]
+
+    def recall(self, lists: list[list], k: int) -> float:
+        return metrics.recall_at_k(lists, self.truth, k)
+
+    def lists_from_scores(self, score_rows: Callable[[np.ndarray], np.ndarray], k: int) -> list[list]:
+        """Top-k per test user from an item-score function of known users (row indices)."""
+        known = self.user_index.get_indexer(self.users)
+        out: list[list] = [[] for _ in self.users]
+        where = np.flatnonzero(known >= 0)
+        for start in range(0, len(where), USER_BATCH):
+            batch = where[start : start + USER_BATCH]
+            scores = np.asarray(score_rows(known[batch]), dtype=np.float64)
+            if self.exclude_seen:
+                seen = self.x[known[batch]]
+                scores[seen.nonzero()] = -np.inf
+            top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+            order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+            for row, pos in zip(order, batch):
+                out[pos] = [self.items[i] for i in row]
+        return [self._fill(rec, user, k) for rec, user in zip(out, self.users)]
+
+    def _fill(self, first: list, user, k: int) -> list:
+        """Pad with recent popularity (never an excluded or repeated item)."""
+        taken = set(first)
+        row = self.user_index.get_indexer([user])[0]
+        excluded = set(self.items[self.x[row].indices]) if self.exclude_seen and row >= 0 else set()
+        out = list(first)
+        for item in self.popular:
+            if len(out) >= k:
+                break
+            if item not in taken and item not in excluded:
+                out.append(item)
+                taken.add(item)
+        return out[:k]
+
+
+def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE's item-item weights (zero diagonal) for the binary user-item matrix ``x``."""
+    gram = (x.T @ x).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def ease(split: Split, k: int, lam: float) -> list[list]:
+    b = ease_weights(split.x, lam)
+    return split.lists_from_scores(lambda rows: (split.x[rows] @ b), k)
+
+
+def knn_similarity(x: sp.csr_matrix, neighbours: int) -> sp.csc_matrix:
+    """Cosine item-item similarity, each item (column) keeping its ``neighbours`` strongest others."""
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    sim = (x.T @ x).tocsr().astype(np.float64)
+    sim.setdiag(0.0)
+    sim.eliminate_zeros()
+    inv = sp.diags(1.0 / np.maximum(norms, 1e-12))
+    sim = (inv @ sim @ inv).tocsc()
+    # keep each item's (column's) strongest neighbours
+    data, indices, indptr = [], [], [0]
+    for j in range(sim.shape[1]):
+        start, end = sim.indptr[j], sim.indptr[j + 1]
+        vals, rows = sim.data[start:end], sim.indices[start:end]
+        if len(vals) > neighbours:
+            keep = np.argpartition(-vals, neighbours)[:neighbours]
+            vals, rows = vals[keep], rows[keep]
+        data.append(vals)
+        indices.append(rows)
+        indptr.append(indptr[-1] + len(vals))
+    return sp.csc_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=sim.shape)
+
+
+def item_knn(split: Split, k: int, neighbours: int) -> list[list]:
+    sim = knn_similarity(split.x, neighbours)
+    return split.lists_from_scores(lambda rows: (split.x[rows] @ sim).toarray(), k)
+
+
+def frequency(split: Split, k: int) -> list[list]:
+    last = split.train.groupby(["user_id", "item_id"])["timestamp"].max()
+    count = split.train.groupby(["user_id", "item_id"]).size()
+    own = pd.DataFrame({"n": count, "last": last}).reset_index().sort_values(
+        ["user_id", "n", "last"], ascending=[True, False, False])
+    mine = own.groupby("user_id")["item_id"].apply(list)
+    return [split._fill(mine.get(u, [])[:k], u, k) for u in split.users]
+
+
+GRIDS = {"ease": {"lam": [10.0, 50.0, 200.0, 500.0, 2000.0]}, "item-knn": {"neighbours": [20, 50, 100, 400]}}
+METHODS = {"ease": ease, "item-knn": item_knn}
+
+
+def tuned(name: str, valid: Split, test: Split, k: int) -> dict:
+    """Best grid point on ``valid``, then scored on ``test``."""
+    grid = GRIDS[name]
+    keys = list(grid)
+    scored = []
+    for values in itertools.product(*(grid[key] for key in keys)):
+        params = dict(zip(keys, values))
+        scored.append((valid.recall(METHODS[name](valid, k, **params), k), params))
+    best_valid, params = max(scored, key=lambda t: t[0])
+    return {f"recall@{k}": test.recall(METHODS[name](test, k, **params), k), "params": params,
+            "valid_recall": best_valid, "grid": {str(p): v for v, p in scored}}
