@@ -112,7 +112,7 @@ def fetch(engine, sql: str, label: str, what: str, chunk_rows: int,
         raise DataError(f"{label}: the {what} could not be read ({reason})") from None
     frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
     if frame.empty:
-        raise DataError(f"{label}: the {what} {'query returned' if 'query' in label else 'table has'} no rows")
+        raise DataError(f"{label}: the {what} {'query returned' if label.startswith('query ') else 'table has'} no rows")
     return frame
 
 

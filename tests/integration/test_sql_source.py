@@ -103,3 +103,20 @@ def test_database_files_are_never_created(tmp_path, cli):
     code, _, err = cli("data", "sql", "--url", "nosuchdb://host/db", "--table", "t", "--user-col", "u",
                        "--item-col", "i", "--out", tmp_path / "ds")
     assert code != 0 and "cannot open the database" in err
+
+
+def test_an_empty_table_whose_name_contains_query_is_called_a_table(tmp_path):
+    import sqlalchemy as sa
+
+    from funnel.core.errors import FunnelError
+    from funnel.data.sql import fetch, statement
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE query_log (user_id TEXT)"))
+    sql, label = statement(None, "query_log", "interactions")
+    with pytest.raises(FunnelError, match="table query_log: the interactions table has no rows"):
+        fetch(engine, sql, label, "interactions", 100)
+    sql, label = statement("SELECT * FROM query_log", None, "interactions")
+    with pytest.raises(FunnelError, match="the interactions query returned no rows"):
+        fetch(engine, sql, label, "interactions", 100)
