@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--log-users", type=int, default=6000)
     parser.add_argument("--explore", type=float, default=0.5)
+    parser.add_argument("--truth-replays", type=int, default=4,
+                        help="replays of the log's users averaged into each OPE truth")
     parser.add_argument("--out", default="bench/results/notify.json")
     parser.add_argument("--plot", default="docs/notify.png")
     args = parser.parse_args()
@@ -58,7 +60,8 @@ def main() -> None:
 
     start = time.perf_counter()
     doc = experiment.compare(NotifyConfig(users=args.users, days=args.days), args.seeds, args.explore,
-                             args.log_users, ope=True, note=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+                             args.log_users, ope=True, note=lambda s: print(f"  {s}", file=sys.stderr, flush=True),
+                             replays=args.truth_replays)
     doc["seconds"] = round(time.perf_counter() - start, 1)
     doc["targets"] = targets(doc)
     rows = []

@@ -104,7 +104,7 @@ def branch_values(sim: Simulator, day_index: int, observed, first: np.ndarray, l
     coin = np.random.default_rng([seed, day_index, 13])
     total = np.zeros(len(idx))
     for t in range(window):
-        draws = [sim.draw(day_index + t, stream=1 + r) for r in range(reps)]
+        draws = [sim.draw(day_index + t, stream=seed * reps + 1 + r) for r in range(reps)]
         day = type(observed)(**{k: np.concatenate([getattr(d, k) for d in draws]) for k in vars(observed)})
         if t == 0:  # today's item is the one the decision saw; its coin flips are fresh
             for k in ("item_id", "relevance", "score"):
@@ -118,13 +118,22 @@ def branch_values(sim: Simulator, day_index: int, observed, first: np.ndarray, l
 
 
 def simulated_truth(cfg: NotifyConfig, logging, targets: dict, window: int = WINDOW_DAYS, reps: int = 8,
-                    population: Population | None = None, stream: int = 1000) -> dict:
+                    population: Population | None = None, replays: int = 1) -> dict:
     """The estimand of :func:`estimate` for every target policy, by simulation.
 
-    Pass the log's config: the same users (their hidden traits), a fresh run of the logging policy
-    with other random numbers (``stream``), and at each decision both actions simulated forward
+    Pass the log's config: the same users (their hidden traits), ``replays`` fresh runs of the
+    logging policy with other random numbers, and at each decision both actions simulated forward
     ``reps`` times. The truth is then the value on the log's population, which the bootstrap over
-    users brackets (a truth on other users would add their own sampling noise)."""
+    users brackets (a truth on other users would add their own sampling noise). One replay is
+    itself a random path of the users' states, as noisy as the log: average several where the
+    truth is compared with an interval."""
+    population = population or Population.generate(cfg)
+    runs = [_replay(cfg, logging, targets, window, reps, population, 1000 + r) for r in range(replays)]
+    return {name: float(np.mean([run[name] for run in runs])) for name in targets}
+
+
+def _replay(cfg: NotifyConfig, logging, targets: dict, window: int, reps: int, population: Population,
+            stream: int) -> dict:
     sim = Simulator(cfg, population)
     n = len(sim.population.user_id)
     coin = np.random.default_rng([cfg.seed, 11, stream])
@@ -135,7 +144,7 @@ def simulated_truth(cfg: NotifyConfig, logging, targets: dict, window: int = WIN
         feats = sim.history.features(day.score)
         enabled = sim.history.enabled.copy()
         if d <= cfg.days - window and enabled.any():
-            q = [branch_values(sim, d, day, np.full(n, bool(a)), logging, window, reps, cfg.seed) for a in (0, 1)]
+            q = [branch_values(sim, d, day, np.full(n, bool(a)), logging, window, reps, stream) for a in (0, 1)]
             for name, policy in targets.items():
                 p = np.clip(policy.decide(feats, enabled, d), 0, 1)
                 sums[name] += float((p * q[1] + (1 - p) * q[0])[enabled].sum())

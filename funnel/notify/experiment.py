@@ -52,7 +52,7 @@ def tune(cfg: NotifyConfig, models, note: Callable[[str], None] = lambda s: None
 
 
 def one_seed(cfg: NotifyConfig, explore: float = 0.5, log_users: int | None = None, ope: bool = True,
-             note: Callable[[str], None] = lambda s: None) -> dict:
+             note: Callable[[str], None] = lambda s: None, replays: int = 1) -> dict:
     log = exploration_log(cfg, explore, log_users)
     note(f"seed {cfg.seed}: exploration log of {len(log['log']):,} decisions")
     model = policies.train(log["log"], seed=cfg.seed)
@@ -74,7 +74,7 @@ def one_seed(cfg: NotifyConfig, explore: float = 0.5, log_users: int | None = No
                 sel = day == d
                 p_send[sel] = policy.decide(feats[sel], np.ones(int(sel.sum()), bool), int(d))
             out["policies"][name]["ope"] = evaluation.estimate(rows, p_send, seed=cfg.seed)
-        truth = evaluation.simulated_truth(log["config"], policies.RandomSend(explore), chosen)
+        truth = evaluation.simulated_truth(log["config"], policies.RandomSend(explore), chosen, replays=replays)
         for name in chosen:
             est = out["policies"][name]["ope"]
             est["truth"] = truth[name]
@@ -84,10 +84,10 @@ def one_seed(cfg: NotifyConfig, explore: float = 0.5, log_users: int | None = No
 
 
 def compare(cfg: NotifyConfig, seeds: list[int], explore: float = 0.5, log_users: int | None = None,
-            ope: bool = True, note: Callable[[str], None] = lambda s: None) -> dict:
+            ope: bool = True, note: Callable[[str], None] = lambda s: None, replays: int = 1) -> dict:
     """Every policy on every seed; means (and standard errors) over seeds."""
-    runs = [one_seed(replace(cfg, seed=s), explore, log_users, ope, note) for s in seeds]
-    result = {"config": cfg.as_dict() | {"seeds": list(seeds), "explore": explore,
+    runs = [one_seed(replace(cfg, seed=s), explore, log_users, ope, note, replays) for s in seeds]
+    result = {"config": cfg.as_dict() | {"seeds": list(seeds), "explore": explore, "truth_replays": replays,
                                          "log_users": log_users or cfg.users}, "seeds": runs, "policies": {}}
     for name in POLICIES:
         per = [r["policies"][name] for r in runs]
