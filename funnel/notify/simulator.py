@@ -95,7 +95,8 @@ class Population:
     style_popularity: np.ndarray  # float [styles], sums to 1
     rate: np.ndarray  # float [n]: organic visits per day before engagement
     sensitivity: np.ndarray  # float [n]: fatigue sensitivity
-    style_items: list[np.ndarray]  # item ids of each style, most popular first
+    style_items: np.ndarray  # item ids grouped by style, most popular first within a style
+    style_offsets: np.ndarray  # style s holds style_items[style_offsets[s]:style_offsets[s + 1]]
 
     @classmethod
     def generate(cls, cfg: NotifyConfig) -> "Population":
@@ -119,9 +120,11 @@ class Population:
         rng = np.random.default_rng([cfg.seed, 101])
         sensitivity = np.exp(rng.normal(-cfg.sensitivity_sd**2 / 2, cfg.sensitivity_sd, len(user_id)))
         order = np.argsort(-cat.base_weight, kind="stable")
-        style_items = [cat.item_id[order][cat.style[order] == s] for s in range(cfg.styles)]
+        by_style = order[np.argsort(cat.style[order], kind="stable")]
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(cat.style, minlength=cfg.styles))])
         return cls(user_id=user_id, taste=taste, style_popularity=cat.style_popularity / cat.style_popularity.sum(),
-                   rate=cfg.visit_rate * np.concatenate(activity), sensitivity=sensitivity, style_items=style_items)
+                   rate=cfg.visit_rate * np.concatenate(activity), sensitivity=sensitivity,
+                   style_items=cat.item_id[by_style], style_offsets=offsets)
 
 
 @dataclass
@@ -195,9 +198,9 @@ class Simulator:
         own = np.minimum((u_taste[:, None] > taste_cum).sum(axis=1), pop.taste.shape[1] - 1)
         other = np.minimum(np.searchsorted(np.cumsum(pop.style_popularity), u_style), len(pop.style_popularity) - 1)
         style = np.where(u_hit < cfg.funnel_hit, own, other)
-        sizes = np.array([len(items) for items in pop.style_items])
+        sizes = np.diff(pop.style_offsets)
         pick = np.minimum((u_item ** 2 * sizes[style]).astype(np.int64), sizes[style] - 1)  # popular items first
-        item = np.array([pop.style_items[s][i] for s, i in zip(style, pick)], dtype=np.int64)
+        item = pop.style_items[pop.style_offsets[style] + pick].astype(np.int64)
         relevance = pop.taste[np.arange(n), style]
         return Day(item_id=item, relevance=relevance, score=relevance + noise, u_open=uniforms[0],
                    u_disable=uniforms[1], u_visit=uniforms[2], u_buy=uniforms[3], u_churn=uniforms[4])
