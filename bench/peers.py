@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from funnel.core import metrics
+from workflows.item_item import ease_weights  # the served item-item source's own fit
 
 USER_BATCH = 2048
 
@@ -79,16 +80,6 @@ class Split:
                 out.append(item)
                 taken.add(item)
         return out[:k]
-
-
-def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE's item-item weights (zero diagonal) for the binary user-item matrix ``x``."""
-    gram = (x.T @ x).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += lam
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return b
 
 
 def ease(split: Split, k: int, lam: float) -> list[list]:

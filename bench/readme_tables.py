@@ -27,6 +27,34 @@ def _cells(values: dict, fmt) -> list[str]:
     return [fmt(values[key]) if key in values else "-" for key, _ in COLUMNS]
 
 
+def _seeds(section: dict) -> str:
+    seeds = section.get("seeds", [])
+    if len(seeds) < 2:
+        return ""
+    return f", mean of seeds {seeds[0]}-{seeds[-1]}"
+
+
+def _stage_lines(name: str, section: dict, metric: str) -> list[str]:
+    """The served figure's standard error, the gate's decisions and the item-item source's tuning."""
+    out = []
+    if section.get(f"{metric}_se", {}).get("served"):
+        out.append(f"{name}: served {metric} {section[metric]['served']:.4f} ± {section[f'{metric}_se']['served']:.4f} "
+                   f"(standard error over {len(section['seeds'])} seeds)")
+    used = section.get("ranker_used")
+    if isinstance(used, list):
+        out.append(f"{name}: ranker switched on by its gate in {sum(map(bool, used))} of {len(used)} runs")
+    elif (section.get("ranker_on_test_candidates") or {}).get("ranker_used") is not None:
+        out.append(f"{name}: ranker switched on by its gate: "
+                   f"{'yes' if section['ranker_on_test_candidates']['ranker_used'] else 'no'}")
+    stages = [st for st in section.get("ranking_stage", []) if st.get("item_item")]
+    if stages:
+        lams = ", ".join(f"{st['item_item']['lambda']:g}" for st in stages)
+        weights = ", ".join(f"{st['item_item']['blend_weight']:.1f}" for st in stages)
+        out.append(f"{name}: item-item source EASE lambda {lams}; blend weight (item-item share) {weights} "
+                   "(tuned on the label period per run)")
+    return out
+
+
 def quality(doc: dict) -> str:
     """The quality table: every method of bench/quality.py, per data set, and each bar met or missed."""
     lines = ["| data | metric | " + " | ".join(label for _, label in COLUMNS) + " |",
@@ -34,25 +62,25 @@ def quality(doc: dict) -> str:
     bars = []
     if "synthetic" in doc:
         s = doc["synthetic"]
-        lines.append("| synthetic default (time split) | Recall@12 | "
+        lines.append(f"| synthetic default (time split){_seeds(s)} | Recall@12 | "
                      + " | ".join(_cells(s["recall@12"], lambda v: f"{v:.4f}")) + " |")
+        if "recall@12_per_seed" in s:
+            lines.append("| synthetic default, per seed | Recall@12 | "
+                         + " | ".join(_cells(s["recall@12_per_seed"], lambda v: " / ".join(f"{x:.3f}" for x in v)))
+                         + " |")
         lines.append("| synthetic default | share of oracle@12 | "
                      + " | ".join(_cells(s["share_of_oracle@12"], lambda v: f"{v:.0%}")) + " |")
         lines.append("| synthetic default | MAP@12 | " + " | ".join(_cells(s["map@12"], lambda v: f"{v:.4f}")) + " |")
-        used = (s.get("ranker_on_test_candidates") or {}).get("ranker_used")
-        if used is not None:
-            bars.append(f"synthetic: ranker switched on by its gate: {'yes' if used else 'no'}")
+        bars += _stage_lines("synthetic", s, "recall@12")
         bars += [f"synthetic: {bar}: {'met' if met else 'MISSED'}" for bar, met in s["bars"].items()]
     if "movielens-100k" in doc:
         m = doc["movielens-100k"]
-        seeds = "-".join(map(str, (m["seeds"][0], m["seeds"][-1]))) if len(m["seeds"]) > 1 else str(m["seeds"][0])
-        lines.append(f"| MovieLens-100k (user-last), mean of seeds {seeds} | Recall@10 | "
+        lines.append(f"| MovieLens-100k (user-last){_seeds(m)} | Recall@10 | "
                      + " | ".join(_cells(m["recall@10"], lambda v: f"{v:.4f}")) + " |")
         lines.append("| MovieLens-100k, per seed | Recall@10 | "
                      + " | ".join(_cells(m["recall@10_per_seed"], lambda v: " / ".join(f"{x:.3f}" for x in v)))
                      + " |")
-        used = m.get("ranker_used", [])
-        bars.append(f"MovieLens-100k: ranker switched on by its gate in {sum(map(bool, used))} of {len(used)} runs")
+        bars += _stage_lines("MovieLens-100k", m, "recall@10")
         bars += [f"MovieLens-100k: {bar}: {'met' if met else 'MISSED'}" for bar, met in m["bars"].items()]
     return "\n".join(lines + [""] + [f"- {b}" for b in bars])
 

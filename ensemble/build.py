@@ -10,6 +10,7 @@ Repository layout (built in a temporary directory next to ``--out`` and swapped 
         item_attributes.parquet              raw item attributes (category rules, raw ids)
         inventory.parquet                    item_id, in_stock (the ops stage may replace it live)
         history.npz, trending.npz            purchases per user; trending items and their shares
+        item_item.npz                        EASE item-item weights (from the run; empty without one)
         query_tower/, ranker/                SavedModels
         item_index.faiss, index.json         Faiss index and its measured recall
         item_vectors.npy                     item embeddings (scores for non-retrieved candidates)
@@ -30,6 +31,7 @@ from merlin.schema import Schema
 from merlin.systems.dag.ensemble import Ensemble
 
 from ensemble.config import ExcludeSeen, ExportConfig, Inventory, TfRuntime
+from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 from ensemble.index import build_index, save_index
 from ensemble.ops import FilterCandidates, OrderItems, RankCandidates, RetrieveCandidates, UserFeatures
@@ -98,6 +100,11 @@ def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, de
     np.savez(dest / "trending.npz", items=rows[keep].astype(np.int32),
              share=(counts.to_numpy()[keep] / max(counts.sum(), 1)).astype(np.float32))
 
+    if (run / "item_item.npz").exists():  # fitted and tuned by `funnel train ranking`
+        shutil.copy2(run / "item_item.npz", dest / "item_item.npz")
+    else:  # no item-item source: empty weights, every item-item score 0
+        ItemItem.empty(len(items)).save(dest / "item_item.npz")
+
     shutil.copytree(run / "query_tower", dest / "query_tower")
     if (run / "ranker").exists():
         shutil.copytree(run / "ranker", dest / "ranker")
@@ -132,7 +139,8 @@ def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
     return tower({c: table[c].to_numpy() for c in table.columns if c != "user_id_raw"})
 
 
-def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = ""):
+def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = "",
+                blend_weight: float = 0.0):
     """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
     users = pd.read_parquet(dest / "users.parquet")
     items = pd.read_parquet(dest / "items.parquet")
@@ -142,7 +150,7 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
     if exclude_seen == ExcludeSeen.AUTO:
         exclude_seen = ExcludeSeen.NEVER if repurchase else ExcludeSeen.ALL
     graph = ColumnSelector(REQUEST_COLUMNS) >> UserFeatures(dest, user_cols, {c: str(users[c].dtype) for c in user_cols})
-    retrieve = RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase)
+    retrieve = RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase, cfg.item_item)
     if cfg.features:
         open_store(cfg.features)  # fail now, not at serving time
         online = OnlineHistory(dest, cfg.features, as_of, cfg.recent)
@@ -153,7 +161,7 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
         >> retrieve
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
-        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known)
+        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weight)
         >> OrderItems(dest, cfg.max_k)
     )
     return Ensemble(graph, request_schema()), exclude_seen
@@ -234,6 +242,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     retrieval, ranking, pre_manifest, pre = _load_run(run)
     repurchase = bool(pre_manifest["dataset"]["repurchase"])
     use_ranker = bool(ranking and ranking.get("use_ranker", True))
+    blend_weight = float(((ranking or {}).get("item_item") or {}).get("blend_weight", 0.0))
     start = time.perf_counter()
     out = Path(cfg.out)
     with atomic_output_dir(out) as tmp:
@@ -250,7 +259,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         save_index(index, dest / "item_index.faiss")
         write_manifest(dest / "index.json", index_info)
         progress("graph")
-        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"])
+        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weight)
         runtime = TfRuntime.PYTHON if cfg.tf_runtime == TfRuntime.AUTO else cfg.tf_runtime
         if runtime != TfRuntime.PYTHON:
             for node in postorder_iter_nodes(ensemble.graph.output_node):
@@ -274,7 +283,9 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "data": {"content_checksum": pre_manifest["dataset"]["content_checksum"],
                      "dataset": pre_manifest["dataset"]["name"], "repurchase": repurchase, **facts},
             "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
-                       "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None)},
+                       "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None),
+                       "item_item": {"candidates": cfg.item_item, "blend_weight": blend_weight,
+                                     **((ranking or {}).get("item_item") or {"fitted": False})}},
             "index": index_info,
             "trending_for_known": str(cfg.trending_for_known),
             "filters": {"exclude_seen": str(exclude_seen), "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,

@@ -56,6 +56,8 @@ class ExportConfig:
     run: str = field(default="", metadata={"help": "training run directory"})
     out: str = field(default="triton_repo", metadata={"help": "Triton model repository to write"})
     candidates: int = field(default=100, metadata={"help": "Faiss top-N per user (the ranker trains on top-100)"})
+    item_item: int = field(default=100, metadata={
+        "help": "item-item (EASE) top-N per user, from the run's item_item.npz (0: no item-item source)"})
     recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
@@ -87,8 +89,8 @@ class ExportConfig:
         coerce_choices(self)
         if self.candidates < 1 or self.k < 1 or self.max_k < self.k or self.max_batch < 1:
             raise FunnelError("export: candidates >= 1, 1 <= k <= max_k, max_batch >= 1")
-        if self.recent < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
-            raise FunnelError("export: recent, trending, seen_days >= 0; trending_days, instances >= 1")
+        if self.recent < 0 or self.item_item < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
+            raise FunnelError("export: recent, item_item, trending, seen_days >= 0; trending_days, instances >= 1")
         if self.batch_delay_us < -1:
             raise FunnelError("export: batch_delay_us >= 0, or -1 for no dynamic batcher")
         for rule in self.exclude_categories:

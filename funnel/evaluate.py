@@ -13,8 +13,8 @@ Stage-wise diagnostics and peers:
 - ``repurchase``: the user's own items, most recent first, filled with popularity
   (only where the domain repurchases, per dataset.json);
 - ``retrieval``: the two-tower query embedding against every item embedding (exact top-k);
-- ``retrieval+ranking``: retriever top-N (+ own items) ordered by the DLRM (or by the retrieval
-  score where the ranker's gate is off), without the served graph's trending and stock filter;
+- ``retrieval+ranking``: retriever + item-item top-N (+ own items) ordered by the DLRM (or by the
+  tuned blend of two-tower and item-item scores where the ranker's gate is off), without the served graph's trending and stock filter;
 - ``oracle``: the generator's Bayes-optimal ranking (synthetic data only).
 
 Where the domain does not repurchase, items seen in training are excluded for every method,
@@ -44,9 +44,12 @@ from funnel.core.topk import dot_top_k
 from funnel.data.synth import Oracle
 from models.ranking import auc_logloss, score_pairs
 from models.ranking_data import assemble, candidates, rank_candidates, ranking_schema
+from models.sources import ItemItemSource, blend_order
 from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
 from workflows.history import recent_items
+from workflows.item_item import ItemItem
+from workflows.purchases import PurchaseHistory
 
 USER_BATCH = 2048
 
@@ -117,11 +120,13 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
 
 def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
                   use_ranker: bool = True) -> tuple[list[list], dict[str, float]]:
-    """The offline funnel: retriever top-N (+ own items where the domain repurchases) -> DLRM -> top-k.
+    """The offline funnel: retriever top-N + item-item top-N (+ own items where the domain repurchases)
+    -> DLRM -> top-k.
 
     Also returns the ranker's AUC and log loss on these test candidates (labels: test purchases).
-    With ``use_ranker`` False (the ranker lost to retrieval order on its own held-out users, see
-    ranking.json) the candidates are ordered by the two-tower score, as serving would.
+    With ``use_ranker`` False (the ranker lost to the blend order on its own held-out users, see
+    ranking.json) the candidates are ordered by the tuned blend of the two-tower and item-item
+    scores, as serving would.
     """
     schema = ranking_schema(data.pre)
     query, ranker = load_tower(run / "query_tower"), load_tower(run / "ranker")
@@ -133,18 +138,27 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
     item_ids = items["item_id_raw"].to_numpy()
     history = data.history.to_dict()
     test_pairs = set(zip(data.test["user_id"], data.test["item_id"]))
+    manifest = read_ranking_manifest(run) or {}
+    source = None
+    if (run / "item_item.npz").exists() and manifest.get("item_item"):  # the served item-item source
+        source = ItemItemSource(ItemItem.load(run / "item_item.npz"),
+                                PurchaseHistory.build(data.train, pd.Index(users["user_id_raw"]), pd.Index(item_ids),
+                                                      data.cutoff), pd.Index(users["user_id_raw"]),
+                                manifest["config"]["item_item"])
+    weight = float(manifest["item_item"]["blend_weight"]) if source is not None else 0.0
     out: list[list] = []
     labels, scores = [], []
     for start in range(0, len(data.users), USER_BATCH):
         batch = data.users[start : start + USER_BATCH]
         q = encode_rows(query, by_user.loc[batch].reset_index(), schema.select_by_tag(Tags.USER))
-        cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase)
-        rows = assemble(cands[["user_id", "item_id", "retrieval_score"]], users, items, data.train, data.cutoff)
+        cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase, item_item=source)
+        rows = assemble(cands[["user_id", "item_id", "retrieval_score", "item_item_score"]], users, items, data.train,
+                        data.cutoff)
         rows[TARGET] = 0
         ranker_scores = score_pairs(ranker, rows, schema)
         labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
         scores.append(ranker_scores)
-        order = ranker_scores if use_ranker else cands["retrieval_score"].to_numpy()
+        order = ranker_scores if use_ranker else blend_order(cands, weight)
         ranked = rank_candidates(order, cands, k).reindex(batch)
         out.extend(r if isinstance(r, list) else [] for r in ranked)  # every candidate seen: nothing left
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))

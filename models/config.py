@@ -59,6 +59,12 @@ class RankingConfig:
     pre: str = field(default="", metadata={"help": "preprocessing output directory"})
     run: str = field(default="", metadata={"help": "run directory holding the retriever"})
     candidates: int = field(default=100, metadata={"help": "retriever top-N per user"})
+    item_item: int = field(default=100, metadata={"help": "item-item (EASE) top-N per user (0: no item-item source)"})
+    item_item_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 200.0, 500.0, 2000.0], metadata={
+        "help": "EASE regularisation values tried (the best on the label period is kept)"})
+    item_item_neighbours: int = field(default=200, metadata={"help": "item-item weights kept per item"})
+    item_item_max_items: int = field(default=20_000, metadata={
+        "help": "EASE over the most-bought items only (a dense items x items inverse)"})
     hard_negatives: int = field(default=8, metadata={"help": "hard negatives (unbought candidates) per positive"})
     random_negatives: int = field(default=2, metadata={"help": "popularity-sampled negatives per positive"})
     max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training"})
@@ -80,6 +86,10 @@ class RankingConfig:
         coerce_choices(self)
         if self.candidates < 1 or self.epochs < 1 or self.hard_negatives < 0 or self.random_negatives < 0:
             raise FunnelError("ranking: candidates >= 1, epochs >= 1, negatives >= 0")
+        if self.item_item < 0 or self.item_item_neighbours < 1 or self.item_item_max_items < 2 or not self.item_item_lambdas \
+                or min(self.item_item_lambdas) <= 0:
+            raise FunnelError("ranking: item_item >= 0, item_item_neighbours >= 1, item_item_max_items >= 2, "
+                              "item_item_lambdas > 0")
         if not 0 < self.valid_share < 1:
             raise FunnelError("ranking: valid_share must be in (0, 1)")
 

@@ -2,16 +2,21 @@
 
 The data (labelled retriever candidates, features as of the label period's start) comes from
 :mod:`models.ranking_data`; the epoch with the best Recall@k of held-out users' full candidate
-lists is kept, and ``use_ranker`` records whether it beats the retrieval order on them.
+lists is kept, and ``use_ranker`` records whether it beats, on other held-out users, the order
+serving uses without it: the blend of the two-tower and item-item scores tuned in
+:mod:`models.sources`.
 
 Run directory additions::
 
     RUN/ranker/        SavedModel (DLRM)
+    RUN/item_item.npz  the item-item source's EASE weights (workflows.item_item), fitted on all of train
     RUN/ranking.json   manifest: config, data, versions, device, epochs, AUC / log loss
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +36,11 @@ from models import distribute
 from models.config import RankingConfig
 from models.fit import fit_best, run_manifest
 from models.ranking_data import RankingData, rank_candidates
+from models.sources import blend_order
 from models.tf_helpers import configure_tensorflow, precision
 from workflows import TARGET
+from workflows.item_item import ItemItem
+from workflows.purchases import PurchaseHistory
 
 
 def score_pairs(ranker, frame: pd.DataFrame, schema, batch_size: int = 8192) -> np.ndarray:
@@ -116,6 +124,19 @@ def validation(cfg: RankingConfig, data: RankingData, model) -> Callable[[], dic
     return validate
 
 
+def save_item_item(cfg: RankingConfig, run: Path, lam: float) -> None:
+    """``RUN/item_item.npz``: EASE with the tuned ``lam`` on all of train as of the cutoff (what serving scores)."""
+    pre = Path(cfg.pre)
+    raw = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
+    users = pd.Index(pd.read_parquet(pre / "catalogue" / "users.parquet", columns=["user_id_raw"])["user_id_raw"])
+    items = pd.Index(pd.read_parquet(pre / "catalogue" / "items.parquet", columns=["item_id_raw"])["item_id_raw"])
+    history = PurchaseHistory.build(raw, users, items, raw["timestamp"].max())
+    model = ItemItem.fit(history, lam, cfg.item_item_neighbours, cfg.item_item_max_items)
+    with tempfile.TemporaryDirectory(dir=run) as tmp:
+        model.save(Path(tmp) / "item_item.npz")
+        os.replace(Path(tmp) / "item_item.npz", run / "item_item.npz")
+
+
 def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Build labelled candidates, train the DLRM, save it into the run, return the manifest."""
     cfg.require_paths()
@@ -140,14 +161,22 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
     # their candidates better than the retrieval score does? If not, serving keeps the retrieval order.
     gate = per_user_recall(data, cfg.valid_k, gate=True)
     ranker_recall = gate(score_pairs(model, data.valid_full, data.schema))
-    retrieval_recall = gate(data.valid_cands["retrieval_score"].to_numpy())
-    decision = gate_decision(ranker_recall, retrieval_recall, cfg.seed)
+    blend_recall = gate(blend_order(data.valid_cands, data.blend_weight))
+    decision = gate_decision(ranker_recall, blend_recall, cfg.seed)
+    item_item = None
+    if data.item_item:  # the served source: the same lambda fitted on everything before the cutoff
+        item_item = {**data.item_item, "fitted": True,
+                     f"gate_recall@{cfg.valid_k}_two_tower_order": float(gate(data.valid_cands["retrieval_score"].to_numpy()).mean()),
+                     f"gate_recall@{cfg.valid_k}_item_item_order": float(gate(data.valid_cands["item_item_score"].to_numpy()).mean()),
+                     f"gate_recall@{cfg.valid_k}_blend_order": float(blend_recall.mean())}
+        save_item_item(cfg, run, data.item_item["lambda"])
     metrics = {"valid_auc": fit.best["valid_auc"], "valid_logloss": fit.best["valid_logloss"], key: fit.best[key],
                gate_key: float(ranker_recall.mean()) if len(ranker_recall) else 0.0,
-               f"{gate_key}_retrieval_order": float(retrieval_recall.mean()) if len(retrieval_recall) else 0.0,
+               f"{gate_key}_blend_order": float(blend_recall.mean()) if len(blend_recall) else 0.0,
                "gate_lift": decision["lift"], "gate_lift_ci95": decision["ci95"]}
     facts = {**data.facts, "gate_users": int(len(ranker_recall)), "build_seconds": round(build_seconds, 2)}
     manifest = run_manifest("ranking", cfg, facts, device, strategy, fit, metrics)
     manifest["use_ranker"] = decision["use"]
+    manifest["item_item"] = item_item
     write_manifest(run / RANKING_MANIFEST, manifest)
     return manifest

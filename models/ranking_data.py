@@ -24,30 +24,36 @@ from funnel.core.artifacts import read_preprocess_manifest
 from funnel.core.topk import dot_top_k
 from models.config import RankingConfig
 from models.retrieval import valid_mask
+from models.sources import ItemItemSource, tune_blend, tune_item_item
 from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
 from workflows import history as hist
 from workflows.io import features_as_of, load_workflow
-from workflows.candidates import REPURCHASE, RETRIEVAL, SOURCE_NAMES, merge_sources
+from workflows.candidates import ITEM_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, merge_sources
 from workflows.negatives import popularity_draws
 from workflows.purchases import PurchaseHistory, pair_features
 
-PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score"]
+PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score"]
 
 
 def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
-               history: dict[Any, list], repurchase: bool, recent: int = 20) -> pd.DataFrame:
-    """The served graph's known-user candidates: retriever top-n, plus the user's ``recent`` latest items
-    where the domain repurchases, merged as serving merges them (``workflows.candidates``); where the
-    domain does not repurchase, seen items are then removed, as serving's filter does.
+               history: dict[Any, list], repurchase: bool, recent: int = 20,
+               item_item: ItemItemSource | None = None) -> pd.DataFrame:
+    """The served graph's known-user candidates: retriever top-n, the item-item top-N, plus the user's
+    ``recent`` latest items where the domain repurchases, merged as serving merges them
+    (``workflows.candidates``); where the domain does not repurchase, seen items are then removed,
+    as serving's filter does.
 
-    Returns rows (user_id, item_id, source, retrieval_score) with raw ids, in candidate order
-    (a retrieved item the user bought before keeps source 'retrieval'). Trending fill, which the
-    ranker never scores for known users, is not a training candidate.
+    Returns rows (user_id, item_id, source, retrieval_score, item_item_score) with raw ids, in
+    candidate order (a retrieved item the user bought before keeps source 'retrieval'). Trending
+    fill, which the ranker never scores for known users, is not a training candidate.
     """
     pos = pd.Index(item_ids)
     parts, kinds = [dot_top_k(q, vectors, n)], [RETRIEVAL]
     rows = [pos.get_indexer(history.get(u, [])) for u in user_ids]  # most recent first; -1 = unknown item
+    if item_item is not None and item_item.n:
+        parts.append(item_item.top(np.asarray(user_ids), exclude_seen=not repurchase))
+        kinds.append(ITEM_ITEM)
     if repurchase:
         own = np.full((len(user_ids), recent), -1, dtype=np.int64)
         for r, items in enumerate(rows):
@@ -63,6 +69,8 @@ def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vector
     cands = pd.DataFrame({"user_id": np.asarray(user_ids)[users], "item_id": item_ids[ids[users, slots]],
                           "source": np.asarray(SOURCE_NAMES)[src[users, slots]]})
     cands["retrieval_score"] = dot_scores(q, user_ids, vectors, item_ids, cands)
+    cands["item_item_score"] = (item_item.pair_scores(cands["user_id"].to_numpy(), ids[users, slots])
+                                if item_item is not None else np.zeros(len(cands), dtype=np.float32))
     return cands
 
 
@@ -127,6 +135,8 @@ class RankingData:
     valid_truth: pd.Series  # held-out user -> set of items bought in the label period
     gate_users: np.ndarray  # half of the held-out users: the gate decides on them, the epoch on the others
     facts: dict[str, Any]  # for the manifest
+    blend_weight: float = 0.0  # item-item weight of the candidate order without a ranker
+    item_item: dict[str, Any] | None = None  # the item-item source's tuning (lambda, blend weight), for the manifest
 
     @classmethod
     def build(cls, cfg: RankingConfig, retrieval_manifest: dict[str, Any]) -> "RankingData":
@@ -148,15 +158,34 @@ class RankingData:
         if len(label_users) > cfg.max_users:
             label_users = rng.choice(label_users, cfg.max_users, replace=False)
         history = hist.recent_items(before).to_dict()
+        valid_users = rng.choice(label_users, max(2, int(len(label_users) * cfg.valid_share)), replace=False)
+        gate_users = valid_users[: len(valid_users) // 2]  # a random half (valid_users is a random draw)
 
         item_ids = items["item_id_raw"].to_numpy()
+        bought = label[label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
+        bought = bought[bought["item_id"].isin(item_ids)]
+        # the item-item source, fitted on the history before the label period; lambda chosen on the
+        # label purchases of every label user but the gate's
+        item_index, user_index = pd.Index(item_ids), pd.Index(users["user_id_raw"])
+        tuning = bought[~bought["user_id"].isin(gate_users)]
+        source, item_item_facts = None, {}
+        if cfg.item_item:
+            purchases = PurchaseHistory.build(before, user_index, item_index, cutoff)
+            truth_rows = tuning.assign(row=item_index.get_indexer(tuning["item_id"])).groupby("user_id")["row"].apply(set)
+            source, item_item_facts = tune_item_item(purchases, user_index, truth_rows, cfg.valid_k, cfg.item_item_lambdas,
+                                                     cfg.item_item_neighbours, cfg.item_item_max_items, cfg.item_item,
+                                                     exclude_seen=not repurchase)
+
         vectors = encode_rows(load_tower(run / "item_tower"), items, item_schema)
         q = encode_rows(load_tower(run / "query_tower"),
                         users.set_index("user_id_raw").loc[label_users].reset_index(), user_schema)
-        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, history, repurchase)
-
-        bought = label[label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
-        bought = bought[bought["item_id"].isin(item_ids)]
+        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, history, repurchase,
+                           item_item=source)
+        blend_weight = 0.0
+        if source is not None:
+            blend_weight, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set),
+                                                   cfg.valid_k, cfg.seed)
+            item_item_facts |= blend_facts
         bought_key = set(zip(bought["user_id"], bought["item_id"]))
         is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
         n_pos = bought.groupby("user_id").size()
@@ -173,22 +202,24 @@ class RankingData:
                            rand.assign(**{TARGET: 0})], ignore_index=True)
         pairs = pairs.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
         pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
+        pairs["item_item_score"] = (source.pair_scores(pairs["user_id"].to_numpy(), item_index.get_indexer(pairs["item_id"]))
+                                    if source is not None else np.float32(0.0))
         rows = assemble(pairs, users, items, before, cutoff)
         rows[TARGET] = rows[TARGET].astype(np.int32)
-        valid_users = rng.choice(label_users, max(2, int(len(label_users) * cfg.valid_share)), replace=False)
-        gate_users = valid_users[: len(valid_users) // 2]  # a random half (valid_users is a random draw)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
         valid_cands = cands[cands["user_id"].isin(valid_users)].reset_index(drop=True)
-        valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score"]], users, items, before, cutoff)
+        valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score", "item_item_score"]], users, items,
+                              before, cutoff)
         valid_full[TARGET] = 0
         facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],
                  "label_period_start": str(cutoff), "label_users": int(len(label_users)),
                  "rows": int(len(rows)), "positives": int(rows[TARGET].sum()),
                  "hard_negatives": int(len(hard)), "random_negatives": int(len(rand)),
                  "candidates_per_user": round(len(cands) / max(len(label_users), 1), 1),
-                 "label_recall_of_candidates": round(float(is_pos.sum()) / max(len(bought), 1), 4)}
+                 "label_recall_of_candidates": round(float(is_pos.sum()) / max(len(bought), 1), 4),
+                 "candidates_by_source": cands["source"].value_counts().to_dict()}
         return cls(schema=schema, fit_rows=rows[~is_valid].sample(frac=1.0, random_state=cfg.seed),
                    valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands,
                    valid_truth=bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set),
-                   gate_users=gate_users, facts=facts)
+                   gate_users=gate_users, facts=facts, blend_weight=blend_weight, item_item=item_item_facts)

@@ -120,3 +120,18 @@ def ranked_run(pre_dir, retrieval_run) -> Path:
 
     train(RankingConfig(pre=str(pre_dir), run=str(retrieval_run), **TINY_RANKER))
     return retrieval_run
+
+
+@pytest.fixture(scope="session")
+def ranker_run(ranked_run, tmp_path_factory) -> Path:
+    """The small run with its DLRM switched on, as if the gate had said yes: the gate of a run this
+    small decides on a few dozen users and usually keeps the blend order, but the serving tests
+    exercise the ranker's path (its inputs, its own Triton model)."""
+    import json
+    import shutil
+
+    run = tmp_path_factory.mktemp("ranker-on") / "run"
+    shutil.copytree(ranked_run, run)
+    ranking = json.loads((run / "ranking.json").read_text())
+    (run / "ranking.json").write_text(json.dumps({**ranking, "use_ranker": True}))
+    return run

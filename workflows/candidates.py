@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-RETRIEVAL, REPURCHASE, TRENDING = 0, 1, 2
-SOURCE_NAMES = ("retrieval", "repurchase", "trending")
+RETRIEVAL, REPURCHASE, TRENDING, ITEM_ITEM = 0, 1, 2, 3
+SOURCE_NAMES = ("retrieval", "repurchase", "trending", "item-item")
 
 
 def first_occurrence(ids: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ USER_ROW = "user_row"  # position in the export's user table, -1 for unknown use
 USER_PREFIX = "user__"  # encoded user features travel as user__<feature>
 CANDIDATES, SOURCES, RETRIEVAL_SCORES, CANDIDATE_SCORES, TIERS = (
     "candidate_rows", "candidate_sources", "retrieval_scores", "candidate_scores", "candidate_tiers")
+ITEM_ITEM_SCORES = "item_item_scores"  # EASE score of every candidate from the user's own items
 
 
 class ServingOperator(BaseOperator):

@@ -10,11 +10,12 @@ from merlin.schema import ColumnSchema, Schema
 
 from ensemble.config import TrendingForKnown
 from workflows.purchases import PurchaseHistory
-from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, RETRIEVAL_SCORES, SOURCES, TIERS, USER_ROW,
-                               ServingOperator, column, user_features)
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, RETRIEVAL_SCORES, SOURCES, TIERS,
+                               USER_ROW, ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
 from workflows.candidates import TRENDING
+from workflows.item_item import blend
 from workflows.purchases import pair_features
 
 
@@ -40,8 +41,9 @@ class RankCandidates(ServingOperator):
     triton_spec: dict | None = None
 
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
-                 trending_for_known: TrendingForKnown = TrendingForKnown.FILL):
+                 trending_for_known: TrendingForKnown = TrendingForKnown.FILL, blend_weight: float = 0.0):
         super().__init__(source_dir)
+        self.blend_weight = float(blend_weight)
         self.item_features = list(item_features)
         self.use_ranker = bool(use_ranker)
         self.trending_for_known = str(TrendingForKnown(trending_for_known))
@@ -72,7 +74,8 @@ class RankCandidates(ServingOperator):
         scores = np.full(cands.shape, -np.inf, dtype=np.float32)
         scores[fill] = self._popularity[cands[fill]]
         if known.any() and self._ranker is None:
-            scores[known] = columns[RETRIEVAL_SCORES][known]
+            scores[known] = blend(columns[RETRIEVAL_SCORES][known], columns[ITEM_ITEM_SCORES][known],
+                                  np.nonzero(known)[0], self.blend_weight)
         elif known.any():
             users, slots = np.nonzero(known)
             items = cands[users, slots]
@@ -84,6 +87,7 @@ class RankCandidates(ServingOperator):
             feed = {name: values[users] for name, values in user_features(columns).items()}
             feed.update({name: values[items] for name, values in self._items.items()})
             feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
-                        retrieval_score=columns[RETRIEVAL_SCORES][users, slots])
+                        retrieval_score=columns[RETRIEVAL_SCORES][users, slots],
+                        item_item_score=columns[ITEM_ITEM_SCORES][users, slots])
             scores[users, slots] = self._ranker(feed).reshape(-1)
         return {CANDIDATE_SCORES: scores, TIERS: tiers}

@@ -1,4 +1,4 @@
-"""RetrieveCandidates: query tower + Faiss top-N, merged with own recent items and trending items."""
+"""RetrieveCandidates: query tower + Faiss top-N, item-item (EASE) top-N, own recent items, trending items."""
 
 from __future__ import annotations
 
@@ -8,30 +8,37 @@ from pathlib import Path
 import numpy as np
 from merlin.schema import ColumnSchema, Schema
 
-from workflows.candidates import REPURCHASE, RETRIEVAL, TRENDING, merge_sources
+from workflows.candidates import ITEM_ITEM, REPURCHASE, RETRIEVAL, TRENDING, merge_sources
+from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 from ensemble.index import load_index
 from ensemble.savedmodel import model_runner
 from ensemble.ops.online import ONLINE_ITEMS
-from ensemble.ops.base import (CANDIDATES, RETRIEVAL_SCORES, SOURCES, USER_ROW, ServingOperator, column,
+from ensemble.ops.base import (CANDIDATES, ITEM_ITEM_SCORES, RETRIEVAL_SCORES, SOURCES, USER_ROW, ServingOperator, column,
                                user_features)
 
 
 
 class RetrieveCandidates(ServingOperator):
-    """Candidates per user, ``-1``-padded to ``n + recent + trending`` columns.
+    """Candidates per user, ``-1``-padded to ``n + item_item + recent + trending`` columns.
 
-    Known users: the query tower's embedding searched in the Faiss index (top ``n``), then,
-    where the domain repurchases, the user's ``recent`` latest items, then ``trending``
-    items; the first source of a duplicate wins. Unknown users get trending items only.
-    ``retrieval_scores`` is the two-tower dot product of every candidate (0 for cold users).
+    Known users: the query tower's embedding searched in the Faiss index (top ``n``), then the
+    ``item_item`` best items by the EASE weights of what the user bought (``item_item.npz``,
+    including purchases since the export read online), then, where the domain repurchases,
+    the user's ``recent`` latest items, then ``trending`` items; the first source of a
+    duplicate wins. Unknown users get trending items only. ``retrieval_scores`` is the
+    two-tower dot product of every candidate (0 for cold users), ``item_item_scores`` its
+    EASE score.
     """
 
-    files = ("query_tower", "item_index.faiss", "index.json", "item_vectors.npy", "history.npz", "trending.npz")
+    files = ("query_tower", "item_index.faiss", "index.json", "item_vectors.npy", "history.npz", "trending.npz",
+             "item_item.npz")
 
-    def __init__(self, source_dir: str | Path, n: int, recent: int, trending: int, repurchase: bool):
+    def __init__(self, source_dir: str | Path, n: int, recent: int, trending: int, repurchase: bool,
+                 item_item: int = 0):
         super().__init__(source_dir)
         self.n, self.recent, self.trending, self.repurchase = int(n), int(recent), int(trending), bool(repurchase)
+        self.item_item = int(item_item)
 
     online_width: int = 0  # set when an OnlineHistory operator feeds this one
     triton_model: str | None = None  # set when the export runs the query tower as its own Triton model
@@ -39,19 +46,20 @@ class RetrieveCandidates(ServingOperator):
 
     @property
     def width(self) -> int:
-        return self.n + ((self.recent + self.online_width) if self.repurchase else 0) + self.trending
+        return self.n + self.item_item + ((self.recent + self.online_width) if self.repurchase else 0) + self.trending
 
     def load(self, path: Path) -> None:
         self._tower = model_runner(path / "query_tower", self.triton_model, self.triton_spec)
         self._index = load_index(path / "item_index.faiss", json.loads((path / "index.json").read_text()))
         self._vectors = np.load(path / "item_vectors.npy", allow_pickle=False)
         self._history = PurchaseHistory.load(path / "history.npz")
+        self._item_item = ItemItem.load(path / "item_item.npz")
         with np.load(path / "trending.npz", allow_pickle=False) as data:
             self._trending = data["items"][: self.trending].astype(np.int32)
 
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
         return [column(CANDIDATES, np.int32, True), column(SOURCES, np.int8, True),
-                column(RETRIEVAL_SCORES, np.float32, True)]
+                column(RETRIEVAL_SCORES, np.float32, True), column(ITEM_ITEM_SCORES, np.float32, True)]
 
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = columns[USER_ROW]
@@ -70,10 +78,15 @@ class RetrieveCandidates(ServingOperator):
             _, found[known] = self._index.search(np.ascontiguousarray(queries[known]), n)
         parts = [np.where((rows >= 0)[:, None], found, -1)]
         kinds = [RETRIEVAL]
+        online = columns.get(ONLINE_ITEMS)  # purchases since the export, from the online store
+        if self.item_item:
+            parts.append(self._item_item.top(self._history, rows, self.item_item, online,
+                                             exclude_seen=not self.repurchase))
+            kinds.append(ITEM_ITEM)
         if self.repurchase:
             own = self._history.recent(rows, self.recent)
-            if ONLINE_ITEMS in columns:  # purchases since the export, from the online store, come first
-                own = np.concatenate([columns[ONLINE_ITEMS], own], axis=1)
+            if online is not None:  # the newest purchases come first
+                own = np.concatenate([online, own], axis=1)
             parts.append(own)
             kinds.append(REPURCHASE)
         parts.append(np.tile(self._trending, (users, 1)))
@@ -82,8 +95,10 @@ class RetrieveCandidates(ServingOperator):
         cands[:, : ids.shape[1]] = ids
         sources[:, : ids.shape[1]] = src
         valid = cands >= 0
+        item_item = self._item_item.pair_scores(self._history, rows, cands, online)
         if len(known):
             vec = self._vectors[np.maximum(cands, 0)]
             dots = np.einsum("ucd,ud->uc", vec, queries)
             scores = np.where(valid & (rows >= 0)[:, None], dots, 0.0).astype(np.float32)
-        return {CANDIDATES: cands, SOURCES: sources, RETRIEVAL_SCORES: scores}
+        return {CANDIDATES: cands, SOURCES: sources, RETRIEVAL_SCORES: scores,
+                ITEM_ITEM_SCORES: item_item.astype(np.float32)}

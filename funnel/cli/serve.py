@@ -86,17 +86,20 @@ def export(args: argparse.Namespace) -> None:
         m = export(cfg, progress=step)
     idx, f, d = m["index"], m["filters"], m["data"]
     recall_key = next(key for key in idx if key.startswith("recall@"))
-    ranker = m["models"]["ranker"]
+    ranker, ii = m["models"]["ranker"], m["models"]["item_item"]
     rows = [
         ("catalogue / users", f"{d['items']:,} items ({d['in_stock']:,} in stock) / {d['users']:,} users"),
         ("Faiss index", f"{idx['kind']} ({idx['search_param'] or 'exact'}"
                         + (f"={idx['search_value']}" if idx["search_param"] else "")
                         + f"), {recall_key.replace('_', ' ')} {idx[recall_key]:.3f}"),
-        ("candidates", f"top {cfg.candidates} + {cfg.recent if d['repurchase'] else 0} own recent + {cfg.trending} trending"),
+        ("candidates", f"top {cfg.candidates} two-tower + {cfg.item_item if ii.get('fitted') else 0} item-item + "
+                       f"{cfg.recent if d['repurchase'] else 0} own recent + {cfg.trending} trending"),
         ("filters", f"seen: {f['exclude_seen']}, out of stock: {'yes' if f['out_of_stock'] else 'no'}, "
                     f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
         ("inventory", d["inventory"]),
-        ("ranker", "DLRM" if ranker and ranker["used"] else "two-tower score (no ranker or ranker not used)"),
+        ("ranker", "DLRM" if ranker and ranker["used"] else (
+            f"blend of two-tower and item-item scores (item-item weight {ii['blend_weight']:.2f}; ranker not used)"
+            if ii.get("fitted") else "two-tower score (no ranker or ranker not used)")),
         ("TensorFlow runtime", m["tf_runtime"] + " backend"),
         ("time", f"{m['export_seconds']:.1f} s"),
         ("written to", f"{cfg.out} (serve it: funnel serve {cfg.out})"),

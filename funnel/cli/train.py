@@ -78,10 +78,14 @@ def ranking(args: argparse.Namespace) -> None:
         ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
         ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
-        (f"gate recall@{cfg.valid_k}: ranker / retrieval order",
-         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_retrieval_order']:.4f} on {d['gate_users']:,} users, "
+        (f"gate recall@{cfg.valid_k}: ranker / blend order",
+         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_blend_order']:.4f} on {d['gate_users']:,} users, "
          f"lift 95% CI [{m['metrics']['gate_lift_ci95'][0]:+.4f}, {m['metrics']['gate_lift_ci95'][1]:+.4f}]"
-         + ("" if m["use_ranker"] else "  (ranker not used: no confident gain over the retrieval order)")),
+         + ("" if m["use_ranker"] else "  (ranker not used: no confident gain over the blend order)")),
+        *([("item-item source", f"EASE lambda {ii['lambda']:g}, blend weight {ii['blend_weight']:.1f}; gate recall@{cfg.valid_k} "
+                                f"two-tower / item-item / blend order {ii[f'gate_recall@{cfg.valid_k}_two_tower_order']:.4f} / "
+                                f"{ii[f'gate_recall@{cfg.valid_k}_item_item_order']:.4f} / "
+                                f"{ii[f'gate_recall@{cfg.valid_k}_blend_order']:.4f}")] if (ii := m["item_item"]) else []),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
                  f"{d['build_seconds']:.1f} s building data"),
         ("written to", str(Path(cfg.run) / "ranker")),

@@ -16,14 +16,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_tensorflow_backend_answers_like_the_python_runtime(ranked_run, pre_dir, tmp_path):
+def test_tensorflow_backend_answers_like_the_python_runtime(ranker_run, pre_dir, tmp_path):
     import pandas as pd
 
     users = pd.read_parquet(pre_dir / "splits" / "train.parquet")["user_id"].astype(str).unique()[:20].tolist()
     answers = {}
     for runtime in ("python", "tensorflow"):
         repo = tmp_path / runtime
-        export(ExportConfig(run=str(ranked_run), out=str(repo), tf_runtime=runtime))
+        export(ExportConfig(run=str(ranker_run), out=str(repo), tf_runtime=runtime))
         with TritonServer(repo, grpc_port=0, log_path=tmp_path / f"{runtime}.log") as srv, Client(srv.url) as c:
             answers[runtime] = c.infer(users + ["never-seen-user"], k=12)
     assert answers["python"]["item_ids"].tolist() == answers["tensorflow"]["item_ids"].tolist()

@@ -135,8 +135,8 @@ def test_tampered_graph_is_not_unpickled(exported, tmp_path):
         Recommender(pkl.parent)
 
 
-def test_tensorflow_runtime_splits_the_models_out_for_tritons_tf_backend(ranked_run, tmp_path):
-    m = export(ExportConfig(run=str(ranked_run), out=str(tmp_path / "r"), tf_runtime="tensorflow"))
+def test_tensorflow_runtime_splits_the_models_out_for_tritons_tf_backend(ranker_run, tmp_path):
+    m = export(ExportConfig(run=str(ranker_run), out=str(tmp_path / "r"), tf_runtime="tensorflow"))
     assert m["tf_runtime"] == "tensorflow"
     for name in ("funnel_query_tower", "funnel_ranker"):
         config = (tmp_path / "r" / name / "config.pbtxt").read_text()
@@ -163,8 +163,11 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
     from merlin.schema import Tags
 
     from models.ranking_data import candidates
+    from models.sources import ItemItemSource
     from models.tf_helpers import encode_rows, load_tower
     from workflows.history import recent_items
+    from workflows.item_item import ItemItem
+    from workflows.purchases import PurchaseHistory
 
     repo = tmp_path / "repo"
     export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=40, recent=20, trending=0,
@@ -177,11 +180,19 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
     schema = Dataset(str(pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     q = encode_rows(load_tower(ranked_run / "query_tower"), users.set_index("user_id_raw").loc[known_users[:20]]
                     .reset_index(), schema)
-    emb = pd.read_parquet(ranked_run / "item_embeddings.parquet")
-    item_ids = emb["item_id"].astype(str).to_numpy()
-    history = recent_items(train.assign(user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str)))
-    trained = candidates(q, np.array(known_users[:20]), item_ids, emb.drop(columns=["item_id"]).to_numpy(np.float32),
-                         40, history.to_dict(), repurchase=True, recent=20)
+    items = pd.read_parquet(pre_dir / "catalogue" / "items.parquet")["item_id_raw"]  # the item rows' order
+    emb = pd.read_parquet(ranked_run / "item_embeddings.parquet").set_index("item_id").loc[items]
+    item_ids = items.astype(str).to_numpy()
+    as_text = train.assign(user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str))
+    history = recent_items(as_text)
+    ranking = json.loads((ranked_run / "ranking.json").read_text())
+    user_index = pd.Index(users["user_id_raw"])
+    source = ItemItemSource(ItemItem.load(ranked_run / "item_item.npz"),
+                            PurchaseHistory.build(as_text, user_index, pd.Index(item_ids), as_text["timestamp"].max()),
+                            user_index, ranking["config"]["item_item"])
+    trained = candidates(q, np.array(known_users[:20]), item_ids, emb.to_numpy(np.float32),
+                         40, history.to_dict(), repurchase=True, recent=20, item_item=source)
+    assert (trained["source"] == "item-item").any()
     for row, user in enumerate(known_users[:20]):
         mine = trained[trained["user_id"] == user]
         ids = [v.decode() for v in served["candidate_ids"][row] if v]

@@ -94,14 +94,79 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     cutoff = pd.Timestamp(json.loads((pre / "preprocess.json").read_text())["split"]["cutoff"])
     user = train["user_id"].iloc[0]
     served = recommender.recommend([str(user)], k=10, with_candidates=True)
-    keep = served["candidate_sources"][0] == b"retrieval"
+    keep = np.isin(served["candidate_sources"][0], [b"retrieval", b"item-item"])
     ids = [int(v) for v in served["candidate_ids"][0][keep]]
     assert len(ids) > 10
 
     schema = Dataset(str(pre / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
     emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[ids].to_numpy(np.float32)
-    pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32)})
+    weights = item_item_weights(forced, len(items))
+    mine = pd.Index(items["item_id_raw"]).get_indexer(train.loc[train["user_id"] == user, "item_id"].unique())
+    rows_of_ids = pd.Index(items["item_id_raw"]).get_indexer(ids)
+    pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32),
+                          "item_item_score": weights[mine].sum(axis=0)[rows_of_ids].astype(np.float32)})
     rows = assemble(pairs, users, items, train, cutoff).assign(**{TARGET: 0})
     expected = score_pairs(load_tower(run / "ranker"), rows, ranking_schema(pre))
     np.testing.assert_allclose(served["candidate_scores"][0][keep], expected, rtol=1e-4, atol=1e-5)
+
+
+def item_item_weights(run, n_items: int):
+    """The run's item-item weights as a dense array, read with numpy alone."""
+    import numpy as np
+
+    with np.load(run / "item_item.npz") as f:
+        dense = np.zeros((n_items, n_items))
+        for row in range(n_items):
+            span = slice(f["indptr"][row], f["indptr"][row + 1])
+            dense[row, f["indices"][span]] = f["data"][span]
+    return dense
+
+
+def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
+    """The served graph's item-item candidates are the best unseen items by the sum of the EASE weight
+    rows of the user's training items, and without a ranker its candidates come out in the order of
+    the tuned blend: per user, (1 - w) z(two-tower) + w z(item-item), written out here with pandas."""
+    import numpy as np
+
+    from merlin.io import Dataset
+    from merlin.schema import Tags
+
+    from ensemble.build import ExportConfig, export
+    from ensemble.runtime import Recommender
+    from models.tf_helpers import encode_rows, load_tower
+
+    run, _ = ml_run
+    users = pd.read_parquet(ml_pre_dir / "catalogue" / "users.parquet")
+    schema = Dataset(str(ml_pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
+    ranking = json.loads((run / "ranking.json").read_text())
+    assert ranking["item_item"]["fitted"] and ranking["use_ranker"] is False  # 1 epoch, ~40 gate users: off
+    weight = ranking["item_item"]["blend_weight"]
+    export(ExportConfig(run=str(run), out=str(tmp_path / "repo")))
+    recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
+    train = pd.read_parquet(ml_pre_dir / "splits" / "train.parquet")
+    items = pd.read_parquet(ml_pre_dir / "catalogue" / "items.parquet")
+    index = pd.Index(items["item_id_raw"])
+    weights = item_item_weights(run, len(items))
+    emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[items["item_id_raw"]]
+    for user in train["user_id"].drop_duplicates().iloc[:3]:
+        mine = index.get_indexer(train.loc[train["user_id"] == user, "item_id"].unique())
+        scores = weights[mine].sum(axis=0)
+        scores[mine] = 0.0  # MovieLens: seen items are never recommended
+        best = [i for i in np.argsort(-scores, kind="stable")[:100] if scores[i] > 0]
+        served = recommender.recommend([str(user)], k=100, with_candidates=True)
+        sources, cands = served["candidate_sources"][0], served["candidate_ids"][0]
+        from_item_item = {int(c) for c, s in zip(cands, sources) if s == b"item-item"}
+        assert from_item_item and from_item_item <= set(index[best])
+        retrieved = {int(c) for c, s in zip(cands, sources) if s == b"retrieval"}
+        assert set(index[best]) <= from_item_item | retrieved  # a duplicate keeps its first source
+
+        ranked = [int(c) for c, s in zip(cands, sources) if s in (b"retrieval", b"item-item")]
+        rows = index.get_indexer(ranked)
+        q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
+        frame = pd.DataFrame({"item": ranked, "ii": scores[rows], "tt": emb.to_numpy(np.float32)[rows] @ q[0]})
+        z = lambda col: (frame[col] - frame[col].mean()) / frame[col].std(ddof=0)
+        frame["blend"] = (1 - weight) * z("tt") + weight * z("ii")
+        want = frame.sort_values("blend", ascending=False, kind="stable")["item"].head(10).tolist()
+        got = [int(v) for v in served["item_ids"][0][:10]]
+        assert got == want, (user, got, want)

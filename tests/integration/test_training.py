@@ -114,7 +114,7 @@ def test_ranker_manifest_and_learning(ranked_run):
     assert d["positives"] > 0 and d["hard_negatives"] > 0 and d["random_negatives"] > 0
     assert m["epochs_run"] == 2 and m["device"] == "cpu"
     assert m["metrics"]["valid_auc"] > 0.6  # clearly better than chance on held-out users
-    gate, gate_retrieval = m["metrics"]["gate_recall@12"], m["metrics"]["gate_recall@12_retrieval_order"]
+    gate, gate_retrieval = m["metrics"]["gate_recall@12"], m["metrics"]["gate_recall@12_blend_order"]
     low, high = m["metrics"]["gate_lift_ci95"]
     assert 0 < gate_retrieval <= 1 and d["gate_users"] > 0 and low <= gate - gate_retrieval <= high
     assert m["use_ranker"] == (low > 0)

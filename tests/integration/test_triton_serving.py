@@ -23,9 +23,9 @@ ENSEMBLE = Path("funnel") / "1" / "ensemble"
 
 
 @pytest.fixture(scope="module")
-def repo(ranked_run, tmp_path_factory) -> Path:
+def repo(ranker_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("triton") / "triton_repo"
-    export(ExportConfig(run=str(ranked_run), out=str(out), candidates=60, trending=20, exclude_seen="all",
+    export(ExportConfig(run=str(ranker_run), out=str(out), candidates=60, trending=20, exclude_seen="all",
                         max_batch=64))
     return out
 
@@ -133,17 +133,17 @@ def test_malformed_requests_get_clear_errors_and_the_server_stays_up(server, cli
     raw.close()
 
 
-def test_restart_serves_a_reexported_repository(repo, ranked_run, tmp_path, users):
-    export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
+def test_restart_serves_a_reexported_repository(repo, ranker_run, tmp_path, users):
+    export(ExportConfig(run=str(ranker_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
                         k=5, max_batch=64))
     with TritonServer(repo, grpc_port=0, log_path=tmp_path / "triton.log") as srv, Client(srv.url) as c:
         rec = next(c.recommend(users[:1]))
         assert len(rec.items) == 5  # the new export's default k
 
 
-def test_cli_export_serve_recommend(ranked_run, tmp_path, users, cli):
+def test_cli_export_serve_recommend(ranker_run, tmp_path, users, cli):
     repo = tmp_path / "repo"
-    code, out, err = cli("export", ranked_run, "--out", repo, "--candidates", "50", "--k", "6")
+    code, out, err = cli("export", ranker_run, "--out", repo, "--candidates", "50", "--k", "6")
     assert code == 0, err
     assert "funnel export: done" in out and "flat" in out
     port = str(__import__("funnel.serving", fromlist=["free_port"]).free_port())
@@ -203,12 +203,12 @@ def test_prediction_log_counts_every_served_user_under_load(repo, users, tmp_pat
     assert all(len(i) == 5 and len(c) >= 5 for i, c in zip(frame["items"], frame["candidates"]))
 
 
-def test_cache_misses_go_to_the_live_server(ranked_run, server, users, tmp_path, cli):
+def test_cache_misses_go_to_the_live_server(ranker_run, server, users, tmp_path, cli):
     import json
 
     from funnel.cache import build
 
-    build(ranked_run, str(tmp_path / "recs.sqlite"), None, k=4)
+    build(ranker_run, str(tmp_path / "recs.sqlite"), None, k=4)
     code, out, err = cli("recommend", "--from-cache", tmp_path / "recs.sqlite", "--url", server.url,
                          "--user", users[0], "--user", "never-seen-user", "--json")
     assert code == 0, err
@@ -216,10 +216,10 @@ def test_cache_misses_go_to_the_live_server(ranked_run, server, users, tmp_path,
     assert cached["served_from"] == "cache" and live["served_from"] == "live" and len(live["items"]) == 4
 
 
-def test_models_split_out_and_called_through_bls_answer_the_same(ranked_run, server, client, users, tmp_path):
+def test_models_split_out_and_called_through_bls_answer_the_same(ranker_run, server, client, users, tmp_path):
     """--tf-runtime python-bls: query tower and ranker as their own Triton models (the tensorflow layout)."""
     repo = tmp_path / "bls_repo"
-    export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
+    export(ExportConfig(run=str(ranker_run), out=str(repo), candidates=60, trending=20, exclude_seen="all",
                         max_batch=64, tf_runtime="python-bls"))
     asked = users[:10] + ["never-seen-user"]
     expected = client.infer(asked, k=12)  # the single-process export of the module's server

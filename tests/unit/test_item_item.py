@@ -1,0 +1,145 @@
+"""The item-item candidate source (workflows/item_item.py) against independent computations."""
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from workflows.item_item import ItemItem, blend, ease_weights, standardise, top_items, user_matrix
+from workflows.purchases import PurchaseHistory
+
+T0 = pd.Timestamp("2024-01-01")
+
+
+def history_of(pairs: list[tuple[str, str]], users: list[str], items: list[str]) -> PurchaseHistory:
+    frame = pd.DataFrame(pairs, columns=["user_id", "item_id"]).assign(
+        timestamp=[T0 + pd.Timedelta(hours=h) for h in range(len(pairs))])
+    return PurchaseHistory.build(frame, pd.Index(users), pd.Index(items), T0 + pd.Timedelta(days=30))
+
+
+def random_history(seed: int, users: int = 70, items: int = 9, p: float = 0.3):
+    rng = np.random.default_rng(seed)
+    dense = rng.random((users, items)) < p
+    u, i = np.nonzero(dense)
+    names_u, names_i = [f"u{k}" for k in range(users)], [f"i{k}" for k in range(items)]
+    pairs = [(names_u[a], names_i[b]) for a, b in zip(u, i)]
+    pairs += pairs[:10]  # repeated purchases count once
+    return history_of(pairs, names_u, names_i), dense.astype(np.float64)
+
+
+def test_ease_weights_solve_the_ridge_regression_of_each_item_on_the_others():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((60, 8)) < 0.3).astype(np.float32))
+    lam = 3.0
+    b = ease_weights(x, lam)
+    dense = x.toarray().astype(np.float64)
+    for j in range(8):
+        others = [i for i in range(8) if i != j]
+        a = dense[:, others]
+        coef = np.linalg.solve(a.T @ a + lam * np.eye(7), a.T @ dense[:, j])
+        assert np.allclose(b[others, j], coef, atol=1e-8)
+        assert b[j, j] == 0.0
+
+
+def test_user_matrix_is_the_binary_crosstab_of_the_history_plus_new_purchases():
+    history, dense = random_history(1)
+    rows = np.array([3, -1, 0, 69, 3])
+    extra = np.full((5, 2), -1)
+    extra[1, 0], extra[2, :] = 4, [5, 5]
+    got = user_matrix(history, rows, extra).toarray()
+    want = np.zeros((5, 9))
+    for r, u in enumerate(rows):
+        if u >= 0:
+            want[r] = dense[u]
+    want[1, 4] = want[2, 5] = 1.0  # an unknown user with a purchase since; a duplicate counts once
+    assert np.array_equal(got, want)
+
+
+def test_fit_scores_are_the_users_items_times_the_ease_weights():
+    history, dense = random_history(2)
+    model = ItemItem.fit(history, lam=5.0, neighbours=9)
+    b = ease_weights(sp.csr_matrix(dense), 5.0)
+    kept = np.where(b > 0, b, 0.0)  # pruning keeps positive weights only
+    rows = np.array([0, 5, -1, 12])
+    want = np.vstack([dense[r] @ kept if r >= 0 else np.zeros(9) for r in rows])
+    assert np.allclose(model.scores(history, rows), want, atol=1e-5)
+
+
+def test_pruning_keeps_each_items_strongest_neighbours():
+    history, dense = random_history(3, items=12, p=0.4)
+    b = ease_weights(sp.csr_matrix(dense), 2.0)
+    w = ItemItem.fit(history, lam=2.0, neighbours=3).weights.toarray()
+    for j in range(12):
+        kept = np.flatnonzero(w[j])
+        strongest = [i for i in np.argsort(-b[j])[:3] if b[j, i] > 0]
+        assert set(kept) == set(strongest)
+        assert np.allclose(w[j, kept], b[j, kept], atol=1e-6)
+
+
+def test_only_the_most_bought_items_get_weights():
+    pairs = [(f"u{u}", "pop") for u in range(30)] + [(f"u{u}", "mid") for u in range(20)]
+    pairs += [(f"u{u}", "low") for u in range(5)] + [(f"u{u}", "never") for u in range(0)]
+    history = history_of(pairs, [f"u{u}" for u in range(30)], ["low", "mid", "never", "pop"])
+    w = ItemItem.fit(history, lam=1.0, max_items=2).weights.toarray()
+    assert not w[[0, 2]].any() and not w[:, [0, 2]].any()  # 'low' and 'never' are outside the top 2
+    assert w[1, 3] > 0 and w[3, 1] > 0
+
+
+def test_top_orders_positive_scores_excludes_own_items_and_pads():
+    history = history_of([("a", "x"), ("a", "y"), ("b", "x")], ["a", "b", "c"], ["x", "y", "z", "w"])
+    weights = sp.csr_matrix(np.array([[0, 2.0, 1.0, 0], [0.5, 0, 3.0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32))
+    model = ItemItem(weights, 1.0)
+    rows = np.array([0, 1, 2, -1])
+    scores = model.scores(history, rows)
+    assert np.allclose(scores[0], [0.5, 2.0, 4.0, 0]) and np.allclose(scores[1], [0, 2.0, 1.0, 0])
+    assert not scores[2:].any()
+    top = model.top(history, rows, 3)
+    assert top.tolist() == [[2, 1, 0], [1, 2, -1], [-1, -1, -1], [-1, -1, -1]]
+    assert model.top(history, rows, 3, exclude_seen=True).tolist()[:2] == [[2, -1, -1], [1, 2, -1]]
+    extra = np.array([[-1], [1], [-1], [0]])  # b and the unknown user bought more since
+    assert model.top(history, rows, 2, extra, exclude_seen=True).tolist() == [[2, -1], [2, -1], [-1, -1], [1, 2]]
+    items = np.array([[2, -1], [0, 1], [1, 1], [2, 0]])
+    assert np.allclose(model.pair_scores(history, rows, items), [[4.0, 0], [0, 2.0], [0, 0], [0, 0]])
+
+
+def test_scoring_in_chunks_equals_scoring_at_once(monkeypatch):
+    import workflows.item_item as mod
+
+    history, _ = random_history(4, users=50)
+    model = ItemItem.fit(history, lam=3.0)
+    rows = np.arange(50)
+    whole, pairs = model.top(history, rows, 4), model.pair_scores(history, rows, np.tile(np.arange(9), (50, 1)))
+    monkeypatch.setattr(mod, "CHUNK_CELLS", 20)  # two users at a time
+    assert np.array_equal(model.top(history, rows, 4), whole)
+    assert np.allclose(model.pair_scores(history, rows, np.tile(np.arange(9), (50, 1))), pairs)
+
+
+def test_top_items_matches_a_full_sort():
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(20, 30))
+    got = top_items(scores, 7)
+    for row, s in zip(got, scores):
+        want = [i for i in np.argsort(-s, kind="stable")[:7] if s[i] > 0]
+        assert row[: len(want)].tolist() == want and (row[len(want):] == -1).all()
+
+
+def test_blend_standardises_each_users_scores_like_pandas():
+    rng = np.random.default_rng(6)
+    users = rng.integers(0, 5, 60)
+    users[users == 4] = 3  # some users with more candidates
+    a, b = rng.normal(3, 2, 60), rng.exponential(1, 60)
+    b[users == 0] = 0.7  # a constant score says nothing
+    frame = pd.DataFrame({"u": users, "a": a, "b": b})
+    z = lambda col: frame.groupby("u")[col].transform(lambda s: (s - s.mean()) / s.std(ddof=0) if s.std(ddof=0) > 1e-12 else 0 * s)
+    assert np.allclose(standardise(b, users), z("b"))
+    assert np.allclose(blend(a, b, users, 0.3), 0.7 * z("a") + 0.3 * z("b"), atol=1e-6)
+    assert np.allclose(blend(a, b, users, 0.0), z("a"), atol=1e-6)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    history, _ = random_history(7)
+    model = ItemItem.fit(history, lam=4.0, neighbours=3)
+    model.save(tmp_path / "ii.npz")
+    back = ItemItem.load(tmp_path / "ii.npz")
+    assert back.lam == 4.0 and (back.weights != model.weights).nnz == 0
+    empty = ItemItem.empty(9)
+    assert not empty.top(history, np.arange(3), 2).__ge__(0).any() and not empty.scores(history, np.arange(3)).any()

@@ -1,0 +1,177 @@
+"""Item-to-item candidate source ("bought with what you bought"): EASE weights, pruned and sparse.
+
+EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019): with the binary
+user-item matrix ``X`` of the training period, ``P = (X'X + lambda I)^-1`` and ``B = -P / diag(P)``
+with a zero diagonal; a user's score for item ``i`` is ``sum_j x_uj B_ji``. The Gram matrix is
+dense in the number of items, so the fit keeps the ``max_items`` most-bought items (the rest get
+no item-item score), and each item keeps its ``neighbours`` largest weights: the served artifact is
+a CSR matrix of at most ``items x neighbours`` entries (``item_item.npz``, no pickles).
+
+One implementation for ranker training (``models.ranking_data``) and the served graph
+(``ensemble.ops.retrieve``): the same fit, the same user scores, the same blend with the two-tower
+score (:func:`blend`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from workflows.purchases import PurchaseHistory
+
+MAX_ITEMS = 20_000  # dense Gram matrix: 20k items = 3.2 GB in float64 while inverting
+NEIGHBOURS = 200
+CHUNK_CELLS = 1 << 24  # users x items scored densely at once (64 MiB of float32)
+
+
+def ease_weights(x: sp.spmatrix, lam: float) -> np.ndarray:
+    """EASE's dense item-item weights (zero diagonal) for a binary user-item matrix ``x``."""
+    gram = np.asarray((x.T @ x).toarray(), dtype=np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def prune_rows(dense: np.ndarray, keep: int) -> sp.csr_matrix:
+    """Each row's ``keep`` largest positive entries as a CSR matrix (the rest dropped)."""
+    keep = min(keep, dense.shape[1])
+    top = np.argpartition(-dense, keep - 1, axis=1)[:, :keep] if keep else np.zeros((len(dense), 0), dtype=np.int64)
+    vals = np.take_along_axis(dense, top, axis=1)
+    rows = np.repeat(np.arange(len(dense)), top.shape[1])
+    ok = vals.reshape(-1) > 0
+    return sp.csr_matrix((vals.reshape(-1)[ok].astype(np.float32), (rows[ok], top.reshape(-1)[ok])), shape=dense.shape)
+
+
+def user_matrix(history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None = None) -> sp.csr_matrix:
+    """Binary ``(len(rows), n_items)`` matrix of each user row's distinct items (unknown rows: empty).
+
+    ``extra`` (``(users, m)`` item rows, ``-1``-padded) adds items bought since the history was built.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    safe = np.maximum(rows, 0)
+    start, end = history.offsets[safe], history.offsets[safe + 1]
+    lengths = np.where(rows >= 0, end - start, 0)
+    user = np.repeat(np.arange(len(rows)), lengths)
+    pos = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
+    items = history.items[pos] if len(pos) else np.zeros(0, dtype=np.int32)
+    if extra is not None and extra.size:
+        u, s = np.nonzero(extra >= 0)
+        user, items = np.concatenate([user, u]), np.concatenate([items, extra[u, s]])
+    x = sp.csr_matrix((np.ones(len(user), np.float32), (user, items)), shape=(len(rows), history.n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+@dataclass
+class ItemItem:
+    """Pruned item-item weights over the item table's rows (``weights[j, i]``: buying j says i)."""
+
+    weights: sp.csr_matrix  # (n_items, n_items) float32
+    lam: float
+
+    @classmethod
+    def fit(cls, history: PurchaseHistory, lam: float, neighbours: int = NEIGHBOURS,
+            max_items: int = MAX_ITEMS) -> "ItemItem":
+        """EASE on every user's distinct items in ``history``, over its ``max_items`` most-bought items."""
+        x = user_matrix(history, np.arange(len(history.offsets) - 1)).tocsc()
+        buyers = np.diff(x.indptr)
+        kept = np.sort(np.argsort(-buyers, kind="stable")[:max_items])
+        kept = kept[buyers[kept] > 0]
+        if len(kept) < 2:
+            return cls.empty(history.n_items)
+        pruned = prune_rows(ease_weights(x[:, kept], lam), neighbours).tocoo()
+        full = sp.csr_matrix((pruned.data, (kept[pruned.row], kept[pruned.col])),
+                             shape=(history.n_items, history.n_items), dtype=np.float32)
+        return cls(full, float(lam))
+
+    @classmethod
+    def empty(cls, n_items: int) -> "ItemItem":
+        """No weights: every score 0, no item-item candidates."""
+        return cls(sp.csr_matrix((n_items, n_items), dtype=np.float32), 0.0)
+
+    @property
+    def n_items(self) -> int:
+        return self.weights.shape[0]
+
+    def scores(self, history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """Dense ``(len(rows), n_items)`` float32 item-item scores of each user row (0 for unknown users)."""
+        return np.asarray((user_matrix(history, rows, extra) @ self.weights).toarray(), dtype=np.float32)
+
+    def _chunks(self, rows: np.ndarray):
+        step = max(1, CHUNK_CELLS // max(self.n_items, 1))
+        return [slice(i, i + step) for i in range(0, len(rows), step)]
+
+    def top(self, history: PurchaseHistory, rows: np.ndarray, n: int, extra: np.ndarray | None = None,
+            exclude_seen: bool = False) -> np.ndarray:
+        """``(len(rows), n)`` best item rows by item-item score (positive scores only, ``-1``-padded),
+        scored a bounded number of users at a time; ``exclude_seen`` skips the users' own items."""
+        out = np.full((len(rows), min(n, self.n_items)), -1, dtype=np.int64)
+        if not self.weights.nnz:
+            return out
+        for part in self._chunks(rows):
+            scores = self.scores(history, rows[part], None if extra is None else extra[part])
+            if exclude_seen:
+                scores[user_matrix(history, rows[part], None if extra is None else extra[part]).nonzero()] = 0.0
+            out[part] = top_items(scores, n)
+        return out
+
+    def pair_scores(self, history: PurchaseHistory, rows: np.ndarray, items: np.ndarray,
+                    extra: np.ndarray | None = None) -> np.ndarray:
+        """Score of each ``(users, width)`` item row for its user row (0 where the item is ``-1``)."""
+        out = np.zeros(items.shape, dtype=np.float32)
+        if not self.weights.nnz:
+            return out
+        for part in self._chunks(rows):
+            scores = self.scores(history, rows[part], None if extra is None else extra[part])
+            out[part] = np.where(items[part] >= 0, np.take_along_axis(scores, np.maximum(items[part], 0), axis=1), 0.0)
+        return out
+
+    def save(self, path: Path) -> None:
+        w = self.weights
+        np.savez(path, indptr=w.indptr, indices=w.indices, data=w.data, n_items=np.int64(w.shape[0]),
+                 lam=np.float64(self.lam))
+
+    @classmethod
+    def load(cls, path: Path) -> "ItemItem":
+        with np.load(path, allow_pickle=False) as f:
+            n = int(f["n_items"])
+            return cls(sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(n, n)), float(f["lam"]))
+
+
+def top_items(scores: np.ndarray, n: int) -> np.ndarray:
+    """``(users, n)`` item rows with the highest positive scores, best first, ``-1`` where none is left."""
+    n = min(n, scores.shape[1])
+    if n == 0:
+        return np.full((len(scores), 0), -1, dtype=np.int64)
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    vals = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    top, vals = np.take_along_axis(top, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    return np.where(vals > 0, top, -1)
+
+
+def standardise(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(value - mean) / std within each group (a user's candidates); 0 where a group is constant."""
+    groups = np.asarray(groups, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return values
+    count = np.bincount(groups)
+    mean = np.bincount(groups, values) / np.maximum(count, 1)
+    centred = values - mean[groups]
+    std = np.sqrt(np.bincount(groups, centred ** 2) / np.maximum(count, 1))[groups]
+    return np.where(std > 1e-12, centred / np.where(std > 1e-12, std, 1.0), 0.0)
+
+
+def blend(retrieval: np.ndarray, item_item: np.ndarray, users: np.ndarray, weight: float) -> np.ndarray:
+    """The candidate order without a ranker: ``(1 - w) z(two-tower) + w z(item-item)``, each score
+    standardised over the user's candidates. Flat arrays: one entry per candidate, ``users`` says
+    whose it is (any integer code)."""
+    z = (1.0 - weight) * standardise(retrieval, users) + weight * standardise(item_item, users)
+    return z.astype(np.float32)
