@@ -124,6 +124,7 @@ def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: l
     report = json.loads((run / "eval.json").read_text())
     ranking = json.loads((run / "ranking.json").read_text())
     report["ranking_stage"] = {"use_ranker": ranking["use_ranker"], "item_item": ranking.get("item_item"),
+                               "blend": ranking.get("blend"),
                                "gate": {k: v for k, v in ranking["metrics"].items() if k.startswith("gate")}}
     return report
 

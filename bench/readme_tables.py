@@ -46,12 +46,19 @@ def _stage_lines(name: str, section: dict, metric: str) -> list[str]:
     elif (section.get("ranker_on_test_candidates") or {}).get("ranker_used") is not None:
         out.append(f"{name}: ranker switched on by its gate: "
                    f"{'yes' if section['ranker_on_test_candidates']['ranker_used'] else 'no'}")
-    stages = [st for st in section.get("ranking_stage", []) if st.get("item_item")]
+    stages = [st for st in section.get("ranking_stage", []) if st.get("item_item") and st.get("blend")]
     if stages:
+        short = {"retrieval_score": "two-tower", "item_item_score": "item-item", "pair_purchases": "own count",
+                 "pair_days_since": "own recency"}
         lams = ", ".join(f"{st['item_item']['lambda']:g}" for st in stages)
-        weights = ", ".join(f"{st['item_item']['blend_weight']:.1f}" for st in stages)
-        out.append(f"{name}: item-item source EASE lambda {lams}; blend weight (item-item share) {weights} "
-                   "(tuned on the label period per run)")
+        weights = "; ".join(" + ".join(f"{w:.2f} {short.get(n, n)}" for n, w in st["blend"]["weights"].items() if w)
+                            for st in stages)
+        out.append(f"{name}: item-item source EASE lambda {lams}; blend per run: {weights} "
+                   "(tuned on the label period)")
+        gate = [st["gate"] for st in stages]
+        k = next(key for key in gate[0] if key.startswith("gate_recall@") and key.count("_") == 1)
+        out.append(f"{name}: gate users' {k.split('_')[1]}, ranker vs blend order per run: "
+                   + "; ".join(f"{g[k]:.3f} vs {g[k + '_blend_order']:.3f}" for g in gate))
     return out
 
 

@@ -140,7 +140,7 @@ def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
 
 
 def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = "",
-                blend_weight: float = 0.0):
+                blend_weights: dict[str, float] | None = None):
     """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
     users = pd.read_parquet(dest / "users.parquet")
     items = pd.read_parquet(dest / "items.parquet")
@@ -161,7 +161,7 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
         >> retrieve
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
-        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weight)
+        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights)
         >> OrderItems(dest, cfg.max_k)
     )
     return Ensemble(graph, request_schema()), exclude_seen
@@ -242,7 +242,8 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     retrieval, ranking, pre_manifest, pre = _load_run(run)
     repurchase = bool(pre_manifest["dataset"]["repurchase"])
     use_ranker = bool(ranking and ranking.get("use_ranker", True))
-    blend_weight = float(((ranking or {}).get("item_item") or {}).get("blend_weight", 0.0))
+    # the order without a ranker (tuned by train ranking; runs without one: the two-tower score)
+    blend_weights = ((ranking or {}).get("blend") or {}).get("weights") or {"retrieval_score": 1.0}
     start = time.perf_counter()
     out = Path(cfg.out)
     with atomic_output_dir(out) as tmp:
@@ -259,7 +260,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         save_index(index, dest / "item_index.faiss")
         write_manifest(dest / "index.json", index_info)
         progress("graph")
-        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weight)
+        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weights)
         runtime = TfRuntime.PYTHON if cfg.tf_runtime == TfRuntime.AUTO else cfg.tf_runtime
         if runtime != TfRuntime.PYTHON:
             for node in postorder_iter_nodes(ensemble.graph.output_node):
@@ -284,8 +285,8 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
                      "dataset": pre_manifest["dataset"]["name"], "repurchase": repurchase, **facts},
             "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
                        "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None),
-                       "item_item": {"candidates": cfg.item_item, "blend_weight": blend_weight,
-                                     **((ranking or {}).get("item_item") or {"fitted": False})}},
+                       "item_item": {"candidates": cfg.item_item, **((ranking or {}).get("item_item") or {"fitted": False})},
+                       "blend_weights": blend_weights},
             "index": index_info,
             "trending_for_known": str(cfg.trending_for_known),
             "filters": {"exclude_seen": str(exclude_seen), "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,

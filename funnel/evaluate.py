@@ -145,7 +145,7 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
                                 PurchaseHistory.build(data.train, pd.Index(users["user_id_raw"]), pd.Index(item_ids),
                                                       data.cutoff), pd.Index(users["user_id_raw"]),
                                 manifest["config"]["item_item"])
-    weight = float(manifest["item_item"]["blend_weight"]) if source is not None else 0.0
+    weights = (manifest.get("blend") or {}).get("weights") or {"retrieval_score": 1.0}
     out: list[list] = []
     labels, scores = [], []
     for start in range(0, len(data.users), USER_BATCH):
@@ -158,7 +158,8 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
         ranker_scores = score_pairs(ranker, rows, schema)
         labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
         scores.append(ranker_scores)
-        order = ranker_scores if use_ranker else blend_order(cands, weight)
+        order = ranker_scores if use_ranker else blend_order(cands.assign(
+            pair_purchases=rows["pair_purchases"].to_numpy(), pair_days_since=rows["pair_days_since"].to_numpy()), weights)
         ranked = rank_candidates(order, cands, k).reindex(batch)
         out.extend(r if isinstance(r, list) else [] for r in ranked)  # every candidate seen: nothing left
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))

@@ -37,6 +37,7 @@ from models.config import RankingConfig
 from models.fit import fit_best, run_manifest
 from models.ranking_data import RankingData, rank_candidates
 from models.sources import blend_order
+from workflows.candidates import BLEND_SCORES
 from models.tf_helpers import configure_tensorflow, precision
 from workflows import TARGET
 from workflows.item_item import ItemItem
@@ -161,14 +162,15 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
     # their candidates better than the retrieval score does? If not, serving keeps the retrieval order.
     gate = per_user_recall(data, cfg.valid_k, gate=True)
     ranker_recall = gate(score_pairs(model, data.valid_full, data.schema))
-    blend_recall = gate(blend_order(data.valid_cands, data.blend_weight))
+    blend_recall = gate(blend_order(data.valid_cands, data.blend["weights"]))
     decision = gate_decision(ranker_recall, blend_recall, cfg.seed)
+    # the gate users' recall under each single score, beside the blend's and the ranker's
+    orders = {name: float(gate(sign * data.valid_cands[name].to_numpy()).mean()) if len(ranker_recall) else 0.0
+              for name, sign in BLEND_SCORES.items()}
+    blend_facts = {**data.blend, f"gate_recall@{cfg.valid_k}_by_score": orders}
     item_item = None
     if data.item_item:  # the served source: the same lambda fitted on everything before the cutoff
-        item_item = {**data.item_item, "fitted": True,
-                     f"gate_recall@{cfg.valid_k}_two_tower_order": float(gate(data.valid_cands["retrieval_score"].to_numpy()).mean()),
-                     f"gate_recall@{cfg.valid_k}_item_item_order": float(gate(data.valid_cands["item_item_score"].to_numpy()).mean()),
-                     f"gate_recall@{cfg.valid_k}_blend_order": float(blend_recall.mean())}
+        item_item = {**data.item_item, "fitted": True}
         save_item_item(cfg, run, data.item_item["lambda"])
     metrics = {"valid_auc": fit.best["valid_auc"], "valid_logloss": fit.best["valid_logloss"], key: fit.best[key],
                gate_key: float(ranker_recall.mean()) if len(ranker_recall) else 0.0,
@@ -178,5 +180,6 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
     manifest = run_manifest("ranking", cfg, facts, device, strategy, fit, metrics)
     manifest["use_ranker"] = decision["use"]
     manifest["item_item"] = item_item
+    manifest["blend"] = blend_facts
     write_manifest(run / RANKING_MANIFEST, manifest)
     return manifest

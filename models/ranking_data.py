@@ -135,7 +135,7 @@ class RankingData:
     valid_truth: pd.Series  # held-out user -> set of items bought in the label period
     gate_users: np.ndarray  # half of the held-out users: the gate decides on them, the epoch on the others
     facts: dict[str, Any]  # for the manifest
-    blend_weight: float = 0.0  # item-item weight of the candidate order without a ranker
+    blend: dict[str, Any] | None = None  # the candidate order without a ranker: its tuned weights, for the manifest
     item_item: dict[str, Any] | None = None  # the item-item source's tuning (lambda, blend weight), for the manifest
 
     @classmethod
@@ -181,11 +181,9 @@ class RankingData:
                         users.set_index("user_id_raw").loc[label_users].reset_index(), user_schema)
         cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, history, repurchase,
                            item_item=source)
-        blend_weight = 0.0
-        if source is not None:
-            blend_weight, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set),
-                                                   cfg.valid_k, cfg.seed)
-            item_item_facts |= blend_facts
+        cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, before, cutoff)
+        _, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set),
+                                    cfg.valid_k, cfg.seed)
         bought_key = set(zip(bought["user_id"], bought["item_id"]))
         is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
         n_pos = bought.groupby("user_id").size()
@@ -222,4 +220,4 @@ class RankingData:
         return cls(schema=schema, fit_rows=rows[~is_valid].sample(frac=1.0, random_state=cfg.seed),
                    valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands,
                    valid_truth=bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set),
-                   gate_users=gate_users, facts=facts, blend_weight=blend_weight, item_item=item_item_facts)
+                   gate_users=gate_users, facts=facts, blend=blend_facts, item_item=item_item_facts)

@@ -2,8 +2,9 @@
 
 The item-item source (``workflows.item_item``: EASE weights over what each user bought) is fitted
 on the history before the label period, its ``lambda`` chosen by the Recall@k of its own top-k on
-the label period, and the blend weight that orders candidates when the ranker is not used is
-chosen the same way on the ranker's training users. The held-out gate users play no part in
+the label period, and the blend weights that order candidates when the ranker is not used
+(two-tower, item-item, the user's own purchase count and recency) are chosen the same way on the
+ranker's training users. The held-out gate users play no part in
 either choice: they judge the ranker against the tuned blend.
 """
 
@@ -16,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from funnel.core.metrics import recalls_at_k
-from workflows.item_item import ItemItem, blend
+from workflows.candidates import BLEND_SCORES, blend
+from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 
 BLEND_WEIGHTS = [round(w, 1) for w in np.linspace(0.0, 1.0, 11)]
+OWN_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
 MAX_TUNING_USERS = 10_000
 
 
@@ -68,25 +71,58 @@ def tune_item_item(history: PurchaseHistory, users: pd.Index, truth: pd.Series, 
 
 
 def order_recall(order: np.ndarray, cands: pd.DataFrame, truth: pd.Series, k: int) -> float:
-    """Mean Recall@k of ``truth``'s users when their candidates (rows of ``cands``) are ordered by ``order``."""
-    ranked = cands.assign(_o=order).sort_values(["user_id", "_o"], ascending=[True, False], kind="stable")
-    top = ranked.groupby("user_id", sort=False)["item_id"].apply(lambda s: list(s[:k])).reindex(truth.index)
-    return float(np.mean(recalls_at_k([t if isinstance(t, list) else [] for t in top], list(truth), k)))
+    """Mean Recall@k of ``truth``'s users (user id -> set of item ids) when their candidates (rows of
+    ``cands``: user_id, item_id) are ordered by ``order``, ties in candidate order; vectorised."""
+    users = pd.Index(truth.index)
+    code = users.get_indexer(cands["user_id"])
+    mine = code >= 0
+    code, items, order = code[mine], cands["item_id"].to_numpy()[mine], np.asarray(order)[mine]
+    item_index = pd.Index(pd.unique(items))
+    sizes = truth.map(len).to_numpy()
+    wanted_users = np.repeat(np.arange(len(users)), sizes)
+    wanted_items = item_index.get_indexer([i for t in truth for i in t])
+    n = max(len(item_index), 1)
+    wanted = np.unique(wanted_users[wanted_items >= 0] * n + wanted_items[wanted_items >= 0])
+    ranked = np.lexsort((-order, code))  # by user, then best first; stable
+    sorted_code = code[ranked]
+    start = np.searchsorted(sorted_code, sorted_code)  # first row of each user's block
+    top = ranked[(np.arange(len(ranked)) - start) < k]
+    hit = np.isin(code[top].astype(np.int64) * n + item_index.get_indexer(items[top]), wanted)
+    hits = np.bincount(code[top][hit], minlength=len(users))
+    return float(np.mean(hits / np.maximum(sizes, 1))) if len(users) else 0.0
 
 
-def blend_order(cands: pd.DataFrame, weight: float) -> np.ndarray:
-    """The order serving uses without a ranker (``workflows.item_item.blend``) for candidate rows."""
+def blend_order(cands: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
+    """The order serving uses without a ranker (``workflows.candidates.blend``) for candidate rows
+    carrying the ``BLEND_SCORES`` columns."""
     codes = pd.factorize(cands["user_id"])[0]
-    return blend(cands["retrieval_score"].to_numpy(), cands["item_item_score"].to_numpy(), codes, weight)
+    return blend({name: cands[name].to_numpy() for name in BLEND_SCORES}, codes, weights)
 
 
-def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tuple[float, dict[str, Any]]:
-    """The item-item weight of the blend with the best Recall@k on ``truth``'s users (raw ids; at most
-    ``MAX_TUNING_USERS`` of them). Ties go to the smaller weight."""
+def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Blend weights with the best Recall@k on ``truth``'s users (raw ids; at most ``MAX_TUNING_USERS``).
+
+    Two steps on a grid: the item-item share ``a`` of the two-tower / item-item pair (0-1 by 0.1),
+    then the shares of the user's own purchase count and recency (0-0.5 by 0.1 each) taken from
+    that pair. Ties go to the simpler weights (earlier in the grid): a score that never varies (no
+    repurchases) gets no weight.
+    """
     if len(truth) > MAX_TUNING_USERS:
         truth = truth.sample(MAX_TUNING_USERS, random_state=seed)
     mine = cands[cands["user_id"].isin(truth.index)]
-    recalls = {w: order_recall(blend_order(mine, w), mine, truth, k) for w in BLEND_WEIGHTS}
-    best = max(BLEND_WEIGHTS, key=lambda w: (recalls[w], -w))
-    return best, {"blend_weight": best, f"tuning_recall@{k}_by_weight": {f"{w:g}": round(r, 5) for w, r in recalls.items()},
-                  "tuning_users": int(len(truth))}
+    tried: dict[str, float] = {}
+
+    def score(weights: dict[str, float]) -> float:
+        recall = order_recall(blend_order(mine, weights), mine, truth, k)
+        tried[", ".join(f"{n}={w:g}" for n, w in weights.items() if w)] = round(recall, 5)
+        return recall
+
+    def best(grid: list[dict[str, float]]) -> dict[str, float]:
+        scored = [(score(w), -i, w) for i, w in enumerate(grid)]
+        return max(scored, key=lambda t: (t[0], t[1]))[2]
+
+    pair = best([{"retrieval_score": 1 - a, "item_item_score": a} for a in BLEND_WEIGHTS])
+    own = best([{**{n: w * (1 - b - c) for n, w in pair.items()}, "pair_purchases": b, "pair_days_since": c}
+                for b in OWN_WEIGHTS for c in OWN_WEIGHTS])
+    weights = {n: round(float(own.get(n, 0.0)), 4) for n in BLEND_SCORES}
+    return weights, {"weights": weights, f"tuning_recall@{k}": tried, "tuning_users": int(len(truth))}

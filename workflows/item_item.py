@@ -8,8 +8,7 @@ no item-item score), and each item keeps its ``neighbours`` largest weights: the
 a CSR matrix of at most ``items x neighbours`` entries (``item_item.npz``, no pickles).
 
 One implementation for ranker training (``models.ranking_data``) and the served graph
-(``ensemble.ops.retrieve``): the same fit, the same user scores, the same blend with the two-tower
-score (:func:`blend`).
+(``ensemble.ops.retrieve``): the same fit, the same user scores.
 """
 
 from __future__ import annotations
@@ -154,24 +153,3 @@ def top_items(scores: np.ndarray, n: int) -> np.ndarray:
     order = np.argsort(-vals, axis=1, kind="stable")
     top, vals = np.take_along_axis(top, order, axis=1), np.take_along_axis(vals, order, axis=1)
     return np.where(vals > 0, top, -1)
-
-
-def standardise(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """(value - mean) / std within each group (a user's candidates); 0 where a group is constant."""
-    groups = np.asarray(groups, dtype=np.int64)
-    values = np.asarray(values, dtype=np.float64)
-    if not len(values):
-        return values
-    count = np.bincount(groups)
-    mean = np.bincount(groups, values) / np.maximum(count, 1)
-    centred = values - mean[groups]
-    std = np.sqrt(np.bincount(groups, centred ** 2) / np.maximum(count, 1))[groups]
-    return np.where(std > 1e-12, centred / np.where(std > 1e-12, std, 1.0), 0.0)
-
-
-def blend(retrieval: np.ndarray, item_item: np.ndarray, users: np.ndarray, weight: float) -> np.ndarray:
-    """The candidate order without a ranker: ``(1 - w) z(two-tower) + w z(item-item)``, each score
-    standardised over the user's candidates. Flat arrays: one entry per candidate, ``users`` says
-    whose it is (any integer code)."""
-    z = (1.0 - weight) * standardise(retrieval, users) + weight * standardise(item_item, users)
-    return z.astype(np.float32)

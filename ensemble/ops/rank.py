@@ -14,8 +14,7 @@ from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, R
                                USER_ROW, ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
-from workflows.candidates import TRENDING
-from workflows.item_item import blend
+from workflows.candidates import TRENDING, blend
 from workflows.purchases import pair_features
 
 
@@ -41,9 +40,10 @@ class RankCandidates(ServingOperator):
     triton_spec: dict | None = None
 
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
-                 trending_for_known: TrendingForKnown = TrendingForKnown.FILL, blend_weight: float = 0.0):
+                 trending_for_known: TrendingForKnown = TrendingForKnown.FILL,
+                 blend_weights: dict[str, float] | None = None):
         super().__init__(source_dir)
-        self.blend_weight = float(blend_weight)
+        self.blend_weights = {name: float(w) for name, w in (blend_weights or {"retrieval_score": 1.0}).items()}
         self.item_features = list(item_features)
         self.use_ranker = bool(use_ranker)
         self.trending_for_known = str(TrendingForKnown(trending_for_known))
@@ -73,10 +73,7 @@ class RankCandidates(ServingOperator):
             tiers[fill & (rows >= 0)[:, None]] = 1
         scores = np.full(cands.shape, -np.inf, dtype=np.float32)
         scores[fill] = self._popularity[cands[fill]]
-        if known.any() and self._ranker is None:
-            scores[known] = blend(columns[RETRIEVAL_SCORES][known], columns[ITEM_ITEM_SCORES][known],
-                                  np.nonzero(known)[0], self.blend_weight)
-        elif known.any():
+        if known.any():
             users, slots = np.nonzero(known)
             items = cands[users, slots]
             bought, since = pair_features(self._history, rows, cands)
@@ -84,10 +81,13 @@ class RankCandidates(ServingOperator):
                 fresh = online_matches(cands, columns[ONLINE_ITEMS])
                 bought = np.where(fresh, np.log1p(np.expm1(bought) + 1), bought).astype(np.float32)
                 since = np.where(fresh, 0.0, since).astype(np.float32)
-            feed = {name: values[users] for name, values in user_features(columns).items()}
-            feed.update({name: values[items] for name, values in self._items.items()})
-            feed.update(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
-                        retrieval_score=columns[RETRIEVAL_SCORES][users, slots],
-                        item_item_score=columns[ITEM_ITEM_SCORES][users, slots])
-            scores[users, slots] = self._ranker(feed).reshape(-1)
+            pairs = dict(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
+                         retrieval_score=columns[RETRIEVAL_SCORES][users, slots],
+                         item_item_score=columns[ITEM_ITEM_SCORES][users, slots])
+            if self._ranker is None:
+                scores[users, slots] = blend(pairs, users, self.blend_weights)
+            else:
+                feed = {name: values[users] for name, values in user_features(columns).items()}
+                feed.update({name: values[items] for name, values in self._items.items()})
+                scores[users, slots] = self._ranker({**feed, **pairs}).reshape(-1)
         return {CANDIDATE_SCORES: scores, TIERS: tiers}

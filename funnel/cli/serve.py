@@ -98,8 +98,8 @@ def export(args: argparse.Namespace) -> None:
                     f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
         ("inventory", d["inventory"]),
         ("ranker", "DLRM" if ranker and ranker["used"] else (
-            f"blend of two-tower and item-item scores (item-item weight {ii['blend_weight']:.2f}; ranker not used)"
-            if ii.get("fitted") else "two-tower score (no ranker or ranker not used)")),
+            "blend " + ", ".join(f"{w:.2f} {name}" for name, w in m["models"]["blend_weights"].items() if w)
+            + " (ranker not used)")),
         ("TensorFlow runtime", m["tf_runtime"] + " backend"),
         ("time", f"{m['export_seconds']:.1f} s"),
         ("written to", f"{cfg.out} (serve it: funnel serve {cfg.out})"),

@@ -82,10 +82,10 @@ def ranking(args: argparse.Namespace) -> None:
          f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_blend_order']:.4f} on {d['gate_users']:,} users, "
          f"lift 95% CI [{m['metrics']['gate_lift_ci95'][0]:+.4f}, {m['metrics']['gate_lift_ci95'][1]:+.4f}]"
          + ("" if m["use_ranker"] else "  (ranker not used: no confident gain over the blend order)")),
-        *([("item-item source", f"EASE lambda {ii['lambda']:g}, blend weight {ii['blend_weight']:.1f}; gate recall@{cfg.valid_k} "
-                                f"two-tower / item-item / blend order {ii[f'gate_recall@{cfg.valid_k}_two_tower_order']:.4f} / "
-                                f"{ii[f'gate_recall@{cfg.valid_k}_item_item_order']:.4f} / "
-                                f"{ii[f'gate_recall@{cfg.valid_k}_blend_order']:.4f}")] if (ii := m["item_item"]) else []),
+        *([("item-item source", f"EASE lambda {m['item_item']['lambda']:g}")] if m["item_item"] else []),
+        ("blend (order without ranker)", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["weights"].items() if w)),
+        (f"gate recall@{cfg.valid_k} by one score", ", ".join(
+            f"{n} {v:.4f}" for n, v in m["blend"][f"gate_recall@{cfg.valid_k}_by_score"].items())),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "
                  f"{d['build_seconds']:.1f} s building data"),
         ("written to", str(Path(cfg.run) / "ranker")),

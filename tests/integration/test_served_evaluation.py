@@ -126,7 +126,7 @@ def item_item_weights(run, n_items: int):
 def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
     """The served graph's item-item candidates are the best unseen items by the sum of the EASE weight
     rows of the user's training items, and without a ranker its candidates come out in the order of
-    the tuned blend: per user, (1 - w) z(two-tower) + w z(item-item), written out here with pandas."""
+    the tuned blend: per user, w_tt z(two-tower) + w_ii z(item-item), written out here with pandas."""
     import numpy as np
 
     from merlin.io import Dataset
@@ -141,17 +141,18 @@ def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
     schema = Dataset(str(ml_pre_dir / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     ranking = json.loads((run / "ranking.json").read_text())
     assert ranking["item_item"]["fitted"] and ranking["use_ranker"] is False  # 1 epoch, ~40 gate users: off
-    weight = ranking["item_item"]["blend_weight"]
+    weights = ranking["blend"]["weights"]
+    assert not weights["pair_purchases"] and not weights["pair_days_since"]  # MovieLens: nothing repurchased
     export(ExportConfig(run=str(run), out=str(tmp_path / "repo")))
     recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
     train = pd.read_parquet(ml_pre_dir / "splits" / "train.parquet")
     items = pd.read_parquet(ml_pre_dir / "catalogue" / "items.parquet")
     index = pd.Index(items["item_id_raw"])
-    weights = item_item_weights(run, len(items))
+    ease = item_item_weights(run, len(items))
     emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[items["item_id_raw"]]
     for user in train["user_id"].drop_duplicates().iloc[:3]:
         mine = index.get_indexer(train.loc[train["user_id"] == user, "item_id"].unique())
-        scores = weights[mine].sum(axis=0)
+        scores = ease[mine].sum(axis=0)
         scores[mine] = 0.0  # MovieLens: seen items are never recommended
         best = [i for i in np.argsort(-scores, kind="stable")[:100] if scores[i] > 0]
         served = recommender.recommend([str(user)], k=100, with_candidates=True)
@@ -166,7 +167,7 @@ def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
         q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
         frame = pd.DataFrame({"item": ranked, "ii": scores[rows], "tt": emb.to_numpy(np.float32)[rows] @ q[0]})
         z = lambda col: (frame[col] - frame[col].mean()) / frame[col].std(ddof=0)
-        frame["blend"] = (1 - weight) * z("tt") + weight * z("ii")
+        frame["blend"] = weights["retrieval_score"] * z("tt") + weights["item_item_score"] * z("ii")
         want = frame.sort_values("blend", ascending=False, kind="stable")["item"].head(10).tolist()
         got = [int(v) for v in served["item_ids"][0][:10]]
         assert got == want, (user, got, want)

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
-from workflows.item_item import ItemItem, blend, ease_weights, standardise, top_items, user_matrix
+from workflows.candidates import blend, standardise
+from workflows.item_item import ItemItem, ease_weights, top_items, user_matrix
 from workflows.purchases import PurchaseHistory
 
 T0 = pd.Timestamp("2024-01-01")
@@ -123,6 +125,7 @@ def test_top_items_matches_a_full_sort():
 
 
 def test_blend_standardises_each_users_scores_like_pandas():
+    """workflows.candidates.blend: the order without a ranker."""
     rng = np.random.default_rng(6)
     users = rng.integers(0, 5, 60)
     users[users == 4] = 3  # some users with more candidates
@@ -131,8 +134,12 @@ def test_blend_standardises_each_users_scores_like_pandas():
     frame = pd.DataFrame({"u": users, "a": a, "b": b})
     z = lambda col: frame.groupby("u")[col].transform(lambda s: (s - s.mean()) / s.std(ddof=0) if s.std(ddof=0) > 1e-12 else 0 * s)
     assert np.allclose(standardise(b, users), z("b"))
-    assert np.allclose(blend(a, b, users, 0.3), 0.7 * z("a") + 0.3 * z("b"), atol=1e-6)
-    assert np.allclose(blend(a, b, users, 0.0), z("a"), atol=1e-6)
+    frame["n"], frame["d"] = rng.poisson(1, 60).astype(float), rng.exponential(5, 60)
+    scores = {"retrieval_score": a, "item_item_score": b, "pair_purchases": frame["n"], "pair_days_since": frame["d"]}
+    got = blend(scores, users, {"retrieval_score": 0.5, "item_item_score": 0.2, "pair_purchases": 0.2,
+                                "pair_days_since": 0.1})
+    assert np.allclose(got, 0.5 * z("a") + 0.2 * z("b") + 0.2 * z("n") - 0.1 * z("d"), atol=1e-5)  # recent is better
+    assert np.allclose(blend(scores, users, {"retrieval_score": 1.0}), z("a"), atol=1e-6)
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -143,3 +150,19 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.lam == 4.0 and (back.weights != model.weights).nnz == 0
     empty = ItemItem.empty(9)
     assert not empty.top(history, np.arange(3), 2).__ge__(0).any() and not empty.scores(history, np.arange(3)).any()
+
+
+def test_order_recall_equals_sorting_each_users_candidates():
+    from models.sources import order_recall
+
+    rng = np.random.default_rng(8)
+    cands = pd.DataFrame({"user_id": rng.choice(["a", "b", "c", "d"], 80), "item_id": rng.integers(0, 30, 80)})
+    cands = cands.drop_duplicates().reset_index(drop=True)
+    order = rng.integers(0, 5, len(cands)).astype(float)  # many ties: candidate order breaks them
+    truth = pd.Series({"a": {1, 2, 3}, "b": {4}, "c": {5, 6, 99}, "e": {7}})  # e has no candidates
+    for k in (1, 3, 10):
+        recalls = []
+        for user, bought in truth.items():
+            mine = cands.assign(o=order)[cands["user_id"] == user].sort_values("o", ascending=False, kind="stable")
+            recalls.append(len(set(mine["item_id"].head(k)) & bought) / len(bought))
+        assert order_recall(order, cands, truth, k) == pytest.approx(np.mean(recalls))
