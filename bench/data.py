@@ -1,6 +1,9 @@
 """Benchmark: synthetic generation and preprocessing throughput and peak memory on this host.
 
-    python bench/data.py --sizes 1e6 1e7 [--device cpu] [--workers N] [--keep DIR]
+    python bench/data.py --sizes 1e6 1e7 hm [--device cpu] [--workers N] [--keep DIR]
+
+A size is a number of interactions (users = 1/12 of it, items 1% of it, at least 10k) or ``hm``:
+`funnel data synth --preset hm`, the H&M Kaggle data's shape (1.37M users, 105k items, ~31.8M rows).
 
 Each step runs as its own `funnel` process; wall time and the process's peak RSS (wait4)
 are recorded. Prints a table and one JSON document (also written to bench/results/).
@@ -40,7 +43,7 @@ def run(cmd: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6], help="target interactions")
+    parser.add_argument("--sizes", nargs="+", default=["1e6"], help="target interactions, or hm (the H&M preset)")
     parser.add_argument("--items", type=int, default=None, help="catalogue size (default: 1% of interactions, >= 10k)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=None)
@@ -52,12 +55,19 @@ def main() -> None:
     funnel = [sys.executable, "-m", "funnel"]
     base = Path(args.keep or tempfile.mkdtemp(prefix="funnel-bench-"))
     results = []
-    for size in args.sizes:
-        size = int(size)
-        users = max(100, int(size * USERS_PER_INTERACTION))
-        items = args.items or max(10_000, size // 100)
-        data, pre = base / f"data-{size}", base / f"pre-{size}"
-        gen_cmd = funnel + ["data", "synth", "--out", str(data), "--users", str(users), "--items", str(items)]
+    for name in args.sizes:
+        if name == "hm":
+            from funnel.data.synth_config import PRESETS
+
+            size, users, items = 31_800_000, PRESETS["hm"]["users"], PRESETS["hm"]["items"]
+            data, pre = base / "data-hm", base / "pre-hm"
+            gen_cmd = funnel + ["data", "synth", "--out", str(data), "--preset", "hm"]
+        else:
+            size = int(float(name))
+            users = max(100, int(size * USERS_PER_INTERACTION))
+            items = args.items or max(10_000, size // 100)
+            data, pre = base / f"data-{size}", base / f"pre-{size}"
+            gen_cmd = funnel + ["data", "synth", "--out", str(data), "--users", str(users), "--items", str(items)]
         gen = run(gen_cmd)
         rows = json.loads((data / "dataset.json").read_text())["rows"]["interactions"]
         pre_cmd = funnel + ["preprocess", str(data), "--out", str(pre), "--device", args.device]
@@ -66,7 +76,7 @@ def main() -> None:
         prep = run(pre_cmd)
         manifest = json.loads((pre / "preprocess.json").read_text())
         results.append({
-            "target": size, "interactions": rows, "users": users, "items": items,
+            "target": name if name == "hm" else size, "interactions": rows, "users": users, "items": items,
             "generate": {"seconds": gen["seconds"], "rows_per_s": round(rows / gen["seconds"]),
                          "peak_rss_mib": gen["peak_rss_mib"], "command": " ".join(gen_cmd[2:])},
             "preprocess": {"seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),

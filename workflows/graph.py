@@ -67,8 +67,13 @@ def infer_spec(table: pd.DataFrame, key: str, extra_buckets: dict[str, list[floa
     return spec
 
 
-def _side(spec: FeatureSpec, id_tagger, feature_tagger, id_threshold: int, feature_threshold: int, categorify):
-    out = [spec.key] >> categorify(freq_threshold=id_threshold) >> id_tagger()
+def _side(spec: FeatureSpec, id_tagger, feature_tagger, id_threshold: int, feature_threshold: int, categorify,
+          vocabs: dict[str, pd.Series]):
+    if spec.key in vocabs:  # counted over the interactions (workflows.tables.vocabulary)
+        ids = categorify(vocabs={spec.key: vocabs[spec.key]})
+    else:
+        ids = categorify(freq_threshold=id_threshold)
+    out = [spec.key] >> ids >> id_tagger()
     if spec.categorical:
         out += spec.categorical >> categorify(freq_threshold=feature_threshold) >> feature_tagger()
     if spec.multi_hot:
@@ -98,20 +103,26 @@ def build_workflow(
     id_threshold: int = 1,
     feature_threshold: int = 3,
     vocab_dir: str | None = None,
+    vocabs: dict[str, pd.Series] | None = None,
 ):
     """The full (unfitted) workflow: user + item + context sub-workflows and the target.
 
     ``vocab_dir``: where fitting writes the category vocabularies (``Workflow.save`` copies them
     into the saved workflow); NVTabular's default is ``./categories`` in the working directory.
+    ``vocabs``: fixed vocabularies (most frequent first) for the id and context columns, which
+    are then not fitted; the others are fitted as usual.
     """
-
-
+    vocabs = vocabs or {}
     categorify = functools.partial(nvt.ops.Categorify, dtype="int32", out_path=vocab_dir)
-    user = _side(user_spec, nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures, id_threshold, feature_threshold, categorify)
-    item = _side(item_spec, nvt.ops.TagAsItemID, nvt.ops.TagAsItemFeatures, id_threshold, feature_threshold, categorify)
+    user = _side(user_spec, nvt.ops.TagAsUserID, nvt.ops.TagAsUserFeatures, id_threshold, feature_threshold,
+                 categorify, vocabs)
+    item = _side(item_spec, nvt.ops.TagAsItemID, nvt.ops.TagAsItemFeatures, id_threshold, feature_threshold,
+                 categorify, vocabs)
     outputs = Subgraph(USER_SUBGRAPH, user) + Subgraph(ITEM_SUBGRAPH, item)
     if context:
-        ctx = context >> categorify() >> nvt.ops.AddTags([Tags.CONTEXT, Tags.CATEGORICAL])
+        given = {col: vocabs[col] for col in context if col in vocabs}
+        ctx_categorify = categorify(vocabs=given) if len(given) == len(context) else categorify()
+        ctx = context >> ctx_categorify >> nvt.ops.AddTags([Tags.CONTEXT, Tags.CATEGORICAL])
         outputs += Subgraph(CONTEXT_SUBGRAPH, ctx)
     target = [TARGET] >> nvt.ops.AddMetadata(tags=[Tags.BINARY_CLASSIFICATION, Tags.TARGET])
     time = [TIME] >> nvt.ops.AddMetadata(tags=[Tags.TIME])

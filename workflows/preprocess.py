@@ -16,7 +16,6 @@ random negatives is written here.
 
 from __future__ import annotations
 
-import glob
 import resource
 import shutil
 import time
@@ -34,49 +33,39 @@ from funnel.core.config import as_dict
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir, sha256_files
 from funnel.data.canonical import read_dataset
-from workflows import ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
+from workflows import CONTEXT_SUBGRAPH, ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
 from workflows.compute import dask_client, resolve_device
 from workflows.config import PreprocessConfig, Split
 from workflows.graph import build_workflow, infer_spec
-from workflows.io import encode_table
 from workflows.splits import split
+from workflows.tables import encoded_tables, fit_on_tables, join_rows, parts, vocabulary
 
-# Rows per staged parquet part (the unit of Dask parallelism). Small enough that the dtype sampling
-# merlin does before each fit and transform phase (``Dataset.sample_dtypes``: the head of the first
-# part) stays cheap: with 1M-row parts it read a whole part a dozen times, 20 of 57 s at 1M rows.
+# Rows per transformed parquet part (the unit of Dask parallelism and of the join's memory).
 PART_ROWS = 100_000
-
-
-def _stage(rows: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, folder: Path) -> str:
-    """Join feature tables onto interaction rows part by part and write parquet parts.
-
-    Parts of ``PART_ROWS`` rows bound the memory of the join and are the unit of Dask
-    parallelism when NVTabular reads them back. Returns the glob of the parts.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    n_parts = max(1, int(np.ceil(len(rows) / PART_ROWS)))
-    for i in range(n_parts):
-        part = rows.iloc[i * PART_ROWS : (i + 1) * PART_ROWS]
-        part.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left").to_parquet(
-            folder / f"part_{i:04d}.parquet", index=False
-        )
-    return str(folder / "*.parquet")
 
 
 def _unix_seconds(ts: pd.Series) -> pd.Series:
     return (ts.astype("datetime64[ns]").astype(np.int64) // 1_000_000_000).astype(np.int64)
 
 
-def _dataset(paths: str, device: str):
-    return Dataset(sorted(glob.glob(paths)), engine="parquet", cpu=device == "cpu")
+def _write_rows(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], keys: dict[str, str], schema,
+               folder: Path) -> None:
+    """The transformed rows in parts of ``PART_ROWS``, with the workflow's schema (merlin's writer).
 
+    Each part is joined when the writer asks for it (a delayed task: on the Dask workers when a
+    cluster is in use), so at most a few parts are in memory besides the raw rows.
+    """
+    import dask
+    import dask.dataframe as dd
 
-def _write(dataset, out: Path, drop: list[str] | None = None) -> None:
-    """Write a transformed merlin Dataset (optionally without some columns) with its schema."""
-    if drop:
-        schema = dataset.schema.excluding_by_name(drop)
-        dataset = Dataset(dataset.to_ddf().drop(columns=drop), schema=schema)
-    dataset.to_parquet(str(out), output_files=max(1, dataset.to_ddf().npartitions))
+    columns = schema.column_names
+    passthrough = [c for c in columns if not any(c in e.columns for e in encoded.values())]
+    shared = dask.delayed(encoded, traverse=False)
+    make = dask.delayed(join_rows, pure=True)
+    meta = join_rows(rows.head(0), encoded, keys, columns, passthrough)
+    ddf = dd.from_delayed([make(part, shared, keys, columns, passthrough) for part in parts(rows, PART_ROWS)],
+                          meta=meta, verify_meta=False)
+    Dataset(ddf, schema=schema, cpu=True).to_parquet(str(folder), output_files=ddf.npartitions)
 
 
 def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -121,31 +110,37 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
 
         user_in = users[user_spec.inputs]
         item_in = items[item_spec.inputs]
-        stage = out / "_stage"
+        stage = out / "_stage"  # Categorify's vocabularies until Workflow.save copies them
+        stage.mkdir()
         rows = ["user_id", "item_id", *context, TIME]
         train_rows = train.assign(**{TIME: _unix_seconds(train["timestamp"])})[rows]
         test_rows = test.assign(**{TIME: _unix_seconds(test["timestamp"])})[rows]
-        positive = {TARGET: np.int8(1)}
-        train_glob = _stage(train_rows.assign(**positive), user_in, item_in, stage / "train_pos")
-        test_glob = _stage(test_rows.assign(**positive), user_in, item_in, stage / "test_pos")
-        tick("stage")
+        # ids and context are counted over the training interactions; features over users and items
+        vocabs = {key: vocabulary(train[key], cfg.id_freq_threshold) for key in ("user_id", "item_id")}
+        vocabs.update({col: vocabulary(train[col]) for col in context})
+        keys = {USER_SUBGRAPH: "user_id", ITEM_SUBGRAPH: "item_id", **({CONTEXT_SUBGRAPH: context[0]} if context else {})}
+        tables = {USER_SUBGRAPH: user_in, ITEM_SUBGRAPH: item_in,
+                  **({CONTEXT_SUBGRAPH: vocabs[context[0]].to_frame()} if context else {})}
+        tick("vocabularies")
 
         workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold,
-                                  vocab_dir=str(stage))
-        workflow.fit(_dataset(train_glob, device))
+                                  vocab_dir=str(stage), vocabs=vocabs)
+        fit_tables = {USER_SUBGRAPH: user_in[user_in["user_id"].isin(train["user_id"].unique())],
+                      ITEM_SUBGRAPH: item_in[item_in["item_id"].isin(train["item_id"].unique())]}
+        sample = train_rows.head(100).merge(user_in, on="user_id", how="left").merge(item_in, on="item_id",
+                                                                                      how="left")
+        fit_on_tables(workflow, fit_tables, sample.assign(**{TARGET: np.int8(1)}), device)
         tick("fit")
 
-        _write(workflow.transform(_dataset(train_glob, device)), out / "retrieval" / "train", drop=[TARGET])
-        _write(workflow.transform(_dataset(test_glob, device)), out / "retrieval" / "test", drop=[TARGET])
+        encoded = encoded_tables(workflow, keys, tables, [train_rows, test_rows], device)
+        schema = workflow.output_schema.excluding_by_name([TARGET])
+        for name, frame in (("train", train_rows), ("test", test_rows)):
+            _write_rows(frame, encoded, keys, schema, out / "retrieval" / name)
         tick("transform_retrieval")
 
         (out / "catalogue").mkdir()
-        encode_table(workflow.get_subworkflow(ITEM_SUBGRAPH), item_in, "item_id", device).to_parquet(
-            out / "catalogue" / "items.parquet", index=False
-        )
-        encode_table(workflow.get_subworkflow(USER_SUBGRAPH), user_in, "user_id", device).to_parquet(
-            out / "catalogue" / "users.parquet", index=False
-        )
+        encoded[ITEM_SUBGRAPH].iloc[:len(item_in)].to_parquet(out / "catalogue" / "items.parquet", index=False)
+        encoded[USER_SUBGRAPH].iloc[:len(user_in)].to_parquet(out / "catalogue" / "users.parquet", index=False)
         tick("catalogue")
 
         workflow.save(str(out / "workflow"))

@@ -118,7 +118,7 @@ def test_failure_keeps_previous_output(pre_dir, synth_dir, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during fit")
 
-    monkeypatch.setattr("nvtabular.Workflow.fit", boom)
+    monkeypatch.setattr("workflows.preprocess.fit_on_tables", boom)
     with pytest.raises(RuntimeError):
         preprocess(PreprocessConfig(data=str(synth_dir), out=str(out), device="cpu"))
     assert (out / "preprocess.json").read_text() == before

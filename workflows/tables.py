@@ -1,0 +1,106 @@
+"""Fit the workflow on the feature tables and encode interaction rows by joining encoded tables.
+
+Features describe users and items, not interactions, so the user and item sub-workflows are fitted
+on the feature tables of the users and items that have training interactions (vocabularies and
+frequency thresholds count users or items; normalisation statistics are over users or items), and
+each table is transformed once. An interaction row's model input is then the encoded row of its
+user, of its item and of its context, taken by position: integer work on the rows, no string
+columns joined onto millions of rows and no NVTabular pass over them.
+
+Ids keep the interaction-weighted meaning: the id vocabularies (and the context's) are counted over
+the training rows (``freq_threshold`` on purchases, most frequent first) and handed to Categorify
+as fixed vocabularies. ``tests/unit/test_workflow_tables.py`` checks the joined rows against
+NVTabular's own ``workflow.transform`` of the joined raw rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from merlin.dag.ops.subgraph import Subgraph
+from merlin.io import Dataset
+
+from workflows.io import encode_table
+
+
+def vocabulary(values: pd.Series, threshold: int = 1) -> pd.Series:
+    """The values seen at least ``threshold`` times, most frequent first (ties by value): a Categorify vocab."""
+    counts = values.dropna().value_counts()
+    counts = counts[counts >= threshold]
+    order = np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))
+    return pd.Series(counts.index.to_numpy()[order], name=values.name)
+
+
+def _subgraph_ops(workflow) -> dict[str, Subgraph]:
+    from merlin.dag.node import iter_nodes
+
+    ops = {}
+    for node in iter_nodes([workflow.output_node]):
+        if isinstance(node.op, Subgraph):
+            ops[node.op.name] = node.op
+    return ops
+
+
+def fit_on_tables(workflow, tables: dict[str, pd.DataFrame], sample: pd.DataFrame, device: str) -> None:
+    """Fit each named sub-workflow on its table, then the rest of the graph on ``sample``.
+
+    ``tables``: subgraph name -> the rows to fit it on (one per user or item). ``sample``: a few
+    rows with every input column of the workflow (the dtypes the transformed output will have);
+    sub-workflows not in ``tables`` (the context, whose vocabulary is given) are fitted on it.
+    """
+    from merlin.dag.executors import DaskExecutor
+
+    ops = _subgraph_ops(workflow)
+    for name, table in tables.items():
+        op = ops[name]
+        op.fit(None, Dataset(table.reset_index(drop=True), npartitions=1, cpu=device == "cpu"))
+        op.fitted = True
+    DaskExecutor().fit(Dataset(sample.reset_index(drop=True), npartitions=1, cpu=device == "cpu"),
+                       workflow.graph, refit=False)
+
+
+def encoded_tables(workflow, names_keys: dict[str, str], tables: dict[str, pd.DataFrame],
+                   rows: list[pd.DataFrame], device: str) -> dict[str, pd.DataFrame]:
+    """Each sub-workflow applied to its whole table, plus rows for ids of ``rows`` the table lacks.
+
+    A row whose user (or item, or context value) is missing from the table gets what a left join
+    would have given NVTabular: the id with every other input null.
+    """
+    out = {}
+    for name, key in names_keys.items():
+        table = tables[name]
+        seen = pd.Index(table[key])
+        missing = pd.unique(np.concatenate([r[key].to_numpy() for r in rows]))
+        missing = missing[seen.get_indexer(missing) < 0]
+        if len(missing):
+            extra = pd.DataFrame({key: missing.astype(table[key].dtype)})
+            table = pd.concat([table, extra], ignore_index=True)
+        sub = workflow.get_subworkflow(name)
+        out[name] = encode_table(sub, table[sub.input_schema.column_names], key, device)
+    return out
+
+
+def join_rows(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], names_keys: dict[str, str],
+              columns: list[str], passthrough: list[str]) -> pd.DataFrame:
+    """The workflow's output for ``rows``: each encoded table's row of the row's key, by position."""
+    pieces: dict[str, np.ndarray] = {}
+    for name, key in names_keys.items():
+        table = encoded[name]
+        position = pd.Index(table[f"{key}_raw"]).get_indexer(rows[key])
+        if (position < 0).any():  # encoded_tables added every id of the rows
+            raise ValueError(f"{key} {rows[key].to_numpy()[position < 0][0]!r} has no encoded row")
+        for col in table.columns:
+            if col != f"{key}_raw" and col in columns:
+                pieces[col] = table[col].to_numpy()[position]
+    for col in passthrough:
+        pieces[col] = rows[col].to_numpy()
+    return pd.DataFrame({col: pieces[col] for col in columns})
+
+
+def parts(rows: pd.DataFrame, part_rows: int) -> Iterator[pd.DataFrame]:
+    """Consecutive slices of ``part_rows`` rows (at least one, possibly empty)."""
+    n = max(1, int(np.ceil(len(rows) / part_rows)))
+    for i in range(n):
+        yield rows.iloc[i * part_rows:(i + 1) * part_rows]
