@@ -19,6 +19,7 @@ from __future__ import annotations
 import resource
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -38,7 +39,7 @@ from workflows.compute import dask_client, resolve_device
 from workflows.config import PreprocessConfig, Split
 from workflows.graph import build_workflow, infer_spec
 from workflows.splits import split
-from workflows.tables import encoded_tables, fit_on_tables, join_rows, parts, vocabulary
+from workflows.tables import encoded_tables, fit_on_tables, join_rows, parts, row_positions, vocabulary
 
 # Rows per transformed parquet part (the unit of Dask parallelism and of the join's memory).
 PART_ROWS = 100_000
@@ -59,12 +60,15 @@ def _write_rows(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], keys: dict
     import dask.dataframe as dd
 
     columns = schema.column_names
-    passthrough = [c for c in columns if not any(c in e.columns for e in encoded.values())]
-    shared = dask.delayed(encoded, traverse=False)
-    make = dask.delayed(join_rows, pure=True)
-    meta = join_rows(rows.head(0), encoded, keys, columns, passthrough)
-    ddf = dd.from_delayed([make(part, shared, keys, columns, passthrough) for part in parts(rows, PART_ROWS)],
-                          meta=meta, verify_meta=False)
+    positions = row_positions(rows, encoded, keys)
+    passthrough = {c: rows[c].to_numpy() for c in columns if not any(c in e.columns for e in encoded.values())}
+    shared = dask.delayed(encoded, name=f"encoded-tables-{uuid.uuid4().hex}", traverse=False)  # no hashing
+    make = dask.delayed(join_rows, pure=False)
+    meta = join_rows({n: p[:0] for n, p in positions.items()}, {c: v[:0] for c, v in passthrough.items()},
+                     encoded, columns)
+    ddf = dd.from_delayed([make({n: p[part] for n, p in positions.items()},
+                                {c: v[part] for c, v in passthrough.items()}, shared, columns)
+                           for part in parts(len(rows), PART_ROWS)], meta=meta, verify_meta=False)
     Dataset(ddf, schema=schema, cpu=True).to_parquet(str(folder), output_files=ddf.npartitions)
 
 

@@ -82,25 +82,31 @@ def encoded_tables(workflow, names_keys: dict[str, str], tables: dict[str, pd.Da
     return out
 
 
-def join_rows(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], names_keys: dict[str, str],
-              columns: list[str], passthrough: list[str]) -> pd.DataFrame:
-    """The workflow's output for ``rows``: each encoded table's row of the row's key, by position."""
-    pieces: dict[str, np.ndarray] = {}
-    for name, key in names_keys.items():
-        table = encoded[name]
-        position = pd.Index(table[f"{key}_raw"]).get_indexer(rows[key])
+def row_positions(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], keys: dict[str, str]) -> dict[str, np.ndarray]:
+    """For each encoded table, the position of every row's key in it (one hash lookup over all rows)."""
+    out = {}
+    for name, key in keys.items():
+        position = pd.Index(encoded[name][f"{key}_raw"]).get_indexer(rows[key])
         if (position < 0).any():  # encoded_tables added every id of the rows
             raise ValueError(f"{key} {rows[key].to_numpy()[position < 0][0]!r} has no encoded row")
+        out[name] = position.astype(np.int32)
+    return out
+
+
+def join_rows(positions: dict[str, np.ndarray], passthrough: dict[str, np.ndarray],
+              encoded: dict[str, pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The workflow's output for some rows: each encoded table's row at the rows' ``positions``,
+    plus the ``passthrough`` columns, in the order of ``columns``."""
+    pieces = dict(passthrough)
+    for name, position in positions.items():
+        table = encoded[name]
         for col in table.columns:
-            if col != f"{key}_raw" and col in columns:
+            if col in columns and col not in pieces:
                 pieces[col] = table[col].to_numpy()[position]
-    for col in passthrough:
-        pieces[col] = rows[col].to_numpy()
     return pd.DataFrame({col: pieces[col] for col in columns})
 
 
-def parts(rows: pd.DataFrame, part_rows: int) -> Iterator[pd.DataFrame]:
+def parts(n_rows: int, part_rows: int) -> Iterator[slice]:
     """Consecutive slices of ``part_rows`` rows (at least one, possibly empty)."""
-    n = max(1, int(np.ceil(len(rows) / part_rows)))
-    for i in range(n):
-        yield rows.iloc[i * part_rows:(i + 1) * part_rows]
+    for i in range(max(1, int(np.ceil(n_rows / part_rows)))):
+        yield slice(i * part_rows, (i + 1) * part_rows)
