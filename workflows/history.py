@@ -22,22 +22,44 @@ def _days(delta: pd.Series) -> pd.Series:
     return (delta / pd.Timedelta(days=1)).astype(np.float32)
 
 
+def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes (order of first appearance) and the distinct values: one hash pass over the ids."""
+    codes, uniques = pd.factorize(values, sort=False)
+    return codes.astype(np.int64), np.asarray(uniques)
+
+
+def _per_group(codes: np.ndarray, n: int, values: np.ndarray, how: str) -> np.ndarray:
+    series = pd.Series(values).groupby(codes, sort=True)
+    return getattr(series, how)().reindex(np.arange(n)).to_numpy()
+
+
 def user_table(train: pd.DataFrame, users: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
-    """users.parquet joined with history aggregates; users without history keep nulls."""
-    grouped = train.groupby("user_id", sort=False)
+    """users.parquet joined with history aggregates; users without history keep nulls.
+
+    Grouped on integer codes of the ids (string ids are hashed once, not once per aggregate).
+    """
+    codes, ids = _codes(train["user_id"])
+    n = len(ids)
+    seconds = train["timestamp"].astype("datetime64[ns]").astype(np.int64).to_numpy()
+    last = _per_group(codes, n, seconds, "max")
+    first = _per_group(codes, n, seconds, "min")
+    day = 86_400e9
     agg = pd.DataFrame(
         {
-            "user_n_purchases": grouped.size().astype(np.float32),
-            "user_days_since_last": _days(cutoff - grouped["timestamp"].max()),
-            "user_days_active": _days(grouped["timestamp"].max() - grouped["timestamp"].min()),
-        }
+            "user_n_purchases": np.bincount(codes, minlength=n).astype(np.float32),
+            "user_days_since_last": ((pd.Timestamp(cutoff).value - last) / day).astype(np.float32),
+            "user_days_active": ((last - first) / day).astype(np.float32),
+        },
+        index=pd.Index(ids, name="user_id"),
     )
     if "price" in train.columns:
-        agg["user_mean_price"] = grouped["price"].mean().astype(np.float32)
+        agg["user_mean_price"] = _per_group(codes, n, train["price"].to_numpy(np.float64), "mean").astype(np.float32)
     # habit: the share of a user's purchases that repeat an item they bought before
-    repeat = train.sort_values("timestamp", kind="stable").duplicated(["user_id", "item_id"])
-    agg["user_repeat_share"] = repeat.groupby(train["user_id"]).mean().reindex(agg.index).astype(np.float32)
-    agg.index.name = "user_id"
+    items, _ = _codes(train["item_id"])
+    pair = codes * (int(items.max(initial=0)) + 1) + items  # (user, item) as one integer
+    repeat = pd.Series(pair).duplicated().to_numpy()  # per user, the count does not depend on the order
+    agg["user_repeat_share"] = (np.bincount(codes, weights=repeat, minlength=n)
+                                / np.maximum(np.bincount(codes, minlength=n), 1)).astype(np.float32)
     return plain_dtypes(users.merge(agg.reset_index(), on="user_id", how="left"))
 
 
@@ -47,20 +69,26 @@ def item_table(train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp) -
     ``in_stock`` (the stock at the end of the data, after the cutoff) is not carried: stock comes
     from the dataset where it is needed (exports, the online store), as of the time asked for.
     """
-    grouped = train.groupby("item_id", sort=False)
-    recent = train[train["timestamp"] >= cutoff - pd.Timedelta(days=7)].groupby("item_id").size()
+    codes, ids = _codes(train["item_id"])
+    n = len(ids)
+    users, _ = _codes(train["user_id"])
+    seconds = train["timestamp"].astype("datetime64[ns]").astype(np.int64).to_numpy()
+    cut = pd.Timestamp(cutoff).value
+    day = 86_400e9
+    buyers = np.bincount(codes[pd.Series(users * n + codes).drop_duplicates().index.to_numpy()], minlength=n)
+    recent = seconds >= cut - 7 * day
     agg = pd.DataFrame(
         {
-            "item_n_purchases": grouped.size().astype(np.float32),
-            "item_n_buyers": grouped["user_id"].nunique().astype(np.float32),
-            "item_days_since_last": _days(cutoff - grouped["timestamp"].max()),
-            "item_days_since_first": _days(cutoff - grouped["timestamp"].min()),
-        }
+            "item_n_purchases": np.bincount(codes, minlength=n).astype(np.float32),
+            "item_n_buyers": buyers.astype(np.float32),
+            "item_days_since_last": ((cut - _per_group(codes, n, seconds, "max")) / day).astype(np.float32),
+            "item_days_since_first": ((cut - _per_group(codes, n, seconds, "min")) / day).astype(np.float32),
+        },
+        index=pd.Index(ids, name="item_id"),
     )
-    agg["item_n_purchases_last7"] = recent.reindex(agg.index).fillna(0).astype(np.float32)
+    agg["item_n_purchases_last7"] = np.bincount(codes[recent], minlength=n).astype(np.float32)
     if "price" in train.columns:
-        agg["item_mean_price"] = grouped["price"].mean().astype(np.float32)
-    agg.index.name = "item_id"
+        agg["item_mean_price"] = _per_group(codes, n, train["price"].to_numpy(np.float64), "mean").astype(np.float32)
     items = items.drop(columns=[c for c in ("in_stock",) if c in items])
     out = plain_dtypes(items.merge(agg.reset_index(), on="item_id", how="left"))
     for col in ("item_n_purchases", "item_n_buyers", "item_n_purchases_last7"):
