@@ -15,6 +15,8 @@ Run directory::
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,8 @@ from models import distribute
 from models.config import Precision, RetrievalConfig
 from models.fit import FitResult, fit_best, run_manifest
 from models.tf_helpers import configure_tensorflow, encode_rows, float32_output, precision
-from workflows.io import features_as_of, read_parquet_dir
+from workflows.io import features_as_of, parquet_parts
+from workflows.shuffle import ShuffledRows, shuffle_parts
 
 TIME_COLUMN = "timestamp"
 
@@ -63,7 +66,9 @@ class RetrievalData:
     pre: Path
     pre_manifest: dict[str, Any]
     schema: Schema  # user + item features of the two towers
-    fit_rows: pd.DataFrame  # encoded positives before the validation cutoff, shuffled once
+    fit_rows: ShuffledRows  # encoded positives before the validation cutoff, shuffled once, on disk
+    item_counts: np.ndarray  # training rows per encoded item id (the logQ correction's frequencies)
+    fit_folder: Path  # where fit_rows live (removed by close())
     items: pd.DataFrame  # the encoded catalogue, features as of the validation start (item_id_raw + features)
     valid_rows: pd.DataFrame  # encoded features of the validation users, as of the validation start
     valid_users: np.ndarray  # raw ids
@@ -89,15 +94,26 @@ class RetrievalData:
             raise FunnelError(f"{pre}: made by an older funnel preprocess (no timestamp column); run it again")
         schema = full_schema.select_by_tag(Tags.USER) + full_schema.select_by_tag(Tags.ITEM)
         split = pre_manifest["split"]["how"]
-        rows = read_parquet_dir(pre / "retrieval" / "train")
         raw_train = pd.read_parquet(pre / "splits" / "train.parquet")
         held = valid_mask(raw_train, split, cfg.valid_days)  # on raw ids: out-of-vocabulary users share one code
         seconds = raw_train[TIME_COLUMN].astype("datetime64[ns]").astype(np.int64).to_numpy() // 1_000_000_000
-        if len(rows) != len(raw_train) or not np.array_equal(rows[TIME_COLUMN].to_numpy(), seconds):
-            raise FunnelError(f"{pre}: retrieval/train does not match splits/train.parquet row for row; "
-                              "run `funnel preprocess` again")
-        fit_rows = rows[~held]
-        fit_rows = fit_rows.sample(frac=1.0, random_state=cfg.seed)  # one shuffle; the loader keeps order
+        cardinality = int(schema["item_id"].int_domain.max) + 1
+        item_counts = np.zeros(cardinality, dtype=np.int64)
+
+        def fit_parts():  # the encoded rows before the validation cutoff, one stored part at a time
+            offset = 0
+            for path in parquet_parts(pre / "retrieval" / "train"):
+                part = pd.read_parquet(path, columns=[*schema.column_names, TIME_COLUMN])
+                end = offset + len(part)
+                if end > len(seconds) or not np.array_equal(part[TIME_COLUMN].to_numpy(), seconds[offset:end]):
+                    break
+                keep = ~held[offset:end]
+                item_counts[:] += np.bincount(part["item_id"].to_numpy()[keep], minlength=cardinality)
+                offset = end
+                yield part.loc[keep, schema.column_names]
+            if offset != len(seconds):
+                raise FunnelError(f"{pre}: retrieval/train does not match splits/train.parquet row for row; "
+                                  "run `funnel preprocess` again")
 
         # validation sees features as of its own start: nothing from the validation period itself
         before = raw_train[~held]
@@ -106,18 +122,37 @@ class RetrievalData:
         valid_users = truth.index.to_numpy()
         if len(valid_users) > cfg.valid_users:
             valid_users = np.random.default_rng(cfg.seed).choice(valid_users, cfg.valid_users, replace=False)
-        return cls(pre=pre, pre_manifest=pre_manifest, schema=schema, fit_rows=fit_rows, items=items,
+        mine = before[before["user_id"].isin(valid_users)]  # seen items: only the validation users'
+
+        # last, so nothing after it can fail and leave the folder behind
+        folder = Path(tempfile.mkdtemp(prefix="funnel-fit-rows-"))
+        try:  # one shuffle, out of core; the loader keeps this order every epoch
+            fit_rows = shuffle_parts(fit_parts(), int((~held).sum()), folder, cfg.seed)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cls(pre=pre, pre_manifest=pre_manifest, schema=schema, fit_rows=fit_rows, item_counts=item_counts,
+                   fit_folder=folder, items=items,
                    valid_rows=users.set_index("user_id_raw").loc[valid_users].reset_index(),
                    valid_users=valid_users, truth=truth,
-                   seen=before.groupby("user_id")["item_id"].apply(set), held_rows=int(held.sum()),
+                   seen=mine.groupby("user_id")["item_id"].apply(set), held_rows=int(held.sum()),
                    repurchase=bool(pre_manifest["dataset"]["repurchase"]))
+
+    def close(self) -> None:
+        """Remove the shuffled training rows."""
+        shutil.rmtree(self.fit_folder, ignore_errors=True)
+
+    def train_dataset(self) -> Dataset:
+        """The shuffled training rows as a merlin Dataset read part by part."""
+        return Dataset(self.fit_rows.files, engine="parquet", schema=self.schema, cpu=True)
 
 
 def build_model(cfg: RetrievalConfig, data: RetrievalData, strategy):
     """The two-tower model, compiled: in-batch negatives with logQ correction, float32 logits."""
     item_schema = data.item_schema
     cardinality = int(item_schema["item_id"].int_domain.max) + 1
-    freq = np.bincount(data.fit_rows["item_id"].to_numpy(), minlength=cardinality).astype(np.float32)
+    freq = np.zeros(cardinality, dtype=np.float32)
+    freq[: len(data.item_counts)] = data.item_counts[:cardinality]
     freq[freq == 0] = 1.0  # never-sampled ids (reserved, OOV) keep a finite correction
     with distribute.scope(strategy), precision(cfg.precision):
         # logits and their logQ correction stay in float32 (merlin's correction is float32 only)
@@ -175,7 +210,7 @@ def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, d
         manifest = run_manifest(
             "retrieval", cfg,
             {"pre": str(data.pre.resolve()), "content_checksum": data.pre_manifest["dataset"]["content_checksum"],
-             "workflow_checksum": data.pre_manifest["workflow_checksum"], "fit_rows": int(len(data.fit_rows)),
+             "workflow_checksum": data.pre_manifest["workflow_checksum"], "fit_rows": int(data.fit_rows.rows),
              "valid_rows": data.held_rows, "valid_users": int(len(data.valid_users))},
             device, strategy, fit, {key: fit.best[key]})
         write_manifest(out / RETRIEVAL_MANIFEST, manifest)
@@ -187,9 +222,11 @@ def train(cfg: RetrievalConfig, on_epoch: Callable[[dict], None] | None = None) 
     cfg.require_paths()
     device = configure_tensorflow(cfg.seed, cfg.threads)
     data = RetrievalData.load(cfg)
-    strategy = distribute.choose_strategy(cfg.devices)
-    model = build_model(cfg, data, strategy)
-    train_ds = Dataset(data.fit_rows[data.schema.column_names], schema=data.schema, cpu=True)
-    fit = fit_best(model, train_ds, len(data.fit_rows), cfg.epochs, cfg.batch_size, strategy,
-                   validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch)
-    return save_run(cfg, data, model, fit, device, strategy)
+    try:
+        strategy = distribute.choose_strategy(cfg.devices)
+        model = build_model(cfg, data, strategy)
+        fit = fit_best(model, data.train_dataset(), data.fit_rows.rows, cfg.epochs, cfg.batch_size, strategy,
+                       validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch)
+        return save_run(cfg, data, model, fit, device, strategy)
+    finally:
+        data.close()

@@ -28,12 +28,17 @@ def encode_table(sub_workflow, table: pd.DataFrame, key: str, device: str) -> pd
 
 
 
-def read_parquet_dir(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a transformed output directory (part_N.parquet files, in part order) into pandas."""
+def parquet_parts(path: str | Path) -> list[Path]:
+    """The part_N.parquet files of a transformed output directory, in part order."""
     parts = sorted(Path(path).glob("part_*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
     if not parts:
         raise FunnelError(f"{path}: no part_*.parquet files")
-    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+    return parts
+
+
+def read_parquet_dir(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a transformed output directory (part_N.parquet files, in part order) into pandas."""
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parquet_parts(path)], ignore_index=True)
 
 
 def load_workflow(pre: str | Path):

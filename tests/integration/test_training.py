@@ -48,6 +48,7 @@ def test_saved_towers_reproduce_the_trained_model(retrieval_run):
     m = json.loads((retrieval_run / "retrieval.json").read_text())
     cfg = RetrievalConfig(**m["config"])
     data = RetrievalData.load(cfg)
+    data.close()  # the shuffled training rows are not needed here
     loaded = types.SimpleNamespace(query_encoder=load_tower(retrieval_run / "query_tower"),
                                    candidate_encoder=load_tower(retrieval_run / "item_tower"))
     key = f"valid_recall@{cfg.valid_k}"
