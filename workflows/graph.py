@@ -74,10 +74,14 @@ def _side(spec: FeatureSpec, id_tagger, feature_tagger, id_threshold: int, featu
     else:
         ids = categorify(freq_threshold=id_threshold)
     out = [spec.key] >> ids >> id_tagger()
-    if spec.categorical:
-        out += spec.categorical >> categorify(freq_threshold=feature_threshold) >> feature_tagger()
-    if spec.multi_hot:
-        out += spec.multi_hot >> categorify(freq_threshold=feature_threshold) >> feature_tagger()
+    for cols in (spec.categorical, spec.multi_hot):
+        if not cols:
+            continue
+        if all(col in vocabs for col in cols):  # counted over the purchases (weighted_vocabulary)
+            features = categorify(vocabs={col: vocabs[col] for col in cols})
+        else:
+            features = categorify(freq_threshold=feature_threshold)
+        out += cols >> features >> feature_tagger()
     for col, bounds in spec.bucketized.items():
         bucket = (
             [col]
@@ -109,8 +113,8 @@ def build_workflow(
 
     ``vocab_dir``: where fitting writes the category vocabularies (``Workflow.save`` copies them
     into the saved workflow); NVTabular's default is ``./categories`` in the working directory.
-    ``vocabs``: fixed vocabularies (most frequent first) for the id and context columns, which
-    are then not fitted; the others are fitted as usual.
+    ``vocabs``: fixed vocabularies (most frequent first) for the id, context and categorical
+    feature columns, which are then not fitted; the others are fitted as usual.
     """
     vocabs = vocabs or {}
     categorify = functools.partial(nvt.ops.Categorify, dtype="int32", out_path=vocab_dir)

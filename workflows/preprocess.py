@@ -39,7 +39,8 @@ from workflows.compute import dask_client, resolve_device
 from workflows.config import PreprocessConfig, Split
 from workflows.graph import build_workflow, infer_spec
 from workflows.splits import split
-from workflows.tables import encoded_tables, fit_on_tables, join_rows, parts, row_positions, vocabulary
+from workflows.tables import (encoded_tables, fit_on_tables, join_rows, parts, row_positions, vocabulary,
+                              weighted_vocabulary)
 
 # Rows per transformed parquet part (the unit of Dask parallelism and of the join's memory).
 PART_ROWS = 100_000
@@ -119,9 +120,14 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         rows = ["user_id", "item_id", *context, TIME]
         train_rows = train.assign(**{TIME: _unix_seconds(train["timestamp"])})[rows]
         test_rows = test.assign(**{TIME: _unix_seconds(test["timestamp"])})[rows]
-        # ids and context are counted over the training interactions; features over users and items
+        # ids, context and categorical features are counted over the training purchases (a
+        # feature value of a user counts once per purchase of that user); normalisation is per entity
         vocabs = {key: vocabulary(train[key], cfg.id_freq_threshold) for key in ("user_id", "item_id")}
         vocabs.update({col: vocabulary(train[col]) for col in context})
+        for table, spec in ((user_in, user_spec), (item_in, item_spec)):
+            weights = table[spec.key].map(train[spec.key].value_counts()).fillna(0).to_numpy(np.int64)
+            vocabs.update({col: weighted_vocabulary(table[col], weights, cfg.feature_freq_threshold)
+                           for col in (*spec.categorical, *spec.multi_hot)})
         keys = {USER_SUBGRAPH: "user_id", ITEM_SUBGRAPH: "item_id", **({CONTEXT_SUBGRAPH: context[0]} if context else {})}
         tables = {USER_SUBGRAPH: user_in, ITEM_SUBGRAPH: item_in,
                   **({CONTEXT_SUBGRAPH: vocabs[context[0]].to_frame()} if context else {})}

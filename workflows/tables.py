@@ -1,14 +1,15 @@
 """Fit the workflow on the feature tables and encode interaction rows by joining encoded tables.
 
 Features describe users and items, not interactions, so the user and item sub-workflows are fitted
-on the feature tables of the users and items that have training interactions (vocabularies and
-frequency thresholds count users or items; normalisation statistics are over users or items), and
-each table is transformed once. An interaction row's model input is then the encoded row of its
+on the feature tables of the users and items that have training interactions (normalisation
+statistics are over users or items; categorical vocabularies count each value once per training
+purchase of the user or item that has it, ``weighted_vocabulary``), and each table is transformed
+once. An interaction row's model input is then the encoded row of its
 user, of its item and of its context, taken by position: integer work on the rows, no string
 columns joined onto millions of rows and no NVTabular pass over them.
 
-Ids keep the interaction-weighted meaning: the id vocabularies (and the context's) are counted over
-the training rows (``freq_threshold`` on purchases, most frequent first) and handed to Categorify
+Ids and features keep the interaction-weighted meaning: the id vocabularies (and the context's) are
+counted over the training rows (``freq_threshold`` on purchases, most frequent first) and handed to Categorify
 as fixed vocabularies. ``tests/unit/test_workflow_tables.py`` checks the joined rows against
 NVTabular's own ``workflow.transform`` of the joined raw rows.
 """
@@ -31,6 +32,22 @@ def vocabulary(values: pd.Series, threshold: int = 1) -> pd.Series:
     counts = counts[counts >= threshold]
     order = np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))
     return pd.Series(counts.index.to_numpy()[order], name=values.name)
+
+
+def weighted_vocabulary(values: pd.Series, weights: np.ndarray, threshold: int = 1) -> pd.Series:
+    """``vocabulary`` of values that each stand for ``weights`` occurrences (lists: each element does).
+
+    A feature table has one row per user or item; weighting each row by its entity's training
+    purchases counts a feature value over the purchases, as if the table were joined onto them.
+    """
+    frame = pd.DataFrame({"value": values.to_numpy(), "weight": np.asarray(weights, dtype=np.int64)})
+    sample = values.dropna().head(1)
+    if len(sample) and not pd.api.types.is_scalar(sample.iloc[0]):  # multi-hot lists
+        frame = frame.explode("value")
+    counts = frame.dropna().groupby("value", sort=False)["weight"].sum()
+    counts = counts[counts >= threshold]
+    order = np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))
+    return pd.Series(counts.index.to_numpy()[order], name=values.name).infer_objects()
 
 
 def _subgraph_ops(workflow) -> dict[str, Subgraph]:

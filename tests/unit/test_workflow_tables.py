@@ -12,7 +12,7 @@ import pytest
 
 from workflows import OOV_INDEX, TARGET
 from workflows.io import load_workflow, read_parquet_dir
-from workflows.tables import vocabulary
+from workflows.tables import vocabulary, weighted_vocabulary
 
 
 def _nvtabular_rows(pre, split: str) -> pd.DataFrame:
@@ -74,18 +74,32 @@ def test_vocabulary_counts_threshold_and_order():
     assert vocabulary(values).tolist() == [3, 9, 7, 1, 5]
 
 
-def test_ids_counted_over_purchases_features_over_users(pre_dir):
+def test_weighted_vocabulary_counts_each_row_its_weight_times():
+    values = pd.Series(["b", "a", None, "c", "a", "d"], name="postal_code")
+    weights = np.array([2, 1, 5, 3, 1, 0])
+    counts = Counter()
+    for v, w in zip(values, weights):
+        if v is not None:
+            counts[v] += int(w)
+    expected = sorted((v for v, n in counts.items() if n >= 2), key=lambda v: (-counts[v], v))
+    assert weighted_vocabulary(values, weights, threshold=2).tolist() == expected == ["c", "a", "b"]
+    genres = pd.Series([np.array(["x", "y"]), np.array(["y"]), np.array([], dtype=object), None], name="genres")
+    got = weighted_vocabulary(genres, np.array([1, 4, 7, 2]), threshold=1)
+    assert got.name == "genres" and got.tolist() == ["y", "x"]  # y: 1 + 4, x: 1
+
+
+def test_ids_and_features_counted_over_purchases(pre_dir):
     train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
     categories = pre_dir / "workflow" / "categories"
     items = pd.read_parquet(categories / "unique.item_id.parquet")["item_id"].tolist()
     purchases = train["item_id"].value_counts()
     assert purchases.loc[items].is_monotonic_decreasing  # the most bought item gets the first code
-    # a user feature's vocabulary counts users (threshold 3), not their purchases
+    # a user feature's vocabulary counts the training purchases of the users with that value (>= 3)
     users = pd.read_parquet(pre_dir / "features" / "users.parquet")
-    users = users[users["user_id"].isin(train["user_id"])]
-    per_user = Counter(users["postal_code"].dropna())
-    kept = set(pd.read_parquet(categories / "unique.postal_code.parquet")["postal_code"].dropna())
-    assert kept == {v for v, n in per_user.items() if n >= 3}
+    per_purchase = Counter(train.merge(users, on="user_id")["postal_code"].dropna())
+    kept = pd.read_parquet(categories / "unique.postal_code.parquet")["postal_code"].dropna().tolist()
+    assert set(kept) == {v for v, n in per_purchase.items() if n >= 3}
+    assert [per_purchase[v] for v in kept] == sorted((per_purchase[v] for v in kept), reverse=True)
     # normalisation statistics are over the users with training history
     catalogue = pd.read_parquet(pre_dir / "catalogue" / "users.parquet")
     z = catalogue[catalogue["user_id_raw"].isin(train["user_id"])]["user_n_purchases"]
