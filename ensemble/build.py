@@ -31,6 +31,7 @@ from merlin.schema import Schema
 from merlin.systems.dag.ensemble import Ensemble
 
 from ensemble.config import ExcludeSeen, ExportConfig, Inventory, TfRuntime
+from workflows.candidates import RANKER_SCORE
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 from ensemble.index import build_index, save_index
@@ -140,7 +141,7 @@ def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
 
 
 def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = "",
-                blend_weights: dict[str, float] | None = None):
+                blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None):
     """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
     users = pd.read_parquet(dest / "users.parquet")
     items = pd.read_parquet(dest / "items.parquet")
@@ -161,7 +162,7 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
         >> retrieve
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
-        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights)
+        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights, affinity)
         >> OrderItems(dest, cfg.max_k)
     )
     return Ensemble(graph, request_schema()), exclude_seen
@@ -235,6 +236,16 @@ from ensemble.triton_model import TritonPythonModel  # noqa: F401
 '''
 
 
+def serving_blend(ranking: dict[str, Any] | None) -> dict[str, float]:
+    """The weights that order candidates: the blend with the ranker's logit where its gate let it in,
+    the blend of the sources' scores otherwise (runs without a ranking stage: the two-tower score).
+    Runs trained before the ranker joined the blend order by the ranker alone."""
+    blend = (ranking or {}).get("blend") or {}
+    if ranking and ranking.get("use_ranker", True):
+        return (blend.get("with_ranker") or {}).get("weights") or {RANKER_SCORE: 1.0}
+    return blend.get("weights") or {"retrieval_score": 1.0}
+
+
 def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     """Build the ensemble from a run and write a complete Triton repository atomically."""
     progress = progress or (lambda step: None)
@@ -242,8 +253,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     retrieval, ranking, pre_manifest, pre = _load_run(run)
     repurchase = bool(pre_manifest["dataset"]["repurchase"])
     use_ranker = bool(ranking and ranking.get("use_ranker", True))
-    # the order without a ranker (tuned by train ranking; runs without one: the two-tower score)
-    blend_weights = ((ranking or {}).get("blend") or {}).get("weights") or {"retrieval_score": 1.0}
+    blend_weights = serving_blend(ranking)
     start = time.perf_counter()
     out = Path(cfg.out)
     with atomic_output_dir(out) as tmp:
@@ -260,7 +270,8 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         save_index(index, dest / "item_index.faiss")
         write_manifest(dest / "index.json", index_info)
         progress("graph")
-        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weights)
+        affinity = ((ranking or {}).get("data") or {}).get("affinity_columns") or []
+        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weights, affinity)
         runtime = TfRuntime.PYTHON if cfg.tf_runtime == TfRuntime.AUTO else cfg.tf_runtime
         if runtime != TfRuntime.PYTHON:
             for node in postorder_iter_nodes(ensemble.graph.output_node):

@@ -13,8 +13,9 @@ Stage-wise diagnostics and peers:
 - ``repurchase``: the user's own items, most recent first, filled with popularity
   (only where the domain repurchases, per dataset.json);
 - ``retrieval``: the two-tower query embedding against every item embedding (exact top-k);
-- ``retrieval+ranking``: retriever + item-item top-N (+ own items) ordered by the DLRM (or by the
-  tuned blend of two-tower and item-item scores where the ranker's gate is off), without the served graph's trending and stock filter;
+- ``retrieval+ranking``: retriever + item-item top-N (+ own items) ordered as serving orders them
+  (the tuned blend of the sources' scores, with the DLRM's logit where the ranker's gate let it
+  in), without the served graph's trending and stock filter;
 - ``oracle``: the generator's Bayes-optimal ranking (synthetic data only).
 
 Where the domain does not repurchase, items seen in training are excluded for every method,
@@ -34,7 +35,7 @@ import pandas as pd
 from merlin.io import Dataset
 from merlin.schema import Tags
 
-from ensemble.build import export
+from ensemble.build import export, serving_blend
 from ensemble.config import ExportConfig, Inventory
 from ensemble.runtime import Recommender
 from funnel.core import metrics
@@ -43,10 +44,11 @@ from funnel.core.artifacts import (ensemble_dir, read_preprocess_manifest, read_
 from funnel.core.topk import dot_top_k
 from funnel.data.synth import Oracle
 from models.ranking import auc_logloss, score_pairs
-from models.ranking_data import assemble, candidates, rank_candidates, ranking_schema
+from models.ranking_data import assemble, candidates, rank_candidates, ranking_schema, with_z_scores
 from models.sources import ItemItemSource, blend_order
 from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
+from workflows.candidates import RANKER_SCORE, Z_SCORES, logit
 from workflows.history import recent_items
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
@@ -118,15 +120,13 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
     return out
 
 
-def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
-                  use_ranker: bool = True) -> tuple[list[list], dict[str, float]]:
+def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple[list[list], dict[str, float]]:
     """The offline funnel: retriever top-N + item-item top-N (+ own items where the domain repurchases)
     -> DLRM -> top-k.
 
     Also returns the ranker's AUC and log loss on these test candidates (labels: test purchases).
-    With ``use_ranker`` False (the ranker lost to the blend order on its own held-out users, see
-    ranking.json) the candidates are ordered by the tuned blend of the two-tower and item-item
-    scores, as serving would.
+    The candidates are ordered by the weights serving uses (``ensemble.build.serving_blend``): with
+    the ranker's logit where its gate let it in (ranking.json), by the sources' blend otherwise.
     """
     schema = ranking_schema(data.pre)
     query, ranker = load_tower(run / "query_tower"), load_tower(run / "ranker")
@@ -145,21 +145,23 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int,
                                 PurchaseHistory.build(data.train, pd.Index(users["user_id_raw"]), pd.Index(item_ids),
                                                       data.cutoff), pd.Index(users["user_id_raw"]),
                                 manifest["config"]["item_item"])
-    weights = (manifest.get("blend") or {}).get("weights") or {"retrieval_score": 1.0}
+    weights = serving_blend(manifest if manifest else None)
     out: list[list] = []
     labels, scores = [], []
     for start in range(0, len(data.users), USER_BATCH):
         batch = data.users[start : start + USER_BATCH]
         q = encode_rows(query, by_user.loc[batch].reset_index(), schema.select_by_tag(Tags.USER))
         cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase, item_item=source)
-        rows = assemble(cands[["user_id", "item_id", "retrieval_score", "item_item_score"]], users, items, data.train,
-                        data.cutoff)
+        cands = with_z_scores(cands, cands)
+        rows = assemble(cands[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES]], users, items,
+                        data.train, data.cutoff, manifest.get("data", {}).get("affinity_columns"))
         rows[TARGET] = 0
         ranker_scores = score_pairs(ranker, rows, schema)
         labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
         scores.append(ranker_scores)
-        order = ranker_scores if use_ranker else blend_order(cands.assign(
-            pair_purchases=rows["pair_purchases"].to_numpy(), pair_days_since=rows["pair_days_since"].to_numpy()), weights)
+        order = blend_order(cands.assign(pair_purchases=rows["pair_purchases"].to_numpy(),
+                                         pair_days_since=rows["pair_days_since"].to_numpy(),
+                                         **{RANKER_SCORE: logit(ranker_scores)}), weights)
         ranked = rank_candidates(order, cands, k).reindex(batch)
         out.extend(r if isinstance(r, list) else [] for r in ranked)  # every candidate seen: nothing left
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
@@ -239,7 +241,7 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         ranker_figures["ranker_used"] = use_ranker
 
         def ranked() -> list[list]:
-            recs, figures = funnel_ranked(data, run, kmax, n_candidates, use_ranker)
+            recs, figures = funnel_ranked(data, run, kmax, n_candidates)
             ranker_figures.update(figures)
             return recs
 

@@ -73,7 +73,7 @@ class RankingConfig:
     batch_size: int = 1024
     learning_rate: float = 1e-3
     epochs: int = 3
-    valid_share: float = field(default=0.1, metadata={
+    valid_share: float = field(default=0.2, metadata={
         "help": "share of label users held out: half choose the epoch, the other half decide the gate"})
     valid_k: int = field(default=12, metadata={"help": "k of the held-out recall that picks the epoch"})
     seed: int = 0

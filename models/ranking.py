@@ -2,9 +2,9 @@
 
 The data (labelled retriever candidates, features as of the label period's start) comes from
 :mod:`models.ranking_data`; the epoch with the best Recall@k of held-out users' full candidate
-lists is kept, and ``use_ranker`` records whether it beats, on other held-out users, the order
-serving uses without it: the blend of the two-tower and item-item scores tuned in
-:mod:`models.sources`.
+lists is kept. Its logit then joins the blend of the sources' scores (:mod:`models.sources`)
+with the share that orders those users' candidates best, and ``use_ranker`` records whether
+that order beats, on other held-out users, the order serving uses without it (the blend alone).
 
 Run directory additions::
 
@@ -36,8 +36,8 @@ from models import distribute
 from models.config import RankingConfig
 from models.fit import fit_best, run_manifest
 from models.ranking_data import RankingData, rank_candidates
-from models.sources import blend_order
-from workflows.candidates import BLEND_SCORES
+from models.sources import blend_order, tune_ranker_share
+from workflows.candidates import BLEND_SCORES, RANKER_SCORE, logit
 from models.tf_helpers import configure_tensorflow, precision
 from workflows import TARGET
 from workflows.item_item import ItemItem
@@ -160,20 +160,28 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
         model.save(str(out))
     # the gate: on held-out users that played no part in choosing the epoch, does the ranker order
     # their candidates better than the retrieval score does? If not, serving keeps the retrieval order.
+    # The ranker's logit joins the blend with the share that orders the epoch-choice users' candidates
+    # best; the gate then compares that order with the blend's on the gate users.
     gate = per_user_recall(data, cfg.valid_k, gate=True)
-    ranker_recall = gate(score_pairs(model, data.valid_full, data.schema))
+    cands = data.valid_cands.assign(**{RANKER_SCORE: logit(score_pairs(model, data.valid_full, data.schema))})
+    choice = data.valid_truth[~data.valid_truth.index.isin(data.gate_users)]
+    with_ranker, share_facts = tune_ranker_share(cands, choice, cfg.valid_k, data.blend["weights"])
+    ranker_recall = gate(cands[RANKER_SCORE].to_numpy())
+    fused_recall = gate(blend_order(cands, with_ranker))
     blend_recall = gate(blend_order(data.valid_cands, data.blend["weights"]))
-    decision = gate_decision(ranker_recall, blend_recall, cfg.seed)
+    decision = gate_decision(fused_recall, blend_recall, cfg.seed)
+    decision["use"] = decision["use"] and with_ranker[RANKER_SCORE] > 0
     # the gate users' recall under each single score, beside the blend's and the ranker's
-    orders = {name: float(gate(sign * data.valid_cands[name].to_numpy()).mean()) if len(ranker_recall) else 0.0
-              for name, sign in BLEND_SCORES.items()}
-    blend_facts = {**data.blend, f"gate_recall@{cfg.valid_k}_by_score": orders}
+    orders = {name: float(gate(sign * cands[name].to_numpy()).mean()) if len(ranker_recall) else 0.0
+              for name, sign in {**BLEND_SCORES, RANKER_SCORE: 1.0}.items()}
+    blend_facts = {**data.blend, "with_ranker": share_facts, f"gate_recall@{cfg.valid_k}_by_score": orders}
     item_item = None
     if data.item_item:  # the served source: the same lambda fitted on everything before the cutoff
         item_item = {**data.item_item, "fitted": True}
         save_item_item(cfg, run, data.item_item["lambda"])
     metrics = {"valid_auc": fit.best["valid_auc"], "valid_logloss": fit.best["valid_logloss"], key: fit.best[key],
-               gate_key: float(ranker_recall.mean()) if len(ranker_recall) else 0.0,
+               gate_key: float(fused_recall.mean()) if len(fused_recall) else 0.0,
+               f"{gate_key}_ranker_alone": float(ranker_recall.mean()) if len(ranker_recall) else 0.0,
                f"{gate_key}_blend_order": float(blend_recall.mean()) if len(blend_recall) else 0.0,
                "gate_lift": decision["lift"], "gate_lift_ci95": decision["ci95"]}
     facts = {**data.facts, "gate_users": int(len(ranker_recall)), "build_seconds": round(build_seconds, 2)}

@@ -5,8 +5,8 @@ what users bought then; hard negatives are the retriever's own top candidates (p
 user's earlier purchases where the domain repurchases) that were not bought; random
 negatives are drawn by popularity. Features are the fitted workflow's user and item
 features computed *as of the start of that period* (no look-ahead), plus pair features
-serving computes too: how often the user bought the item before, days since, and the
-two-tower score.
+serving computes too: how often the user bought the item before, days since, the two-tower and
+item-item scores, and those two scores standardised over the user's candidates.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
 from workflows import history as hist
 from workflows.io import features_as_of, load_workflow
-from workflows.candidates import ITEM_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, merge_sources
+from workflows.candidates import (ITEM_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, Z_SCORES, group_moments,
+                                 merge_sources, standardise_by)
 from workflows.negatives import popularity_draws
-from workflows.purchases import PurchaseHistory, pair_features
+from workflows.purchases import (AFFINITY_PREFIX, MAX_AFFINITY_VALUES, PurchaseHistory, affinity, pair_features,
+                                value_matrix)
 
-PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score"]
+PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score", *Z_SCORES]
 
 
 def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
@@ -74,6 +76,20 @@ def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vector
     return cands
 
 
+def with_z_scores(rows: pd.DataFrame, cands: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (user_id, retrieval_score, item_item_score) plus ``Z_SCORES``: each score standardised
+    by the mean and spread of that score over the user's candidates ``cands``, as serving standardises
+    it over the candidates it ranks (0 for a user without candidates)."""
+    users = pd.Index(pd.unique(cands["user_id"]))
+    groups = users.get_indexer(cands["user_id"])
+    where = users.get_indexer(rows["user_id"])
+    out = {}
+    for name, score in Z_SCORES.items():
+        mean, std = group_moments(cands[score].to_numpy(), groups, len(users))
+        out[name] = standardise_by(rows[score].to_numpy(), where, mean, std).astype(np.float32)
+    return rows.assign(**out)
+
+
 def dot_scores(q: np.ndarray, user_ids: np.ndarray, vectors: np.ndarray, item_ids: np.ndarray,
                pairs: pd.DataFrame) -> np.ndarray:
     """Two-tower score of each (user_id, item_id) pair (raw ids; unknown items score 0)."""
@@ -94,16 +110,45 @@ def pair_history(pairs: pd.DataFrame, history: pd.DataFrame, now: pd.Timestamp) 
     return bought.reshape(-1), since.reshape(-1)
 
 
+def affinity_columns(schema: Schema) -> list[str]:
+    """The item features that get a user-affinity feature: categorical (single or multi-hot), not the
+    id, with at most ``MAX_AFFINITY_VALUES`` codes (product types, colours, genres; not product codes)."""
+    out = []
+    for col in schema.select_by_tag(Tags.ITEM).select_by_tag(Tags.CATEGORICAL):
+        size = (col.int_domain.max + 1) if col.int_domain is not None and col.int_domain.max is not None else None
+        if Tags.ID not in col.tags and size is not None and size <= MAX_AFFINITY_VALUES:
+            out.append(col.name)
+    return out
+
+
+def affinity_history(pairs: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame, now: pd.Timestamp,
+                     columns: list[str]) -> dict[str, np.ndarray]:
+    """``AFFINITY_PREFIX + col`` per raw (user_id, item_id) pair: the share of the user's items in
+    ``history`` (as of ``now``) sharing the pair item's values of ``col`` (``workflows.purchases.affinity``,
+    as serving computes it). ``items``: the encoded item table with ``item_id_raw``."""
+    if not columns:
+        return {}
+    users = pd.Index(pd.unique(pairs["user_id"]))
+    index = pd.Index(items["item_id_raw"])
+    purchases = PurchaseHistory.build(history, users, index, now)
+    rows = users.get_indexer(pairs["user_id"])
+    cands = index.get_indexer(pairs["item_id"]).reshape(-1, 1)
+    return {AFFINITY_PREFIX + col: affinity(purchases, rows, cands, value_matrix(items[col].to_numpy())).reshape(-1)
+            for col in columns}
+
+
 def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame,
-             now: pd.Timestamp) -> pd.DataFrame:
+             now: pd.Timestamp, affinity: list[str] | None = None) -> pd.DataFrame:
     """Model rows for raw (user_id, item_id) pairs: encoded user + item features + pair features.
 
     ``users``/``items`` are encoded tables with ``user_id_raw``/``item_id_raw``; the result keeps
     the raw ids in ``user_id_raw``/``item_id_raw`` beside the encoded ``user_id``/``item_id``.
-    Pair features describe ``history`` as seen at ``now``.
+    Pair features describe ``history`` as seen at ``now``; ``affinity``: the item features whose
+    user-affinity features are added (``affinity_columns``).
     """
     bought, since = pair_history(pairs, history, now)
-    out = pairs.assign(pair_purchases=bought, pair_days_since=since)
+    out = pairs.assign(pair_purchases=bought, pair_days_since=since,
+                       **affinity_history(pairs, items, history, now, affinity or []))
     out = out.rename(columns={"user_id": "user_id_raw", "item_id": "item_id_raw"})
     return out.merge(users, on="user_id_raw", how="left").merge(items, on="item_id_raw", how="left")
 
@@ -115,10 +160,11 @@ def rank_candidates(scores: np.ndarray, cands: pd.DataFrame, k: int) -> pd.Serie
 
 
 def ranking_schema(pre: Path) -> Schema:
-    """Schema of the ranker's inputs: user + item features (as transformed), pair features, the
-    target (the workflow's own column schema: tags, dtype)."""
+    """Schema of the ranker's inputs: user + item features (as transformed), pair features (with the
+    user's affinity to the item's categories), the target (the workflow's own column schema)."""
     base = Dataset(str(pre / "retrieval" / "train"), engine="parquet", cpu=True).schema
-    pair = Schema([ColumnSchema(name, tags=[Tags.CONTINUOUS], dtype=np.float32, is_list=False) for name in PAIR_FEATURES])
+    names = PAIR_FEATURES + [AFFINITY_PREFIX + col for col in affinity_columns(base)]
+    pair = Schema([ColumnSchema(name, tags=[Tags.CONTINUOUS], dtype=np.float32, is_list=False) for name in names])
     target = Schema([load_workflow(pre).output_schema[TARGET]])
     return base.select_by_tag(Tags.USER) + base.select_by_tag(Tags.ITEM) + pair + target
 
@@ -202,13 +248,14 @@ class RankingData:
         pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
         pairs["item_item_score"] = (source.pair_scores(pairs["user_id"].to_numpy(), item_index.get_indexer(pairs["item_id"]))
                                     if source is not None else np.float32(0.0))
-        rows = assemble(pairs, users, items, before, cutoff)
+        shares = affinity_columns(schema)
+        rows = assemble(with_z_scores(pairs, cands), users, items, before, cutoff, shares)
         rows[TARGET] = rows[TARGET].astype(np.int32)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
-        valid_cands = cands[cands["user_id"].isin(valid_users)].reset_index(drop=True)
-        valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score", "item_item_score"]], users, items,
-                              before, cutoff)
+        valid_cands = with_z_scores(cands[cands["user_id"].isin(valid_users)].reset_index(drop=True), cands)
+        valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES]],
+                              users, items, before, cutoff, shares)
         valid_full[TARGET] = 0
         facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],
                  "label_period_start": str(cutoff), "label_users": int(len(label_users)),
@@ -216,7 +263,7 @@ class RankingData:
                  "hard_negatives": int(len(hard)), "random_negatives": int(len(rand)),
                  "candidates_per_user": round(len(cands) / max(len(label_users), 1), 1),
                  "label_recall_of_candidates": round(float(is_pos.sum()) / max(len(bought), 1), 4),
-                 "candidates_by_source": cands["source"].value_counts().to_dict()}
+                 "candidates_by_source": cands["source"].value_counts().to_dict(), "affinity_columns": shares}
         return cls(schema=schema, fit_rows=rows[~is_valid].sample(frac=1.0, random_state=cfg.seed),
                    valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands,
                    valid_truth=bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set),

@@ -4,8 +4,9 @@ The item-item source (``workflows.item_item``: EASE weights over what each user 
 on the history before the label period, its ``lambda`` chosen by the Recall@k of its own top-k on
 the label period, and the blend weights that order candidates when the ranker is not used
 (two-tower, item-item, the user's own purchase count and recency) are chosen the same way on the
-ranker's training users. The held-out gate users play no part in
-either choice: they judge the ranker against the tuned blend.
+ranker's training users. Once the ranker is trained, its share of the blend is chosen on the
+held-out users that choose its epoch. The held-out gate users play no part in any choice: they
+judge the blend with the ranker against the blend without it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from funnel.core.metrics import recalls_at_k
-from workflows.candidates import BLEND_SCORES, blend
+from workflows.candidates import BLEND_SCORES, RANKER_SCORE, blend
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 
@@ -94,9 +95,9 @@ def order_recall(order: np.ndarray, cands: pd.DataFrame, truth: pd.Series, k: in
 
 def blend_order(cands: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
     """The order serving uses without a ranker (``workflows.candidates.blend``) for candidate rows
-    carrying the ``BLEND_SCORES`` columns."""
+    carrying the columns of the weighted scores."""
     codes = pd.factorize(cands["user_id"])[0]
-    return blend({name: cands[name].to_numpy() for name in BLEND_SCORES}, codes, weights)
+    return blend({name: cands[name].to_numpy() for name, w in weights.items() if w}, codes, weights)
 
 
 def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -126,3 +127,20 @@ def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tupl
                 for b in OWN_WEIGHTS for c in OWN_WEIGHTS])
     weights = {n: round(float(own.get(n, 0.0)), 4) for n in BLEND_SCORES}
     return weights, {"weights": weights, f"tuning_recall@{k}": tried, "tuning_users": int(len(truth))}
+
+
+def tune_ranker_share(cands: pd.DataFrame, truth: pd.Series, k: int, weights: dict[str, float]
+                      ) -> tuple[dict[str, float], dict[str, Any]]:
+    """The blend with the ranker: ``weights`` scaled by ``1 - r`` plus ``r`` on the ranker's logit
+    (``RANKER_SCORE`` column of ``cands``), ``r`` (0-1 by 0.1) with the best Recall@k on ``truth``'s
+    users. Ties go to the smaller share: ``r = 0`` (the ranker adds nothing) unless it helps."""
+    mine = cands[cands["user_id"].isin(truth.index)]
+    tried: dict[str, float] = {}
+    best: tuple[float, dict[str, float]] | None = None
+    for r in BLEND_WEIGHTS:
+        mixed = {**{n: round(w * (1 - r), 4) for n, w in weights.items()}, RANKER_SCORE: r}
+        recall = order_recall(blend_order(mine, mixed), mine, truth, k) if len(truth) else 0.0
+        tried[f"ranker_share={r:g}"] = round(recall, 5)
+        if best is None or recall > best[0]:
+            best = (recall, mixed)
+    return best[1], {"weights": best[1], f"tuning_recall@{k}": tried, "tuning_users": int(len(truth))}

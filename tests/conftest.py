@@ -133,5 +133,6 @@ def ranker_run(ranked_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ranker-on") / "run"
     shutil.copytree(ranked_run, run)
     ranking = json.loads((run / "ranking.json").read_text())
+    ranking["blend"]["with_ranker"] = {"weights": {"ranker_score": 1.0}}  # the order is the ranker's own
     (run / "ranking.json").write_text(json.dumps({**ranking, "use_ranker": True}))
     return run

@@ -5,9 +5,10 @@ in priority order and a duplicate keeps its first source (a retrieved item the u
 before stays a ``retrieval`` candidate). ``ensemble.ops.retrieve.RetrieveCandidates`` and
 ``models.ranking_data.candidates`` both build their lists with :func:`merge_sources`.
 
-Without a ranker the candidates are ordered by :func:`blend`: a weighted sum of the candidate
-scores every source provides (``BLEND_SCORES``), each standardised over the user's candidates;
-the weights are tuned at training time (``models.sources``) and served from ``ranking.json``.
+Candidates are ordered by :func:`blend`: a weighted sum of the candidate scores every source
+provides (``BLEND_SCORES``), each standardised over the user's candidates, plus the ranker's
+logit where its gate lets it in; the weights are tuned at training time (``models.sources``)
+and served from ``ranking.json``.
 """
 
 from __future__ import annotations
@@ -42,27 +43,56 @@ def merge_sources(parts: list[np.ndarray], kinds: list[int]) -> tuple[np.ndarray
 
 # the scores a candidate carries, and the direction in which each one is better
 BLEND_SCORES = {"retrieval_score": 1.0, "item_item_score": 1.0, "pair_purchases": 1.0, "pair_days_since": -1.0}
+# the ranker's logit: one more score in the blend where the ranker's gate lets it in
+RANKER_SCORE = "ranker_score"
+# ranker inputs: a source's score standardised over the user's candidates (where it stands among them)
+Z_SCORES = {"retrieval_z": "retrieval_score", "item_item_z": "item_item_score"}
+
+
+def group_moments(values: np.ndarray, groups: np.ndarray, n_groups: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of ``values`` within each group code ``0..n_groups-1``."""
+    groups = np.asarray(groups, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    n = max(int(n_groups if n_groups is not None else (groups.max() + 1 if len(groups) else 0)), 0)
+    count = np.maximum(np.bincount(groups, minlength=n), 1)
+    mean = np.bincount(groups, values, minlength=n) / count
+    std = np.sqrt(np.bincount(groups, (values - mean[groups]) ** 2, minlength=n) / count)
+    return mean, std
+
+
+def standardise_by(values: np.ndarray, groups: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(value - mean) / std of each value's group (``group_moments``); 0 where the group is constant or ``-1``."""
+    groups = np.asarray(groups, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    ok = groups >= 0
+    g = np.where(ok, groups, 0)
+    m = mean[g] if len(mean) else np.zeros(len(values))
+    s = std[g] if len(std) else np.zeros(len(values))
+    usable = ok & (s > 1e-12)
+    return np.where(usable, (values - m) / np.where(usable, s, 1.0), 0.0)
 
 
 def standardise(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """(value - mean) / std within each group (a user's candidates); 0 where a group is constant."""
-    groups = np.asarray(groups, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
     if not len(values):
         return values
-    count = np.bincount(groups)
-    mean = np.bincount(groups, values) / np.maximum(count, 1)
-    centred = values - mean[groups]
-    std = np.sqrt(np.bincount(groups, centred ** 2) / np.maximum(count, 1))[groups]
-    return np.where(std > 1e-12, centred / np.where(std > 1e-12, std, 1.0), 0.0)
+    mean, std = group_moments(values, groups)
+    return standardise_by(values, groups, mean, std)
 
 
 def blend(scores: dict[str, np.ndarray], users: np.ndarray, weights: dict[str, float]) -> np.ndarray:
-    """The candidate order without a ranker: ``sum_f w_f z(s_f)`` over ``BLEND_SCORES`` (days since
-    counted negatively), each score standardised over the user's candidates. Flat arrays, one entry
-    per candidate; ``users`` says whose it is (any integer code). Missing weights count 0."""
+    """The candidate order: ``sum_f w_f z(s_f)`` over ``BLEND_SCORES`` and the ranker's score (days
+    since counted negatively), each score standardised over the user's candidates. Flat arrays, one
+    entry per candidate; ``users`` says whose it is (any integer code). Missing weights count 0."""
     out = np.zeros(len(users), dtype=np.float64)
-    for name, sign in BLEND_SCORES.items():
+    for name, sign in {**BLEND_SCORES, RANKER_SCORE: 1.0}.items():
         if weights.get(name):
             out += weights[name] * standardise(sign * np.asarray(scores[name], dtype=np.float64), users)
     return out.astype(np.float32)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of the ranker's probabilities (clipped away from 0 and 1), float32."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p)).astype(np.float32)

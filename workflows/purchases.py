@@ -98,3 +98,57 @@ def pair_features(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray)
     bought = np.where(hit, history.counts[safe] if len(history.counts) else 0.0, 0.0).astype(np.float32)
     days = np.where(hit, history.days_ago[safe] if len(history.days_ago) else 0.0, NEVER_DAYS).astype(np.float32)
     return np.log1p(bought), np.log1p(days)
+
+
+# item features with at most this many values get a "share of the user's items with this value" feature
+MAX_AFFINITY_VALUES = 1000
+AFFINITY_PREFIX = "user_share_"
+
+
+def value_matrix(codes) -> "sp.csr_matrix":
+    """Binary ``(items, max code + 1)`` matrix of each item's encoded values of one categorical
+    feature: ``codes`` holds an int per item, or an array of ints per item (multi-hot). Codes below
+    2 (null, out of vocabulary) are no value."""
+    import scipy.sparse as sp
+
+    codes = list(codes) if not isinstance(codes, np.ndarray) or codes.dtype == object else codes
+    if isinstance(codes, np.ndarray):  # one int per item
+        lengths = np.ones(len(codes), dtype=np.int64)
+        flat = codes.astype(np.int64)
+    else:
+        arrays = [np.asarray(c if c is not None else [], dtype=np.int64).reshape(-1) for c in codes]
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    keep = flat >= 2
+    width = int(flat.max()) + 1 if len(flat) else 1
+    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], flat[keep])), shape=(len(lengths), width))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def affinity(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray, values: "sp.csr_matrix",
+             extra: np.ndarray | None = None) -> np.ndarray:
+    """How much of the user's history looks like each candidate: the share of the user's distinct items
+    having each of the candidate's values of one categorical feature (``value_matrix``), averaged over
+    the candidate's values; 0 for unknown users, ``-1`` items and items without a value.
+
+    ``rows`` is ``(users,)``, ``items`` ``(users, width)``; ``extra`` adds items bought since the
+    history (``workflows.item_item.user_matrix``). Training and serving both call this.
+    """
+    from workflows.item_item import user_matrix
+
+    bought = user_matrix(history, rows, extra)  # (users, n_items) binary
+    n = np.asarray(bought.sum(axis=1)).reshape(-1)
+    shares = np.asarray((bought @ values).toarray(), dtype=np.float64) / np.maximum(n, 1)[:, None]
+    users, slots = np.nonzero(items >= 0)
+    item = items[users, slots]
+    start, end = values.indptr[item], values.indptr[item + 1]
+    lengths = end - start
+    pair = np.repeat(np.arange(len(item)), lengths)
+    idx = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
+    total = np.bincount(pair, shares[users[pair], values.indices[idx]], minlength=len(item)) if len(idx) else 0.0
+    out = np.zeros(items.shape, dtype=np.float32)
+    out[users, slots] = total / np.maximum(lengths, 1)
+    return out

@@ -14,8 +14,8 @@ from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, R
                                USER_ROW, ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
-from workflows.candidates import TRENDING, blend
-from workflows.purchases import pair_features
+from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, blend, logit, standardise
+from workflows.purchases import AFFINITY_PREFIX, affinity, pair_features, value_matrix
 
 
 class RankCandidates(ServingOperator):
@@ -23,9 +23,12 @@ class RankCandidates(ServingOperator):
 
     Inputs of the DLRM: the user's encoded features, the candidate's encoded item features
     (``items.parquet``) and the pair features training used (log1p purchases of the item by
-    the user, log1p days since, the two-tower score). With ``use_ranker`` false (the ranker
-    lost to retrieval order on held-out users at training time) the two-tower score orders
-    the candidates. Unknown users are ordered by trending popularity.
+    the user, log1p days since, the two-tower and item-item scores and both standardised over
+    the user's ranked candidates, and the share of the user's items sharing each of the item's
+    ``affinity`` feature values). Known users' candidates are ordered by ``blend_weights``:
+    the sources' scores and, with ``use_ranker``, the DLRM's logit (its gate found that blend
+    better than the blend without it on held-out users). Unknown users are ordered by trending
+    popularity.
 
     Tiers order before scores: 0 = ranked candidates, 1 = fill, 2 = none. With
     ``trending_for_known="fill"`` (default) trending items that only trending brought in
@@ -41,9 +44,11 @@ class RankCandidates(ServingOperator):
 
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
                  trending_for_known: TrendingForKnown = TrendingForKnown.FILL,
-                 blend_weights: dict[str, float] | None = None):
+                 blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None):
         super().__init__(source_dir)
-        self.blend_weights = {name: float(w) for name, w in (blend_weights or {"retrieval_score": 1.0}).items()}
+        self.affinity = list(affinity or [])  # item features whose user-affinity the ranker reads
+        default = {RANKER_SCORE: 1.0} if use_ranker else {"retrieval_score": 1.0}
+        self.blend_weights = {name: float(w) for name, w in (blend_weights or default).items()}
         self.item_features = list(item_features)
         self.use_ranker = bool(use_ranker)
         self.trending_for_known = str(TrendingForKnown(trending_for_known))
@@ -52,6 +57,7 @@ class RankCandidates(ServingOperator):
         self._ranker = model_runner(path / "ranker", self.triton_model, self.triton_spec) if self.use_ranker else None
         items = pd.read_parquet(path / "items.parquet")
         self._items = {name: items[name].to_numpy() for name in self.item_features}
+        self._values = {name: value_matrix(items[name].to_numpy()) for name in getattr(self, "affinity", [])}
         self._history = PurchaseHistory.load(path / "history.npz")
         with np.load(path / "trending.npz", allow_pickle=False) as data:
             popularity = np.zeros(len(items), dtype=np.float32)
@@ -84,10 +90,15 @@ class RankCandidates(ServingOperator):
             pairs = dict(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
                          retrieval_score=columns[RETRIEVAL_SCORES][users, slots],
                          item_item_score=columns[ITEM_ITEM_SCORES][users, slots])
-            if self._ranker is None:
-                scores[users, slots] = blend(pairs, users, self.blend_weights)
-            else:
+            if self._ranker is not None:  # its logit joins the blend (weights tuned with it)
+                pairs.update({name: standardise(pairs[score], users).astype(np.float32)
+                              for name, score in Z_SCORES.items()})
+                ranked = np.where(known, cands, -1)
+                pairs.update({AFFINITY_PREFIX + name: affinity(self._history, rows, ranked, values,
+                                                               columns.get(ONLINE_ITEMS))[users, slots]
+                              for name, values in self._values.items()})
                 feed = {name: values[users] for name, values in user_features(columns).items()}
                 feed.update({name: values[items] for name, values in self._items.items()})
-                scores[users, slots] = self._ranker({**feed, **pairs}).reshape(-1)
+                pairs[RANKER_SCORE] = logit(self._ranker({**feed, **pairs}).reshape(-1))
+            scores[users, slots] = blend(pairs, users, self.blend_weights)
         return {CANDIDATE_SCORES: scores, TIERS: tiers}

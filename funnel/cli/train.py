@@ -78,12 +78,13 @@ def ranking(args: argparse.Namespace) -> None:
         ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
         ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
-        (f"gate recall@{cfg.valid_k}: ranker / blend order",
+        (f"gate recall@{cfg.valid_k}: blend with / without ranker",
          f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_blend_order']:.4f} on {d['gate_users']:,} users, "
          f"lift 95% CI [{m['metrics']['gate_lift_ci95'][0]:+.4f}, {m['metrics']['gate_lift_ci95'][1]:+.4f}]"
          + ("" if m["use_ranker"] else "  (ranker not used: no confident gain over the blend order)")),
         *([("item-item source", f"EASE lambda {m['item_item']['lambda']:g}")] if m["item_item"] else []),
-        ("blend (order without ranker)", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["weights"].items() if w)),
+        ("blend without ranker", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["weights"].items() if w)),
+        ("blend with ranker", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["with_ranker"]["weights"].items() if w)),
         (f"gate recall@{cfg.valid_k} by one score", ", ".join(
             f"{n} {v:.4f}" for n, v in m["blend"][f"gate_recall@{cfg.valid_k}_by_score"].items())),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "

@@ -64,7 +64,8 @@ def test_served_recall_equals_grpc_lists_scored_outside_the_project(ml_run, ml_p
 def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_dir, tmp_path):
     """A DLRM that reads a list feature (genres) is served (values + offsets), and the served graph's
     ranker scores equal the training-side scoring of the same (user, item) rows: features, pair
-    features and retrieval scores assembled the way the ranker was trained."""
+    features and retrieval scores assembled the way the ranker was trained; the served order is
+    the ranker's logit standardised over the user's candidates (a blend of the ranker alone)."""
     import shutil
 
     import numpy as np
@@ -82,7 +83,8 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     forced = tmp_path / "run"
     shutil.copytree(run, forced)
     ranking = json.loads((forced / "ranking.json").read_text())
-    ranking["use_ranker"] = True  # as if the gate had switched it on
+    ranking["use_ranker"] = True  # as if the gate had switched it on, with the whole blend's weight
+    ranking["blend"]["with_ranker"] = {"weights": {"ranker_score": 1.0}}
     (forced / "ranking.json").write_text(json.dumps(ranking))
     export(ExportConfig(run=str(forced), out=str(tmp_path / "repo")))
     recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
@@ -106,9 +108,14 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     rows_of_ids = pd.Index(items["item_id_raw"]).get_indexer(ids)
     pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32),
                           "item_item_score": weights[mine].sum(axis=0)[rows_of_ids].astype(np.float32)})
-    rows = assemble(pairs, users, items, train, cutoff).assign(**{TARGET: 0})
-    expected = score_pairs(load_tower(run / "ranker"), rows, ranking_schema(pre))
-    np.testing.assert_allclose(served["candidate_scores"][0][keep], expected, rtol=1e-4, atol=1e-5)
+    z = lambda s: (s - s.mean()) / s.std(ddof=0)  # over the user's ranked candidates
+    pairs = pairs.assign(retrieval_z=z(pairs["retrieval_score"]), item_item_z=z(pairs["item_item_score"]))
+    shares = ranking["data"]["affinity_columns"]
+    assert "genres" in shares  # the multi-hot genres get a user-affinity feature
+    rows = assemble(pairs, users, items, train, cutoff, shares).assign(**{TARGET: 0})
+    p = score_pairs(load_tower(run / "ranker"), rows, ranking_schema(pre)).astype(np.float64)
+    expected = z(pd.Series(np.log(p / (1 - p))))  # the blend of one score: the ranker's logit, standardised
+    np.testing.assert_allclose(served["candidate_scores"][0][keep], expected, rtol=1e-3, atol=1e-3)
 
 
 def item_item_weights(run, n_items: int):

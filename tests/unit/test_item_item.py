@@ -166,3 +166,71 @@ def test_order_recall_equals_sorting_each_users_candidates():
             mine = cands.assign(o=order)[cands["user_id"] == user].sort_values("o", ascending=False, kind="stable")
             recalls.append(len(set(mine["item_id"].head(k)) & bought) / len(bought))
         assert order_recall(order, cands, truth, k) == pytest.approx(np.mean(recalls))
+
+
+def test_blend_with_the_ranker_adds_its_standardised_logit():
+    from workflows.candidates import logit
+
+    rng = np.random.default_rng(9)
+    users = rng.integers(0, 4, 40)
+    a, p = rng.normal(size=40), rng.uniform(0.01, 0.99, 40)
+    frame = pd.DataFrame({"u": users, "a": a, "l": np.log(p / (1 - p))})
+    z = lambda col: frame.groupby("u")[col].transform(lambda s: (s - s.mean()) / s.std(ddof=0))
+    got = blend({"retrieval_score": a, "ranker_score": logit(p)}, users, {"retrieval_score": 0.7, "ranker_score": 0.3})
+    assert np.allclose(got, 0.7 * z("a") + 0.3 * z("l"), atol=1e-4)
+
+
+def test_z_scores_of_other_rows_use_the_users_candidate_moments():
+    """models.ranking_data.with_z_scores: a training row (a random negative too) is placed among its
+    user's candidates by their mean and spread, as serving standardises the candidates it ranks."""
+    from models.ranking_data import with_z_scores
+
+    rng = np.random.default_rng(10)
+    cands = pd.DataFrame({"user_id": rng.choice(["a", "b", "c"], 30), "retrieval_score": rng.normal(2, 3, 30),
+                          "item_item_score": rng.exponential(1, 30)})
+    cands.loc[cands["user_id"] == "c", "item_item_score"] = 0.0  # constant: z 0
+    rows = pd.DataFrame({"user_id": ["a", "b", "c", "zz"], "retrieval_score": [0.0, 5.0, 1.0, 3.0],
+                         "item_item_score": [1.0, 0.0, 2.0, 1.0]})
+    got = with_z_scores(rows, cands)
+    stats = cands.groupby("user_id").agg(["mean", lambda s: s.std(ddof=0)])
+    for i, row in rows.iterrows():
+        for score, name in (("retrieval_score", "retrieval_z"), ("item_item_score", "item_item_z")):
+            if row["user_id"] not in stats.index or stats.loc[row["user_id"], (score, "<lambda_0>")] < 1e-12:
+                assert got.loc[i, name] == 0.0  # unknown user (no candidates) or a constant score
+            else:
+                mean, std = stats.loc[row["user_id"], (score, "mean")], stats.loc[row["user_id"], (score, "<lambda_0>")]
+                assert got.loc[i, name] == pytest.approx((row[score] - mean) / std, rel=1e-5)
+    same = with_z_scores(cands, cands)  # a user's own candidates: the blend's standardise
+    users = pd.factorize(cands["user_id"])[0]
+    assert np.allclose(same["retrieval_z"], standardise(cands["retrieval_score"].to_numpy(), users), atol=1e-5)
+
+
+def test_ranker_share_is_tuned_and_zero_unless_it_helps():
+    from models.sources import tune_ranker_share
+
+    rng = np.random.default_rng(11)
+    users = np.repeat([f"u{i}" for i in range(60)], 20)
+    items = np.tile(np.arange(20), 60)
+    truth = pd.Series({f"u{i}": {int(rng.integers(0, 20))} for i in range(60)})
+    bought = np.array([item in truth[u] for u, item in zip(users, items)])
+    base = rng.normal(size=len(users)) + 0.5 * bought  # the sources: weakly informative
+    cands = pd.DataFrame({"user_id": users, "item_id": items, "retrieval_score": base,
+                          "ranker_score": rng.normal(size=len(users)) + 3.0 * bought})  # the ranker: strong
+    weights, facts = tune_ranker_share(cands, truth, 3, {"retrieval_score": 1.0})
+    assert weights["ranker_score"] > 0.5 and weights["retrieval_score"] == pytest.approx(1 - weights["ranker_score"])
+    assert facts["tuning_users"] == 60 and len(facts["tuning_recall@3"]) == 11
+    useless = cands.assign(ranker_score=-3.0 * bought)  # a ranker that is always wrong
+    weights, _ = tune_ranker_share(useless, truth, 3, {"retrieval_score": 1.0})
+    assert weights["ranker_score"] == 0.0 and weights["retrieval_score"] == 1.0
+
+
+def test_serving_order_comes_from_the_gate():
+    from ensemble.build import serving_blend
+
+    blend_only, with_ranker = {"retrieval_score": 0.6, "item_item_score": 0.4}, {"retrieval_score": 0.3,
+                                                                                  "ranker_score": 0.5}
+    ranking = {"use_ranker": True, "blend": {"weights": blend_only, "with_ranker": {"weights": with_ranker}}}
+    assert serving_blend(ranking) == with_ranker
+    assert serving_blend({**ranking, "use_ranker": False}) == blend_only
+    assert serving_blend({"use_ranker": True, "blend": {"weights": blend_only}}) == {"ranker_score": 1.0}  # older runs
+    assert serving_blend(None) == {"retrieval_score": 1.0}  # no ranking stage: the two-tower order

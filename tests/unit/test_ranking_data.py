@@ -53,3 +53,28 @@ def test_the_gate_needs_a_confident_gain():
     decision = gate_decision(clear, retrieval, seed=0)
     assert decision["use"] is True and decision["ci95"][0] > 0 and abs(decision["lift"] - 0.1) < 0.03
     assert gate_decision(retrieval, retrieval, seed=0)["use"] is False  # no gain, no ranker
+
+
+def test_affinity_is_the_share_of_the_users_items_with_the_items_values():
+    """workflows.purchases.affinity (training and serving) against a Python loop over raw rows:
+    distinct items bought before `now`, a single-valued feature and a multi-hot one."""
+    from models.ranking_data import affinity_history
+
+    ts = pd.Timestamp("2020-01-01")
+    history = pd.DataFrame({"user_id": ["a", "a", "a", "a", "b", "b", "c"], "item_id": [1, 1, 2, 3, 3, 4, 9],
+                            "timestamp": [ts] * 7})
+    items = pd.DataFrame({"item_id_raw": [1, 2, 3, 4, 5],
+                          "kind": np.array([2, 2, 3, 4, 3], dtype=np.int32),  # codes < 2: null / OOV
+                          "genres": [np.array([2, 3]), np.array([3]), np.array([], dtype=np.int64), np.array([4, 1]),
+                                     np.array([2, 4])]})
+    pairs = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c", "z"], "item_id": [1, 3, 5, 5, 2, 1, 1]})
+    got = affinity_history(pairs, items, history, ts, ["kind", "genres"])
+    table = items.set_index("item_id_raw")
+    for r, (user, item) in enumerate(zip(pairs["user_id"], pairs["item_id"])):
+        mine = [i for i in history.loc[history["user_id"] == user, "item_id"].unique() if i in table.index]
+        for col in ("kind", "genres"):
+            values = [v for v in np.atleast_1d(table.loc[item, col]) if v >= 2]
+            shares = [sum(v in np.atleast_1d(table.loc[i, col]) for i in mine) / max(len(mine), 1) for v in values]
+            expected = float(np.mean(shares)) if shares else 0.0
+            assert got["user_share_" + col][r] == pytest.approx(expected), (user, item, col)
+    assert got["user_share_kind"][0] == pytest.approx(2 / 3)  # a: items 1, 2 of kind 2 out of 1, 2, 3
