@@ -129,6 +129,19 @@ def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: l
     return report
 
 
+def ranker_bars(stages: list[dict], k: int = 12) -> dict[str, bool]:
+    """The ranker's targets from each run's ranking stage: switched on by its gate, and where it is on,
+    the served order (blend with the ranker) beating every single score on the gate users."""
+    on = [st for st in stages if st["use_ranker"]]
+    key = f"gate_recall@{k}"
+    return {
+        "ranker switched on by its gate in every run": bool(stages) and len(on) == len(stages),
+        "each ranker-on run beats every single score on its gate users": bool(on) and all(
+            st["gate"][key] > max(v for n, v in st["blend"][f"{key}_by_score"].items() if n != "ranker_score")
+            for st in on),
+    }
+
+
 def seed_summary(reports: list[dict], metric: str) -> tuple[dict, dict, dict]:
     """Per method: the per-seed values, their mean and standard error (of the mean)."""
     per_seed = {name: [r["methods"][name][metric] for r in reports] for name in reports[0]["methods"]}
@@ -187,6 +200,7 @@ def main() -> None:
                     als["recall@10"], peers["ease"]["recall@10"]),
                 "served beats each source alone (two-tower retrieval, EASE)": mean["served"] > max(
                     mean["retrieval"], peers["ease"]["recall@10"]),
+                **ranker_bars([r["ranking_stage"] for r in reports]),
             },
         }
 
@@ -229,6 +243,7 @@ def main() -> None:
                 "funnel >= 1.10x own-purchase frequency": mean["served"] >= 1.1 * peers["frequency"]["recall@12"],
                 "served beats each source alone (two-tower retrieval, EASE)": mean["served"] > max(
                     mean["retrieval"], peers["ease"]["recall@12"]),
+                **ranker_bars([r["ranking_stage"] for r in reports]),
             },
         }
 

@@ -57,8 +57,16 @@ def _stage_lines(name: str, section: dict, metric: str) -> list[str]:
                    "(tuned on the label period)")
         gate = [st["gate"] for st in stages]
         k = next(key for key in gate[0] if key.startswith("gate_recall@") and key.count("_") == 1)
-        out.append(f"{name}: gate users' {k.split('_')[1]}, ranker vs blend order per run: "
-                   + "; ".join(f"{g[k]:.3f} vs {g[k + '_blend_order']:.3f}" for g in gate))
+        if all(k + "_ranker_alone" in g for g in gate):  # the ranker's logit joins the blend
+            shares = [((st["blend"].get("with_ranker") or {}).get("weights") or {}).get("ranker_score", 0.0)
+                      for st in stages]
+            out.append(f"{name}: gate users' {k.split('_')[1]} per run, blend with ranker / without / ranker alone "
+                       "(its share of the blend): " + "; ".join(
+                           f"{g[k]:.3f} / {g[k + '_blend_order']:.3f} / {g[k + '_ranker_alone']:.3f} ({r:.1f})"
+                           for g, r in zip(gate, shares)))
+        else:
+            out.append(f"{name}: gate users' {k.split('_')[1]}, ranker vs blend order per run: "
+                       + "; ".join(f"{g[k]:.3f} vs {g[k + '_blend_order']:.3f}" for g in gate))
     return out
 
 

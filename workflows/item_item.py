@@ -106,38 +106,37 @@ class ItemItem:
     def n_items(self) -> int:
         return self.weights.shape[0]
 
+    def sparse_scores(self, history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None = None) -> sp.csr_matrix:
+        """``(len(rows), n_items)`` item-item scores as a CSR matrix with sorted indices: only the items
+        some item of the user points to have an entry (the weights are pruned), so nothing is dense."""
+        out = sp.csr_matrix(user_matrix(history, rows, extra) @ self.weights, dtype=np.float32)
+        out.sum_duplicates()
+        out.sort_indices()
+        return out
+
     def scores(self, history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
         """Dense ``(len(rows), n_items)`` float32 item-item scores of each user row (0 for unknown users)."""
-        return np.asarray((user_matrix(history, rows, extra) @ self.weights).toarray(), dtype=np.float32)
+        return np.asarray(self.sparse_scores(history, rows, extra).toarray(), dtype=np.float32)
 
     def _chunks(self, rows: np.ndarray):
         step = max(1, CHUNK_CELLS // max(self.n_items, 1))
         return [slice(i, i + step) for i in range(0, len(rows), step)]
 
+    def for_rows(self, history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None = None) -> "RowScores":
+        """The scores of ``rows``, computed once (a bounded number of users at a time) for ``top`` and
+        ``pairs`` both: the served graph asks for the top-N and then for the merged candidates' scores."""
+        return RowScores(self, history, np.asarray(rows), extra)
+
     def top(self, history: PurchaseHistory, rows: np.ndarray, n: int, extra: np.ndarray | None = None,
             exclude_seen: bool = False) -> np.ndarray:
-        """``(len(rows), n)`` best item rows by item-item score (positive scores only, ``-1``-padded),
-        scored a bounded number of users at a time; ``exclude_seen`` skips the users' own items."""
-        out = np.full((len(rows), min(n, self.n_items)), -1, dtype=np.int64)
-        if not self.weights.nnz:
-            return out
-        for part in self._chunks(rows):
-            scores = self.scores(history, rows[part], None if extra is None else extra[part])
-            if exclude_seen:
-                scores[user_matrix(history, rows[part], None if extra is None else extra[part]).nonzero()] = 0.0
-            out[part] = top_items(scores, n)
-        return out
+        """``(len(rows), n)`` best item rows by item-item score (positive scores only, ties by item row,
+        ``-1``-padded), scored a bounded number of users at a time; ``exclude_seen`` skips the users' own items."""
+        return self.for_rows(history, rows, extra).top(n, exclude_seen)
 
     def pair_scores(self, history: PurchaseHistory, rows: np.ndarray, items: np.ndarray,
                     extra: np.ndarray | None = None) -> np.ndarray:
         """Score of each ``(users, width)`` item row for its user row (0 where the item is ``-1``)."""
-        out = np.zeros(items.shape, dtype=np.float32)
-        if not self.weights.nnz:
-            return out
-        for part in self._chunks(rows):
-            scores = self.scores(history, rows[part], None if extra is None else extra[part])
-            out[part] = np.where(items[part] >= 0, np.take_along_axis(scores, np.maximum(items[part], 0), axis=1), 0.0)
-        return out
+        return self.for_rows(history, rows, extra).pairs(items)
 
     def save(self, path: Path) -> None:
         w = self.weights
@@ -151,13 +150,63 @@ class ItemItem:
             return cls(sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(n, n)), float(f["lam"]))
 
 
-def top_items(scores: np.ndarray, n: int) -> np.ndarray:
-    """``(users, n)`` item rows with the highest positive scores, best first, ``-1`` where none is left."""
-    n = min(n, scores.shape[1])
-    if n == 0:
-        return np.full((len(scores), 0), -1, dtype=np.int64)
-    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    vals = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    top, vals = np.take_along_axis(top, order, axis=1), np.take_along_axis(vals, order, axis=1)
-    return np.where(vals > 0, top, -1)
+class RowScores:
+    """Item-item scores of some user rows, chunked by ``CHUNK_CELLS`` users x items; a single chunk (a
+    served request) is scored once and kept for every later question."""
+
+    def __init__(self, model: ItemItem, history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None):
+        self.model, self.history, self.rows, self.extra = model, history, rows, extra
+        self.parts = model._chunks(rows) if model.weights.nnz else []
+        self._kept: sp.csr_matrix | None = None
+
+    def _scores(self, part: slice) -> sp.csr_matrix:
+        if len(self.parts) == 1 and self._kept is not None:
+            return self._kept
+        out = self.model.sparse_scores(self.history, self.rows[part], None if self.extra is None else self.extra[part])
+        if len(self.parts) == 1:
+            self._kept = out
+        return out
+
+    def top(self, n: int, exclude_seen: bool = False) -> np.ndarray:
+        out = np.full((len(self.rows), min(n, self.model.n_items)), -1, dtype=np.int64)
+        for part in self.parts:
+            scores = self._scores(part).copy()
+            scores.data[scores.data < 0] = 0.0  # positive scores only
+            if exclude_seen:
+                own = user_matrix(self.history, self.rows[part], None if self.extra is None else self.extra[part])
+                scores = scores - scores.multiply(own > 0)
+            scores.eliminate_zeros()
+            scores.sort_indices()
+            out[part] = sparse_top(scores, out.shape[1])
+        return out
+
+    def pairs(self, items: np.ndarray) -> np.ndarray:
+        out = np.zeros(items.shape, dtype=np.float32)
+        for part in self.parts:
+            scores = self._scores(part)
+            keys = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr)) * self.model.n_items
+            keys += scores.indices  # row-major, sorted within rows: ascending
+            wanted = np.arange(scores.shape[0], dtype=np.int64)[:, None] * self.model.n_items + items[part]
+            if not len(keys):
+                continue
+            pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+            hit = (keys[pos] == wanted) & (items[part] >= 0)
+            out[part] = np.where(hit, scores.data[pos], 0.0)
+        return out
+
+
+def sparse_top(scores: sp.csr_matrix, n: int) -> np.ndarray:
+    """``(rows, n)`` columns of each row's ``n`` largest stored entries, best first, ties by column
+    (``scores`` with sorted indices), ``-1``-padded. Row by row: a partial sort of each user's entries."""
+    out = np.full((scores.shape[0], n), -1, dtype=np.int64)
+    indptr, data, indices = scores.indptr, scores.data, scores.indices
+    for r in range(scores.shape[0]):
+        vals, cols = data[indptr[r]:indptr[r + 1]], indices[indptr[r]:indptr[r + 1]]
+        if len(vals) > n > 0:  # keep the n largest; among values equal to the n-th, the lowest columns
+            nth = np.partition(vals, len(vals) - n)[len(vals) - n]
+            keep = vals > nth
+            keep[np.flatnonzero(vals == nth)[: n - int(keep.sum())]] = True
+            vals, cols = vals[keep], cols[keep]
+        order = np.lexsort((cols, -vals))[:n]
+        out[r, : len(order)] = cols[order]
+    return out

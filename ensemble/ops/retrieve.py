@@ -79,9 +79,9 @@ class RetrieveCandidates(ServingOperator):
         parts = [np.where((rows >= 0)[:, None], found, -1)]
         kinds = [RETRIEVAL]
         online = columns.get(ONLINE_ITEMS)  # purchases since the export, from the online store
+        item_item = self._item_item.for_rows(self._history, rows, online)  # scored once: top-N and pairs
         if self.item_item:
-            parts.append(self._item_item.top(self._history, rows, self.item_item, online,
-                                             exclude_seen=not self.repurchase))
+            parts.append(item_item.top(self.item_item, exclude_seen=not self.repurchase))
             kinds.append(ITEM_ITEM)
         if self.repurchase:
             own = self._history.recent(rows, self.recent)
@@ -95,10 +95,10 @@ class RetrieveCandidates(ServingOperator):
         cands[:, : ids.shape[1]] = ids
         sources[:, : ids.shape[1]] = src
         valid = cands >= 0
-        item_item = self._item_item.pair_scores(self._history, rows, cands, online)
+        pair_scores = item_item.pairs(cands)
         if len(known):
             vec = self._vectors[np.maximum(cands, 0)]
             dots = np.einsum("ucd,ud->uc", vec, queries)
             scores = np.where(valid & (rows >= 0)[:, None], dots, 0.0).astype(np.float32)
         return {CANDIDATES: cands, SOURCES: sources, RETRIEVAL_SCORES: scores,
-                ITEM_ITEM_SCORES: item_item.astype(np.float32)}
+                ITEM_ITEM_SCORES: pair_scores.astype(np.float32)}
