@@ -97,9 +97,8 @@ def export(args: argparse.Namespace) -> None:
         ("filters", f"seen: {f['exclude_seen']}, out of stock: {'yes' if f['out_of_stock'] else 'no'}, "
                     f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
         ("inventory", d["inventory"]),
-        ("ranker", "DLRM" if ranker and ranker["used"] else (
-            "blend " + ", ".join(f"{w:.2f} {name}" for name, w in m["models"]["blend_weights"].items() if w)
-            + " (ranker not used)")),
+        ("ranker", "blend " + ", ".join(f"{w:.2f} {name}" for name, w in m["models"]["blend_weights"].items() if w)
+         + (" (the DLRM's logit is ranker_score)" if ranker and ranker["used"] else " (ranker not used)")),
         ("TensorFlow runtime", m["tf_runtime"] + " backend"),
         ("time", f"{m['export_seconds']:.1f} s"),
         ("written to", f"{cfg.out} (serve it: funnel serve {cfg.out})"),
