@@ -134,12 +134,12 @@ def ranker_bars(stages: list[dict], k: int = 12) -> dict[str, bool]:
     the served order (blend with the ranker) beating every single score on the gate users."""
     on = [st for st in stages if st["use_ranker"]]
     key = f"gate_recall@{k}"
-    return {
-        "ranker switched on by its gate in every run": bool(stages) and len(on) == len(stages),
-        "each ranker-on run beats every single score on its gate users": bool(on) and all(
+    bars = {"ranker switched on by its gate in every run": bool(stages) and len(on) == len(stages)}
+    if on:  # no ranker-on run: nothing to check
+        bars["each ranker-on run beats every single score on its gate users"] = all(
             st["gate"][key] > max(v for n, v in st["blend"][f"{key}_by_score"].items() if n != "ranker_score")
-            for st in on),
-    }
+            for st in on)
+    return bars
 
 
 def seed_summary(reports: list[dict], metric: str) -> tuple[dict, dict, dict]:
