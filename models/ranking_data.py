@@ -133,8 +133,8 @@ def affinity_history(pairs: pd.DataFrame, items: pd.DataFrame, history: pd.DataF
     purchases = PurchaseHistory.build(history, users, index, now)
     rows = users.get_indexer(pairs["user_id"])
     cands = index.get_indexer(pairs["item_id"]).reshape(-1, 1)
-    return {AFFINITY_PREFIX + col: affinity(purchases, rows, cands, value_matrix(items[col].to_numpy())).reshape(-1)
-            for col in columns}
+    shares = affinity(purchases, rows, cands, {col: value_matrix(items[col].to_numpy()) for col in columns})
+    return {AFFINITY_PREFIX + col: share.reshape(-1) for col, share in shares.items()}
 
 
 def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame,

@@ -128,27 +128,41 @@ def value_matrix(codes) -> "sp.csr_matrix":
     return m
 
 
-def affinity(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray, values: "sp.csr_matrix",
-             extra: np.ndarray | None = None) -> np.ndarray:
-    """How much of the user's history looks like each candidate: the share of the user's distinct items
-    having each of the candidate's values of one categorical feature (``value_matrix``), averaged over
-    the candidate's values; 0 for unknown users, ``-1`` items and items without a value.
+def affinity(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray, values: dict[str, "sp.csr_matrix"],
+             extra: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """How much of the user's history looks like each candidate, per categorical feature: the share
+    of the user's distinct items having each of the candidate's values (``values[name]``, a
+    ``value_matrix``), averaged over the candidate's values; 0 for unknown users, ``-1`` items and
+    items without a value.
 
     ``rows`` is ``(users,)``, ``items`` ``(users, width)``; ``extra`` adds items bought since the
-    history (``workflows.item_item.user_matrix``). Training and serving both call this.
+    history (``workflows.item_item.user_matrix``). Training and serving both call this; the user's
+    items are gathered once for every feature.
     """
+    import scipy.sparse as sp
+
     from workflows.item_item import user_matrix
 
+    if not values:
+        return {}
     bought = user_matrix(history, rows, extra)  # (users, n_items) binary
-    n = np.asarray(bought.sum(axis=1)).reshape(-1)
-    shares = np.asarray((bought @ values).toarray(), dtype=np.float64) / np.maximum(n, 1)[:, None]
+    n = np.maximum(np.asarray(bought.sum(axis=1)).reshape(-1), 1)
+    names = list(values)
+    widths = np.cumsum([0] + [values[name].shape[1] for name in names])
+    shares = np.asarray((bought @ sp.hstack([values[name] for name in names], format="csr")).toarray(),
+                        dtype=np.float64) / n[:, None]
     users, slots = np.nonzero(items >= 0)
     item = items[users, slots]
-    start, end = values.indptr[item], values.indptr[item + 1]
-    lengths = end - start
-    pair = np.repeat(np.arange(len(item)), lengths)
-    idx = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
-    total = np.bincount(pair, shares[users[pair], values.indices[idx]], minlength=len(item)) if len(idx) else 0.0
-    out = np.zeros(items.shape, dtype=np.float32)
-    out[users, slots] = total / np.maximum(lengths, 1)
+    out = {}
+    for name, offset in zip(names, widths[:-1]):
+        m = values[name]
+        start, end = m.indptr[item], m.indptr[item + 1]
+        lengths = end - start
+        pair = np.repeat(np.arange(len(item)), lengths)
+        idx = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
+        total = (np.bincount(pair, shares[users[pair], offset + m.indices[idx]], minlength=len(item))
+                 if len(idx) else np.zeros(len(item)))
+        column = np.zeros(items.shape, dtype=np.float32)
+        column[users, slots] = total / np.maximum(lengths, 1)
+        out[name] = column
     return out

@@ -93,10 +93,9 @@ class RankCandidates(ServingOperator):
             if self._ranker is not None:  # its logit joins the blend (weights tuned with it)
                 pairs.update({name: standardise(pairs[score], users).astype(np.float32)
                               for name, score in Z_SCORES.items()})
-                ranked = np.where(known, cands, -1)
-                pairs.update({AFFINITY_PREFIX + name: affinity(self._history, rows, ranked, values,
-                                                               columns.get(ONLINE_ITEMS))[users, slots]
-                              for name, values in self._values.items()})
+                shares = affinity(self._history, rows, np.where(known, cands, -1), self._values,
+                                  columns.get(ONLINE_ITEMS))
+                pairs.update({AFFINITY_PREFIX + name: share[users, slots] for name, share in shares.items()})
                 feed = {name: values[users] for name, values in user_features(columns).items()}
                 feed.update({name: values[items] for name, values in self._items.items()})
                 pairs[RANKER_SCORE] = logit(self._ranker({**feed, **pairs}).reshape(-1))
