@@ -158,10 +158,9 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
                    validation(cfg, data, model), key, None, on_epoch)
     with atomic_output_dir(run / "ranker") as out:
         model.save(str(out))
-    # the gate: on held-out users that played no part in choosing the epoch, does the ranker order
-    # their candidates better than the retrieval score does? If not, serving keeps the retrieval order.
     # The ranker's logit joins the blend with the share that orders the epoch-choice users' candidates
-    # best; the gate then compares that order with the blend's on the gate users.
+    # best. The gate: on held-out users that played no part in either choice, does that blend order
+    # their candidates better than the blend without the ranker? If not, serving keeps the blend alone.
     gate = per_user_recall(data, cfg.valid_k, gate=True)
     cands = data.valid_cands.assign(**{RANKER_SCORE: logit(score_pairs(model, data.valid_full, data.schema))})
     choice = data.valid_truth[~data.valid_truth.index.isin(data.gate_users)]
