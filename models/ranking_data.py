@@ -32,8 +32,8 @@ from workflows.io import features_as_of, load_workflow
 from workflows.candidates import (ITEM_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, Z_SCORES, group_moments,
                                  merge_sources, standardise_by)
 from workflows.negatives import popularity_draws
-from workflows.purchases import (AFFINITY_PREFIX, MAX_AFFINITY_VALUES, PurchaseHistory, affinity, pair_features,
-                                value_matrix)
+from workflows.purchases import (AFFINITY_PREFIX, MAX_AFFINITY_VALUES, ItemValues, PurchaseHistory, affinity,
+                                pair_features)
 
 PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score", *Z_SCORES]
 
@@ -133,7 +133,7 @@ def affinity_history(pairs: pd.DataFrame, items: pd.DataFrame, history: pd.DataF
     purchases = PurchaseHistory.build(history, users, index, now)
     rows = users.get_indexer(pairs["user_id"])
     cands = index.get_indexer(pairs["item_id"]).reshape(-1, 1)
-    shares = affinity(purchases, rows, cands, {col: value_matrix(items[col].to_numpy()) for col in columns})
+    shares = affinity(purchases, rows, cands, ItemValues.from_codes({col: items[col].to_numpy() for col in columns}))
     return {AFFINITY_PREFIX + col: share.reshape(-1) for col, share in shares.items()}
 
 

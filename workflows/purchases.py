@@ -128,34 +128,46 @@ def value_matrix(codes) -> "sp.csr_matrix":
     return m
 
 
-def affinity(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray, values: dict[str, "sp.csr_matrix"],
+@dataclass
+class ItemValues:
+    """Each item's values of some categorical features (``value_matrix`` per feature), and all of
+    them side by side: built once (at load in serving), read by every :func:`affinity` call."""
+
+    matrices: dict[str, "sp.csr_matrix"]
+    stacked: "sp.csr_matrix"  # (items, sum of widths): the matrices side by side, in the dict's order
+
+    @classmethod
+    def from_codes(cls, codes: dict[str, object]) -> "ItemValues":
+        """From each feature's encoded codes per item (ints, or int arrays for multi-hot)."""
+        import scipy.sparse as sp
+
+        matrices = {name: value_matrix(c) for name, c in codes.items()}
+        stacked = sp.hstack(list(matrices.values()), format="csr") if matrices else sp.csr_matrix((0, 0))
+        return cls(matrices, stacked)
+
+
+def affinity(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray, values: ItemValues,
              extra: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """How much of the user's history looks like each candidate, per categorical feature: the share
-    of the user's distinct items having each of the candidate's values (``values[name]``, a
-    ``value_matrix``), averaged over the candidate's values; 0 for unknown users, ``-1`` items and
-    items without a value.
+    of the user's distinct items having each of the candidate's values (``values``), averaged over
+    the candidate's values; 0 for unknown users, ``-1`` items and items without a value.
 
     ``rows`` is ``(users,)``, ``items`` ``(users, width)``; ``extra`` adds items bought since the
     history (``workflows.item_item.user_matrix``). Training and serving both call this; the user's
     items are gathered once for every feature.
     """
-    import scipy.sparse as sp
-
     from workflows.item_item import user_matrix
 
-    if not values:
+    if not values.matrices:
         return {}
     bought = user_matrix(history, rows, extra)  # (users, n_items) binary
     n = np.maximum(np.asarray(bought.sum(axis=1)).reshape(-1), 1)
-    names = list(values)
-    widths = np.cumsum([0] + [values[name].shape[1] for name in names])
-    shares = np.asarray((bought @ sp.hstack([values[name] for name in names], format="csr")).toarray(),
-                        dtype=np.float64) / n[:, None]
+    shares = np.asarray((bought @ values.stacked).toarray(), dtype=np.float64) / n[:, None]
     users, slots = np.nonzero(items >= 0)
     item = items[users, slots]
     out = {}
-    for name, offset in zip(names, widths[:-1]):
-        m = values[name]
+    offset = 0
+    for name, m in values.matrices.items():
         start, end = m.indptr[item], m.indptr[item + 1]
         lengths = end - start
         pair = np.repeat(np.arange(len(item)), lengths)
@@ -165,4 +177,5 @@ def affinity(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray, valu
         column = np.zeros(items.shape, dtype=np.float32)
         column[users, slots] = total / np.maximum(lengths, 1)
         out[name] = column
+        offset += m.shape[1]
     return out

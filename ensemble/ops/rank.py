@@ -15,7 +15,7 @@ from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, R
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
 from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, blend, logit, standardise
-from workflows.purchases import AFFINITY_PREFIX, affinity, pair_features, value_matrix
+from workflows.purchases import AFFINITY_PREFIX, ItemValues, affinity, pair_features
 
 
 class RankCandidates(ServingOperator):
@@ -57,7 +57,7 @@ class RankCandidates(ServingOperator):
         self._ranker = model_runner(path / "ranker", self.triton_model, self.triton_spec) if self.use_ranker else None
         items = pd.read_parquet(path / "items.parquet")
         self._items = {name: items[name].to_numpy() for name in self.item_features}
-        self._values = {name: value_matrix(items[name].to_numpy()) for name in getattr(self, "affinity", [])}
+        self._values = ItemValues.from_codes({name: items[name].to_numpy() for name in getattr(self, "affinity", [])})
         self._history = PurchaseHistory.load(path / "history.npz")
         with np.load(path / "trending.npz", allow_pickle=False) as data:
             popularity = np.zeros(len(items), dtype=np.float32)
