@@ -163,7 +163,8 @@ def main() -> None:
                              "(needs --work from an earlier run, or preprocesses again)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="funnel-quality-"))
-    doc: dict = json.loads(Path(args.out).read_text()) if args.peers_only else {}
+    # --peers-only updates the existing figures; --only replaces its own data set's section and keeps the other
+    doc: dict = json.loads(Path(args.out).read_text()) if (args.peers_only or args.only) and Path(args.out).exists() else {}
 
     if args.only in (None, "movielens"):
         print("MovieLens-100k (user-last split)", file=sys.stderr)

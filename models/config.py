@@ -32,6 +32,9 @@ class RetrievalConfig:
     logq_reg: float = 1.0
     temperature: float = 1.0
     valid_days: int = field(default=7, metadata={"help": "time splits: last days of train held out for validation"})
+    windows_back: int = field(default=0, metadata={
+        "help": "train as if the training split ended this many validation-sized windows earlier "
+                "(the ranker's retriever for its earlier label windows)"})
     valid_k: int = 10
     valid_users: int = field(default=2000, metadata={"help": "users sampled for validation recall"})
     seed: int = 0
@@ -44,8 +47,8 @@ class RetrievalConfig:
         coerce_choices(self)
         if self.epochs < 1 or self.batch_size < 2 or self.embedding_dim < 1 or self.learning_rate <= 0:
             raise FunnelError("retrieval: epochs >= 1, batch_size >= 2, embedding_dim >= 1, learning_rate > 0")
-        if self.patience < 1 or self.valid_k < 1 or self.valid_users < 1:
-            raise FunnelError("retrieval: patience, valid_k and valid_users >= 1")
+        if self.patience < 1 or self.valid_k < 1 or self.valid_users < 1 or self.windows_back < 0:
+            raise FunnelError("retrieval: patience, valid_k and valid_users >= 1, windows_back >= 0")
 
     def require_paths(self) -> None:
         if not self.pre or not self.out:
@@ -67,7 +70,11 @@ class RankingConfig:
         "help": "EASE over the most-bought items only (a dense items x items inverse)"})
     hard_negatives: int = field(default=8, metadata={"help": "hard negatives (unbought candidates) per positive"})
     random_negatives: int = field(default=2, metadata={"help": "popularity-sampled negatives per positive"})
-    max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training"})
+    max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training, per window"})
+    label_windows: int = field(default=4, metadata={
+        "help": "label periods the ranker learns from: the retriever's validation period and this many minus one "
+                "earlier ones (time: same length; user-last: earlier baskets), each with candidates and features "
+                "as of its start from a retriever trained before the earliest"})
     embedding_dim: int = 32
     top_dims: list[int] = field(default_factory=lambda: [128, 64])
     batch_size: int = 1024
@@ -90,6 +97,8 @@ class RankingConfig:
                 or min(self.item_item_lambdas) <= 0:
             raise FunnelError("ranking: item_item >= 0, item_item_neighbours >= 1, item_item_max_items >= 2, "
                               "item_item_lambdas > 0")
+        if self.label_windows < 1:
+            raise FunnelError("ranking: label_windows must be >= 1")
         if not 0 < self.valid_share < 1:
             raise FunnelError("ranking: valid_share must be in (0, 1)")
 

@@ -1,8 +1,8 @@
 """DLRM ranker (merlin-models ``DLRMModel``) trained on the candidates that matter.
 
-The data (labelled retriever candidates, features as of the label period's start) comes from
-:mod:`models.ranking_data`; the epoch with the best Recall@k of held-out users' full candidate
-lists is kept. Its logit then joins the blend of the sources' scores (:mod:`models.sources`)
+The data (labelled retriever candidates from several label periods, features as of each period's
+start) comes from :mod:`models.ranking_data`; the epoch with the best Recall@k of held-out users'
+full candidate lists (one list per user and period) is kept. Its logit then joins the blend of the sources' scores (:mod:`models.sources`)
 with the share that orders those users' candidates best, and ``use_ranker`` records whether
 that order beats, on other held-out users, the order serving uses without it (the blend alone).
 
@@ -78,8 +78,9 @@ def build_model(cfg: RankingConfig, data: RankingData, strategy):
 
 
 def per_user_recall(data: RankingData, k: int, gate: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """Recall@k of each user of one half of the held-out users (the gate's, or the epoch choice's)
-    when their candidates are ordered by the given scores (one score per row of ``data.valid_cands``)."""
+    """Recall@k of each list (a held-out user in one label period) of one half of the held-out users
+    (the gate's, or the epoch choice's) when their candidates are ordered by the given scores (one
+    score per row of ``data.valid_cands``), in ``data.valid_truth`` order."""
     mine = data.valid_cands["user_id"].isin(data.gate_users).to_numpy() == gate
     cands = data.valid_cands[mine]
     truth = data.valid_truth[data.valid_truth.index.isin(data.gate_users) == gate]
@@ -97,18 +98,25 @@ def list_recall(data: RankingData, k: int, gate: bool) -> Callable[[np.ndarray],
     return lambda scores: float(np.mean(per_user(scores))) if len(data.valid_truth) else 0.0
 
 
-def gate_decision(ranker: np.ndarray, retrieval: np.ndarray, seed: int, resamples: int = 2000) -> dict[str, float]:
-    """Is the ranker's per-user recall gain over the retrieval order positive with 95% confidence?
+def gate_decision(ranker: np.ndarray, retrieval: np.ndarray, seed: int, clusters: np.ndarray | None = None,
+                  resamples: int = 2000) -> dict[str, float]:
+    """Is the ranker's per-list recall gain over the retrieval order positive with 95% confidence?
 
-    A paired bootstrap over the gate users: ``lift`` is the mean gain, ``ci95`` its 2.5%-97.5%
-    interval; the ranker is used only when the interval's lower end is above 0, so a small gate
-    (a few dozen users on MovieLens-100k) does not switch on a ranker by chance.
+    A paired bootstrap: ``lift`` is the mean gain over the gate's lists, ``ci95`` its 2.5%-97.5%
+    interval; ``clusters`` (one code per list: its user) resamples users with all their lists, since
+    one user's lists in several label periods are not independent. The ranker is used only when the
+    interval's lower end is above 0, so a small gate (a few dozen users on MovieLens-100k) does not
+    switch on a ranker by chance.
     """
     gain = ranker - retrieval
-    if len(gain) < 2:
+    codes = np.arange(len(gain)) if clusters is None else pd.factorize(np.asarray(clusters))[0]
+    n = int(codes.max()) + 1 if len(codes) else 0
+    if n < 2:
         return {"lift": float(gain.mean()) if len(gain) else 0.0, "ci95": [0.0, 0.0], "use": False}
+    sums, counts = np.bincount(codes, gain, minlength=n), np.bincount(codes, minlength=n)
     rng = np.random.default_rng(seed)
-    means = gain[rng.integers(0, len(gain), size=(resamples, len(gain)))].mean(axis=1)
+    draws = rng.integers(0, n, size=(resamples, n))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
     return {"lift": float(gain.mean()), "ci95": [float(low), float(high)], "use": bool(low > 0)}
 
@@ -138,8 +146,10 @@ def save_item_item(cfg: RankingConfig, run: Path, lam: float) -> None:
         os.replace(Path(tmp) / "item_item.npz", run / "item_item.npz")
 
 
-def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Build labelled candidates, train the DLRM, save it into the run, return the manifest."""
+def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
+          on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build labelled candidates, train the DLRM, save it into the run, return the manifest
+    (``on_step`` hears what the data build is doing)."""
     cfg.require_paths()
     device = configure_tensorflow(cfg.seed, cfg.threads)
     run = Path(cfg.run)
@@ -147,7 +157,7 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
         raise FunnelError(f"{run}: no retriever here (run `funnel train retrieval` first)")
     retrieval_manifest = read_retrieval_manifest(run)
     start = time.perf_counter()
-    data = RankingData.build(cfg, retrieval_manifest)
+    data = RankingData.build(cfg, retrieval_manifest, on_step)
     key, gate_key = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
     build_seconds = time.perf_counter() - start
 
@@ -168,7 +178,10 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
     ranker_recall = gate(cands[RANKER_SCORE].to_numpy())
     fused_recall = gate(blend_order(cands, with_ranker))
     blend_recall = gate(blend_order(data.valid_cands, data.blend["weights"]))
-    decision = gate_decision(fused_recall, blend_recall, cfg.seed)
+    gate_lists = data.valid_truth.index[data.valid_truth.index.isin(data.gate_users)]  # per_user_recall's order
+    decision = gate_decision(fused_recall, blend_recall, cfg.seed, data.list_users.loc[gate_lists].to_numpy())
+    latest = gate_lists.str.startswith("0|")  # the period the served towers never saw, alone
+    latest_decision = gate_decision(fused_recall[latest], blend_recall[latest], cfg.seed)
     decision["use"] = decision["use"] and with_ranker[RANKER_SCORE] > 0
     # the gate users' recall under each single score, beside the blend's and the ranker's
     orders = {name: float(gate(sign * cands[name].to_numpy()).mean()) if len(ranker_recall) else 0.0
@@ -182,8 +195,10 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None) ->
                gate_key: float(fused_recall.mean()) if len(fused_recall) else 0.0,
                f"{gate_key}_ranker_alone": float(ranker_recall.mean()) if len(ranker_recall) else 0.0,
                f"{gate_key}_blend_order": float(blend_recall.mean()) if len(blend_recall) else 0.0,
-               "gate_lift": decision["lift"], "gate_lift_ci95": decision["ci95"]}
-    facts = {**data.facts, "gate_users": int(len(ranker_recall)), "build_seconds": round(build_seconds, 2)}
+               "gate_lift": decision["lift"], "gate_lift_ci95": decision["ci95"],
+               "gate_lift_latest_period": latest_decision["lift"], "gate_lift_latest_period_ci95": latest_decision["ci95"]}
+    facts = {**data.facts, "gate_users": int(data.list_users.loc[gate_lists].nunique()),
+             "gate_lists": int(len(gate_lists)), "build_seconds": round(build_seconds, 2)}
     manifest = run_manifest("ranking", cfg, facts, device, strategy, fit, metrics)
     manifest["use_ranker"] = decision["use"]
     manifest["item_item"] = item_item

@@ -1,7 +1,9 @@
-"""The ranker's data: labelled candidates with features as of the label period's start.
+"""The ranker's data: labelled candidates with features as of each label period's start.
 
-Labels come from the period the retriever did not see (its validation period): positives are
-what users bought then; hard negatives are the retriever's own top candidates (plus the
+Labels come from the period the retriever did not see (its validation period) and, with
+``label_windows`` > 1, from earlier periods whose candidates come from a retriever trained
+before them (``models.label_periods``); held-out users come from the latest period only and
+are left out of every period's training rows. Positives are what users bought then; hard negatives are the retriever's own top candidates (plus the
 user's earlier purchases where the domain repurchases) that were not bought; random
 negatives are drawn by popularity. Features are the fitted workflow's user and item
 features computed *as of the start of that period* (no look-ahead), plus pair features
@@ -11,6 +13,8 @@ item-item scores, and those two scores standardised over the user's candidates.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +27,12 @@ from merlin.schema import ColumnSchema, Schema, Tags
 from funnel.core.artifacts import read_preprocess_manifest
 from funnel.core.topk import dot_top_k
 from models.config import RankingConfig
-from models.retrieval import valid_mask
+from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retriever
 from models.sources import ItemItemSource, tune_blend, tune_item_item
-from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
 from workflows import history as hist
 from workflows.io import features_as_of, load_workflow
+from workflows.item_item import ItemItem
 from workflows.candidates import (ITEM_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, Z_SCORES, group_moments,
                                  merge_sources, standardise_by)
 from workflows.negatives import popularity_draws
@@ -169,6 +173,108 @@ def ranking_schema(pre: Path) -> Schema:
     return base.select_by_tag(Tags.USER) + base.select_by_tag(Tags.ITEM) + pair + target
 
 
+def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame, cands: pd.DataFrame, q: np.ndarray,
+                  label_users: np.ndarray, vectors: np.ndarray, items: pd.DataFrame, users: pd.DataFrame,
+                  source: ItemItemSource | None, shares: list[str], rng: np.random.Generator
+                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One label period's model rows: positives are ``bought`` (user_id, item_id), hard negatives the
+    users' unbought candidates (``cands``, ``hard_negatives`` per positive), random negatives drawn by
+    popularity before the period; every feature as of the period's start. Returns the rows and figures."""
+    item_ids = items["item_id_raw"].to_numpy()
+    bought_key = set(zip(bought["user_id"], bought["item_id"]))
+    is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
+    n_pos = bought.groupby("user_id").size()
+    hard = cands[~is_pos].sample(frac=1.0, random_state=cfg.seed)
+    hard = hard[hard.groupby("user_id").cumcount().to_numpy()
+                < cfg.hard_negatives * n_pos.reindex(hard["user_id"]).fillna(1).to_numpy()]
+    counts = period.before["item_id"].value_counts()
+    counts = counts[counts.index.isin(item_ids)]
+    draws = popularity_draws(counts, len(bought) * cfg.random_negatives, rng)
+    rand = pd.DataFrame({"user_id": np.repeat(bought["user_id"].to_numpy(), cfg.random_negatives),
+                         "item_id": counts.index.to_numpy()[draws]})
+    rand = rand[[k not in bought_key for k in zip(rand["user_id"], rand["item_id"])]]
+    pairs = pd.concat([bought.assign(**{TARGET: 1}), hard[["user_id", "item_id"]].assign(**{TARGET: 0}),
+                       rand.assign(**{TARGET: 0})], ignore_index=True)
+    pairs = pairs.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
+    pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
+    pairs["item_item_score"] = (source.pair_scores(pairs["user_id"].to_numpy(), pd.Index(item_ids).get_indexer(pairs["item_id"]))
+                                if source is not None else np.float32(0.0))
+    rows = assemble(with_z_scores(pairs, cands), users, items, period.before, period.cutoff, shares)
+    rows[TARGET] = rows[TARGET].astype(np.int32)
+    facts = {"label_period_start": str(period.cutoff), "label_users": int(len(label_users)),
+             "positives": int(rows[TARGET].sum()), "hard_negatives": int(len(hard)), "random_negatives": int(len(rand)),
+             "candidates_per_user": round(len(cands) / max(len(label_users), 1), 1),
+             "label_recall_of_candidates": round(float(is_pos.sum()) / max(len(bought), 1), 4)}
+    return rows, facts
+
+
+def earlier_window_rows(cfg: RankingConfig, pre: Path, period: LabelPeriod, held_out: np.ndarray, towers: Towers,
+                        schema: Schema, shares: list[str], repurchase: bool, lam: float | None,
+                        rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
+    """Model rows of an earlier label period, built as the latest one is: features as of its start,
+    candidates from ``towers`` (a retriever that never saw the period) and an item-item source with
+    the tuned ``lam`` fitted on what came before it. The held-out users get no training row; their
+    candidate lists in this period are returned to be judged."""
+    users, items = features_as_of(pre, period.before, period.cutoff)
+    label_users = period.label["user_id"].unique()
+    label_users = label_users[np.isin(label_users, users["user_id_raw"])]
+    judged_users = label_users[np.isin(label_users, held_out)]
+    train_users = label_users[~np.isin(label_users, held_out)]
+    if len(train_users) > cfg.max_users:
+        train_users = rng.choice(train_users, cfg.max_users, replace=False)
+    label_users = np.concatenate([train_users, judged_users])
+    item_ids = items["item_id_raw"].to_numpy()
+    bought = period.label[period.label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
+    bought = bought[bought["item_id"].isin(item_ids)]
+    source = None
+    if cfg.item_item and lam is not None:
+        user_index = pd.Index(users["user_id_raw"])
+        purchases = PurchaseHistory.build(period.before, user_index, pd.Index(item_ids), period.cutoff)
+        source = ItemItemSource(ItemItem.fit(purchases, lam, cfg.item_item_neighbours, cfg.item_item_max_items),
+                                purchases, user_index, cfg.item_item)
+    q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
+    cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, hist.recent_items(period.before).to_dict(),
+                       repurchase, item_item=source)
+    training = cands["user_id"].isin(train_users).to_numpy()
+    rows, facts = labelled_rows(cfg, period, bought[bought["user_id"].isin(train_users)], cands[training], q,
+                                label_users, vectors, items, users, source, shares, rng)
+    judged = JudgedLists.of(cands, ~training, bought, users, items, period, shares)
+    return rows, {**facts, "judged_users": int(len(judged_users))}, judged
+
+
+@dataclass
+class JudgedLists:
+    """Held-out users' candidate lists of one label period, as the ranker would order them."""
+
+    cands: pd.DataFrame  # user_id, item_id, source, scores and their z-scores
+    full: pd.DataFrame  # the same rows as model inputs
+    truth: pd.Series  # user id -> set of item ids bought in the period
+
+    @classmethod
+    def of(cls, cands: pd.DataFrame, mine: np.ndarray, bought: pd.DataFrame, users: pd.DataFrame,
+           items: pd.DataFrame, period: LabelPeriod, shares: list[str]) -> "JudgedLists":
+        """The lists of the candidate rows ``mine`` (z-scores over each user's own candidates)."""
+        lists = with_z_scores(cands[mine].reset_index(drop=True), cands)
+        full = assemble(lists[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES]],
+                        users, items, period.before, period.cutoff, shares)
+        full[TARGET] = 0
+        truth = bought[bought["user_id"].isin(lists["user_id"])].groupby("user_id")["item_id"].apply(set)
+        return cls(lists, full, truth)
+
+    @staticmethod
+    def keyed(periods: list["JudgedLists"]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+        """Every period's lists as one set: each (period, user) list gets its own key ``"k|user"``
+        (the ``user_id`` of the returned candidates and the index of the truth); also key -> user."""
+        cands, truth, owner = [], [], []
+        for k, lists in enumerate(periods):
+            key = lists.cands["user_id"].map(lambda u, k=k: f"{k}|{u}")
+            cands.append(lists.cands.assign(user_id=key))
+            keys = pd.Index([f"{k}|{u}" for u in lists.truth.index])
+            truth.append(pd.Series(list(lists.truth), index=keys, dtype=object))
+            owner.append(pd.Series(lists.truth.index.to_numpy(), index=keys, dtype=object))
+        full = pd.concat([lists.full for lists in periods], ignore_index=True)
+        return pd.concat(cands, ignore_index=True), full, pd.concat(truth), pd.concat(owner)
+
 @dataclass
 class RankingData:
     """Labelled training rows, the held-out users' full candidate lists, and the figures about them."""
@@ -176,39 +282,42 @@ class RankingData:
     schema: Schema
     fit_rows: pd.DataFrame  # shuffled training rows (users not held out)
     valid_rows: pd.DataFrame  # labelled rows of the held-out users (AUC, log loss)
-    valid_full: pd.DataFrame  # every candidate of the held-out users (how the ranker is used)
-    valid_cands: pd.DataFrame  # the same candidates with raw ids and retrieval scores
-    valid_truth: pd.Series  # held-out user -> set of items bought in the label period
-    gate_users: np.ndarray  # half of the held-out users: the gate decides on them, the epoch on the others
+    valid_full: pd.DataFrame  # every candidate of the held-out users, every label period (how the ranker is used)
+    valid_cands: pd.DataFrame  # the same candidates with their scores; user_id = the list key "period|user"
+    valid_truth: pd.Series  # list key -> set of items bought in that period
+    list_users: pd.Series  # list key -> held-out user (the gate resamples users, not lists)
+    gate_users: np.ndarray  # list keys of half of the held-out users: the gate decides on them, the epoch on the others
     facts: dict[str, Any]  # for the manifest
     blend: dict[str, Any] | None = None  # the candidate order without a ranker: its tuned weights, for the manifest
     item_item: dict[str, Any] | None = None  # the item-item source's tuning (lambda, blend weight), for the manifest
 
     @classmethod
-    def build(cls, cfg: RankingConfig, retrieval_manifest: dict[str, Any]) -> "RankingData":
+    def build(cls, cfg: RankingConfig, retrieval_manifest: dict[str, Any],
+              progress: Callable[[str], None] | None = None) -> "RankingData":
         pre, run = Path(cfg.pre), Path(cfg.run)
         pre_manifest = read_preprocess_manifest(pre)
         repurchase = bool(pre_manifest["dataset"]["repurchase"])
         rng = np.random.default_rng(cfg.seed)
+        say = progress or (lambda _: None)
 
-        # The label period = the retriever's validation period; features describe only what came before.
+        # The label periods: the retriever's validation period (window 0), then earlier ones; every
+        # feature of a window describes only what came before it.
         raw = pd.read_parquet(pre / "splits" / "train.parquet")
-        held = valid_mask(raw, pre_manifest["split"]["how"], retrieval_manifest["config"]["valid_days"])
-        before, label = raw[~held], raw[held]
-        cutoff = before["timestamp"].max() + pd.Timedelta(seconds=1)  # every feature describes `before` only
-        users, items = features_as_of(pre, before, cutoff)
+        windows = label_periods(raw, pre_manifest["split"]["how"], retrieval_manifest["config"]["valid_days"],
+                                cfg.label_windows)
+        first = windows[0]
+        users, items = features_as_of(pre, first.before, first.cutoff)
         schema = ranking_schema(pre)
-        user_schema, item_schema = schema.select_by_tag(Tags.USER), schema.select_by_tag(Tags.ITEM)
+        shares = affinity_columns(schema)
 
-        label_users = label["user_id"].unique()
+        label_users = first.label["user_id"].unique()
         if len(label_users) > cfg.max_users:
             label_users = rng.choice(label_users, cfg.max_users, replace=False)
-        history = hist.recent_items(before).to_dict()
         valid_users = rng.choice(label_users, max(2, int(len(label_users) * cfg.valid_share)), replace=False)
         gate_users = valid_users[: len(valid_users) // 2]  # a random half (valid_users is a random draw)
 
         item_ids = items["item_id_raw"].to_numpy()
-        bought = label[label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
+        bought = first.label[first.label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
         bought = bought[bought["item_id"].isin(item_ids)]
         # the item-item source, fitted on the history before the label period; lambda chosen on the
         # label purchases of every label user but the gate's
@@ -216,55 +325,54 @@ class RankingData:
         tuning = bought[~bought["user_id"].isin(gate_users)]
         source, item_item_facts = None, {}
         if cfg.item_item:
-            purchases = PurchaseHistory.build(before, user_index, item_index, cutoff)
+            say("item-item source: EASE for each lambda")
+            purchases = PurchaseHistory.build(first.before, user_index, item_index, first.cutoff)
             truth_rows = tuning.assign(row=item_index.get_indexer(tuning["item_id"])).groupby("user_id")["row"].apply(set)
             source, item_item_facts = tune_item_item(purchases, user_index, truth_rows, cfg.valid_k, cfg.item_item_lambdas,
                                                      cfg.item_item_neighbours, cfg.item_item_max_items, cfg.item_item,
                                                      exclude_seen=not repurchase)
 
-        vectors = encode_rows(load_tower(run / "item_tower"), items, item_schema)
-        q = encode_rows(load_tower(run / "query_tower"),
-                        users.set_index("user_id_raw").loc[label_users].reset_index(), user_schema)
-        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, history, repurchase,
-                           item_item=source)
-        cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, before, cutoff)
-        _, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set),
-                                    cfg.valid_k, cfg.seed)
-        bought_key = set(zip(bought["user_id"], bought["item_id"]))
-        is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
-        n_pos = bought.groupby("user_id").size()
-        hard = cands[~is_pos].sample(frac=1.0, random_state=cfg.seed)
-        hard = hard[hard.groupby("user_id").cumcount().to_numpy()
-                    < cfg.hard_negatives * n_pos.reindex(hard["user_id"]).fillna(1).to_numpy()]
-        counts = before["item_id"].value_counts()
-        counts = counts[counts.index.isin(item_ids)]
-        draws = popularity_draws(counts, len(bought) * cfg.random_negatives, rng)
-        rand = pd.DataFrame({"user_id": np.repeat(bought["user_id"].to_numpy(), cfg.random_negatives),
-                             "item_id": counts.index.to_numpy()[draws]})
-        rand = rand[[k not in bought_key for k in zip(rand["user_id"], rand["item_id"])]]
-        pairs = pd.concat([bought.assign(**{TARGET: 1}), hard[["user_id", "item_id"]].assign(**{TARGET: 0}),
-                           rand.assign(**{TARGET: 0})], ignore_index=True)
-        pairs = pairs.drop_duplicates(["user_id", "item_id"], keep="first").reset_index(drop=True)
-        pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
-        pairs["item_item_score"] = (source.pair_scores(pairs["user_id"].to_numpy(), item_index.get_indexer(pairs["item_id"]))
-                                    if source is not None else np.float32(0.0))
-        shares = affinity_columns(schema)
-        rows = assemble(with_z_scores(pairs, cands), users, items, before, cutoff, shares)
-        rows[TARGET] = rows[TARGET].astype(np.int32)
+        say("label period 1: candidates")
+        towers = Towers.load(run)
+        q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
+        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, hist.recent_items(first.before).to_dict(),
+                           repurchase, item_item=source)
+        cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, first.before, first.cutoff)
+        _, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set), cfg.valid_k, cfg.seed)
+        rows, window_facts = labelled_rows(cfg, first, bought, cands, q, label_users, vectors, items, users, source,
+                                           shares, rng)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
+        fit_parts, facts_by_window = [rows[~is_valid]], [window_facts]
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
-        valid_cands = with_z_scores(cands[cands["user_id"].isin(valid_users)].reset_index(drop=True), cands)
-        valid_full = assemble(valid_cands[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES]],
-                              users, items, before, cutoff, shares)
-        valid_full[TARGET] = 0
+        judged = [JudgedLists.of(cands, cands["user_id"].isin(valid_users).to_numpy(), bought, users, items, first,
+                                 shares)]
+        if len(windows) > 1:  # earlier periods: candidates from a retriever that saw none of them
+            say(f"label periods 2-{len(windows)}: training a retriever on what came before them")
+            with tempfile.TemporaryDirectory(dir=run, prefix=".earlier-retriever-") as tmp:
+                earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1, Path(tmp) / "run")
+                towers = Towers.load(Path(tmp) / "run")
+                for k, window in enumerate(windows[1:], start=2):
+                    say(f"label period {k}: candidates")
+                    part, part_facts, lists = earlier_window_rows(cfg, pre, window, valid_users, towers, schema,
+                                                                  shares, repurchase, item_item_facts.get("lambda"), rng)
+                    fit_parts.append(part)
+                    facts_by_window.append(part_facts)
+                    judged.append(lists)
+        fit_rows = pd.concat(fit_parts, ignore_index=True)
+        valid_cands, valid_full, valid_truth, list_users = JudgedLists.keyed(judged)
         facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],
-                 "label_period_start": str(cutoff), "label_users": int(len(label_users)),
-                 "rows": int(len(rows)), "positives": int(rows[TARGET].sum()),
-                 "hard_negatives": int(len(hard)), "random_negatives": int(len(rand)),
-                 "candidates_per_user": round(len(cands) / max(len(label_users), 1), 1),
-                 "label_recall_of_candidates": round(float(is_pos.sum()) / max(len(bought), 1), 4),
-                 "candidates_by_source": cands["source"].value_counts().to_dict(), "affinity_columns": shares}
-        return cls(schema=schema, fit_rows=rows[~is_valid].sample(frac=1.0, random_state=cfg.seed),
-                   valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands,
-                   valid_truth=bought[bought["user_id"].isin(valid_users)].groupby("user_id")["item_id"].apply(set),
-                   gate_users=gate_users, facts=facts, blend=blend_facts, item_item=item_item_facts)
+                 "label_period_start": str(first.cutoff), "label_users": int(len(label_users)),
+                 "rows": int(len(rows)) + sum(len(p) for p in fit_parts[1:]),
+                 "positives": int(sum(f["positives"] for f in facts_by_window)),
+                 "hard_negatives": int(sum(f["hard_negatives"] for f in facts_by_window)),
+                 "random_negatives": int(sum(f["random_negatives"] for f in facts_by_window)),
+                 "candidates_per_user": window_facts["candidates_per_user"],
+                 "label_recall_of_candidates": window_facts["label_recall_of_candidates"],
+                 "candidates_by_source": cands["source"].value_counts().to_dict(), "affinity_columns": shares,
+                 "label_windows": facts_by_window}
+        if len(windows) > 1:
+            facts["earlier_retriever"] = earlier
+        return cls(schema=schema, fit_rows=fit_rows.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True),
+                   valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands, valid_truth=valid_truth,
+                   list_users=list_users, gate_users=list_users.index[list_users.isin(gate_users)].to_numpy(),
+                   facts=facts, blend=blend_facts, item_item=item_item_facts)

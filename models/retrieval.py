@@ -43,20 +43,14 @@ from models.fit import FitResult, fit_best, run_manifest
 from models.tf_helpers import configure_tensorflow, encode_rows, float32_output, precision
 from workflows.io import features_as_of, parquet_parts
 from workflows.shuffle import ShuffledRows, shuffle_parts
+from workflows.splits import label_windows
 
 TIME_COLUMN = "timestamp"
 
 
 def valid_mask(frame: pd.DataFrame, split: str, valid_days: int) -> np.ndarray:
     """Rows held out for validation: the last ``valid_days`` (time) or each user's last basket."""
-    ts = frame[TIME_COLUMN]
-    if split == "user-last":
-        last = ts.groupby(frame["user_id"]).transform("max")
-        first = ts.groupby(frame["user_id"]).transform("min")
-        return ((ts == last) & (first < last)).to_numpy()
-    day = 86400 if np.issubdtype(ts.dtype, np.integer) else pd.Timedelta(days=1)
-    cutoff = ts.max() - valid_days * day
-    return (ts > cutoff).to_numpy()
+    return label_windows(frame, split, valid_days, 1) == 0
 
 
 @dataclass
@@ -95,7 +89,10 @@ class RetrievalData:
         schema = full_schema.select_by_tag(Tags.USER) + full_schema.select_by_tag(Tags.ITEM)
         split = pre_manifest["split"]["how"]
         raw_train = pd.read_parquet(pre / "splits" / "train.parquet")
-        held = valid_mask(raw_train, split, cfg.valid_days)  # on raw ids: out-of-vocabulary users share one code
+        # on raw ids (out-of-vocabulary users share one code); with ``windows_back``, the training split
+        # ends that many label windows early: those windows are neither trained on nor validated on
+        window = label_windows(raw_train, split, cfg.valid_days, cfg.windows_back + 1)
+        held, keep = window == cfg.windows_back, window < 0
         seconds = raw_train[TIME_COLUMN].astype("datetime64[ns]").astype(np.int64).to_numpy() // 1_000_000_000
         cardinality = int(schema["item_id"].int_domain.max) + 1
         item_counts = np.zeros(cardinality, dtype=np.int64)
@@ -107,16 +104,16 @@ class RetrievalData:
                 end = offset + len(part)
                 if end > len(seconds) or not np.array_equal(part[TIME_COLUMN].to_numpy(), seconds[offset:end]):
                     break
-                keep = ~held[offset:end]
-                item_counts[:] += np.bincount(part["item_id"].to_numpy()[keep], minlength=cardinality)
+                mine = keep[offset:end]
+                item_counts[:] += np.bincount(part["item_id"].to_numpy()[mine], minlength=cardinality)
                 offset = end
-                yield part.loc[keep, schema.column_names]
+                yield part.loc[mine, schema.column_names]
             if offset != len(seconds):
                 raise FunnelError(f"{pre}: retrieval/train does not match splits/train.parquet row for row; "
                                   "run `funnel preprocess` again")
 
         # validation sees features as of its own start: nothing from the validation period itself
-        before = raw_train[~held]
+        before = raw_train[keep]
         users, items = features_as_of(pre, before, before["timestamp"].max() + pd.Timedelta(seconds=1))
         truth = raw_train[held].groupby("user_id")["item_id"].apply(set)
         valid_users = truth.index.to_numpy()
@@ -127,7 +124,7 @@ class RetrievalData:
         # last, so nothing after it can fail and leave the folder behind
         folder = Path(tempfile.mkdtemp(prefix="funnel-fit-rows-"))
         try:  # one shuffle, out of core; the loader keeps this order every epoch
-            fit_rows = shuffle_parts(fit_parts(), int((~held).sum()), folder, cfg.seed)
+            fit_rows = shuffle_parts(fit_parts(), int(keep.sum()), folder, cfg.seed)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -70,16 +70,19 @@ def ranking(args: argparse.Namespace) -> None:
               f"log loss {rec['valid_logloss']:.4f}  recall@{cfg.valid_k} {rec[key]:.4f}  "
               f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
 
-    m = train(cfg, on_epoch=on_epoch)
+    m = train(cfg, on_epoch=on_epoch, on_step=lambda text: print(text, file=sys.stderr, flush=True))
     d = m["data"]
     rows = [
         ("device", device_text(m)),
-        ("label period from", d["label_period_start"][:19]),
+        ("label period from", d["label_period_start"][:19] + (
+            f" (+ {len(d['label_windows']) - 1} earlier: {sum(w['positives'] for w in d['label_windows'][1:]):,} positives)"
+            if len(d.get("label_windows", [])) > 1 else "")),
         ("rows: positives / hard / random", f"{d['positives']:,} / {d['hard_negatives']:,} / {d['random_negatives']:,}"),
         ("label items among candidates", f"{d['label_recall_of_candidates']:.1%}"),
         ("valid AUC / log loss", f"{m['metrics']['valid_auc']:.4f} / {m['metrics']['valid_logloss']:.4f}"),
         (f"gate recall@{cfg.valid_k}: blend with / without ranker",
-         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_blend_order']:.4f} on {d['gate_users']:,} users, "
+         f"{m['metrics'][gate]:.4f} / {m['metrics'][f'{gate}_blend_order']:.4f} on {d['gate_users']:,} users "
+         f"({d.get('gate_lists', d['gate_users']):,} lists), "
          f"lift 95% CI [{m['metrics']['gate_lift_ci95'][0]:+.4f}, {m['metrics']['gate_lift_ci95'][1]:+.4f}]"
          + ("" if m["use_ranker"] else "  (ranker not used: no confident gain over the blend order)")),
         *([("item-item source", f"EASE lambda {m['item_item']['lambda']:g}")] if m["item_item"] else []),

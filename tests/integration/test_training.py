@@ -141,3 +141,43 @@ def test_saved_ranker_reproduces_the_trained_model(ranked_run):
     figures = auc_logloss(data.valid_rows[TARGET].to_numpy(), scores)
     assert figures["logloss"] == pytest.approx(m["metrics"]["valid_logloss"], rel=1e-4)
     assert figures["auc"] == pytest.approx(m["metrics"]["valid_auc"], abs=1e-3)  # float ties may swap ranks
+
+
+def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_users(pre_dir, retrieval_run):
+    """``label_windows=3``: the ranker's rows come from three 7-day periods back from the training
+    split's end; the earlier two get candidates from a retriever trained only on what precedes all
+    three; held-out users (the gate's and the epoch choice's) are in no training row of any period."""
+    from models.config import RankingConfig
+    from models.ranking_data import RankingData
+    from workflows import TARGET
+
+    manifest = json.loads((retrieval_run / "retrieval.json").read_text())
+    days = pd.Timedelta(days=manifest["config"]["valid_days"])
+    data = RankingData.build(RankingConfig(pre=str(pre_dir), run=str(retrieval_run), candidates=50, label_windows=3),
+                             manifest)
+    raw = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    latest = raw["timestamp"].max()
+    held_out = set(data.valid_rows["user_id_raw"])  # every held-out user has rows in the latest period
+    periods = data.facts["label_windows"]
+    assert len(periods) == 3
+    for k, period in enumerate(periods):
+        end, start = latest - k * days, latest - (k + 1) * days
+        inside = raw[(raw["timestamp"] > start) & (raw["timestamp"] <= end)]
+        assert pd.Timestamp(period["label_period_start"]) <= start + pd.Timedelta(seconds=1)
+        if k:  # earlier periods: every purchase of a user not held out is a positive
+            pairs = inside[~inside["user_id"].isin(held_out)][["user_id", "item_id"]].drop_duplicates()
+            assert period["positives"] == len(pairs) > 0
+    # the earlier periods' retriever trained on the rows before all three periods, nothing later
+    assert data.facts["earlier_retriever"]["fit_rows"] == int((raw["timestamp"] <= latest - 3 * days).sum())
+    assert not data.fit_rows["user_id_raw"].isin(held_out).any()
+    # the held-out users are judged in every period: one list per (period, user) with a purchase in it
+    for k in range(3):
+        start, end = latest - (k + 1) * days, latest - k * days
+        inside = raw[(raw["timestamp"] > start) & (raw["timestamp"] <= end) & raw["user_id"].isin(held_out)]
+        keys = data.valid_truth.index[data.valid_truth.index.str.startswith(f"{k}|")]
+        assert sorted(keys) == sorted(f"{k}|{u}" for u in inside["user_id"].unique())
+        assert all(data.valid_truth[f"{k}|{u}"] == set(g["item_id"]) for u, g in inside.groupby("user_id"))
+    assert set(data.list_users) <= held_out and len(data.valid_full) == len(data.valid_cands)
+    assert data.fit_rows[TARGET].sum() + data.valid_rows[TARGET].sum() == data.facts["positives"]
+    assert data.facts["positives"] == sum(p["positives"] for p in periods)
+    assert not list(retrieval_run.glob(".earlier-retriever-*"))  # its temporary run is gone
