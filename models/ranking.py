@@ -182,7 +182,7 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     decision = gate_decision(fused_recall, blend_recall, cfg.seed, data.list_users.loc[gate_lists].to_numpy())
     latest = gate_lists.str.startswith("0|")  # the period the served towers never saw, alone
     latest_decision = gate_decision(fused_recall[latest], blend_recall[latest], cfg.seed)
-    decision["use"] = decision["use"] and with_ranker[RANKER_SCORE] > 0
+    decision["use"] = bool(decision["use"] and with_ranker[RANKER_SCORE] > 0)  # a JSON true, not "True"
     # the gate users' recall under each single score, beside the blend's and the ranker's
     orders = {name: float(gate(sign * cands[name].to_numpy()).mean()) if len(ranker_recall) else 0.0
               for name, sign in {**BLEND_SCORES, RANKER_SCORE: 1.0}.items()}
