@@ -225,6 +225,7 @@ def main() -> None:
         per_seed, mean, se = seed_summary(reports, "recall@12")
         _, share, _ = seed_summary(reports, "share_of_oracle@12")
         _, map12, _ = seed_summary(reports, "map@12")
+        _, cold, _ = seed_summary(reports, "cold_recall@12")
         oracle = mean["oracle"]
         doc["synthetic"] = {
             "seeds": args.synth_seeds,
@@ -234,6 +235,7 @@ def main() -> None:
             "peers": peers,
             "share_of_oracle@12": share | {n: v["recall@12"] / oracle for n, v in peers.items()},
             "map@12": map12,
+            "cold_recall@12": cold, "cold_items": reports[0].get("cold_items"),
             "ranker_used": [(r.get("ranker_on_test_candidates") or {}).get("ranker_used", True) for r in reports],
             "ranker_on_test_candidates": [r.get("ranker_on_test_candidates") for r in reports],
             "ranking_stage": [r["ranking_stage"] for r in reports],

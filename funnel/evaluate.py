@@ -18,6 +18,10 @@ Stage-wise diagnostics and peers:
   in), without the served graph's trending and stock filter;
 - ``oracle``: the generator's Bayes-optimal ranking (synthetic data only).
 
+Besides Recall, NDCG, hit rate and coverage at each k, ``cold_recall@k`` is the Recall of the test
+purchases of *cold* items (bought in the test period, never in training) over the users who made
+one: what reaches users only through item features.
+
 Where the domain does not repurchase, items seen in training are excluded for every method,
 as serving does. Figures go to ``RUN/evaluation.json``, ``RUN/evaluation.md`` and a bar chart
 ``RUN/evaluation.png``.
@@ -70,6 +74,10 @@ class EvalData:
         self.users = truth.index.to_numpy()
         self.truth = list(truth.to_numpy())
         self.history = recent_items(self.train)
+        # cold items: bought in the test period, never in training; they can only reach users through
+        # their features (and trending/stock), not through anyone's purchase history
+        self.cold = set(self.test["item_id"]) - set(self.train["item_id"])
+        self.cold_truth = [t & self.cold for t in self.truth]
         self.cutoff = pd.Timestamp(self.manifest["split"]["cutoff"])
 
     def seen(self, user: Any) -> list:
@@ -208,6 +216,7 @@ def score(method: str, recs: list[list], data: EvalData, ks: list[int]) -> dict[
         out[f"ndcg@{k}"] = metrics.ndcg_at_k(recs, data.truth, k)
         out[f"hit_rate@{k}"] = metrics.hit_rate_at_k(recs, data.truth, k)
         out[f"coverage@{k}"] = metrics.coverage_at_k(recs, n_items, k)
+        out[f"cold_recall@{k}"] = metrics.recall_at_k(recs, data.cold_truth, k)  # users who bought a cold item
     out["map@12"] = metrics.map_at_k(recs, data.truth, 12)
     return out
 
@@ -264,6 +273,8 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         "split": data.manifest["split"],
         "test_users": int(len(data.users)),
         "test_rows": int(len(data.test)),
+        "cold_items": {"items": len(data.cold), "test_rows": int(data.test["item_id"].isin(data.cold).sum()),
+                       "test_users": int(sum(bool(t) for t in data.cold_truth))},
         "repurchase_domain": data.repurchase,
         "ks": ks,
         "methods": results,
@@ -283,7 +294,8 @@ def write_markdown(report: dict, run: Path) -> None:
     import matplotlib.pyplot as plt
 
     ks = report["ks"]
-    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}"]
+    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}",
+                                          f"cold_recall@{ks[-1]}"]
     lines = [f"# Evaluation: {report['dataset']}", "",
              f"{report['test_users']:,} test users, {report['test_rows']:,} test interactions; split {report['split']['how']}.",
              "", "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]

@@ -28,12 +28,16 @@ def run(args: argparse.Namespace) -> None:
 
         report = evaluate(args.run, args.k, progress=step)
     ks = report["ks"]
-    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}"]
+    cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}",
+                                          f"cold_recall@{ks[-1]}"]
     if "oracle" in report["methods"]:
         cols.append(f"share_of_oracle@{ks[-1]}")
     rows = [[name] + [f"{figures[c]:.4f}" for c in cols] for name, figures in report["methods"].items()]
     print(table(rows, header=["method", *cols],
                 title=f"funnel evaluate: {report['dataset']}, {report['test_users']:,} test users"))
+    cold = report["cold_items"]
+    print(f"cold items (bought in the test period, never in training): {cold['items']:,} items, "
+          f"{cold['test_rows']:,} test rows, {cold['test_users']:,} users (cold_recall: theirs only)")
     print(f"report: {Path(args.run) / 'evaluation.md'} (chart: evaluation.png)")
     if report.get("ranker_on_test_candidates"):
         r = report["ranker_on_test_candidates"]

@@ -28,6 +28,19 @@ def test_train_and_evaluate_from_the_cli(pre_dir, tmp_path, cli):
     pre = json.loads((pre_dir / "preprocess.json").read_text())
     assert "stock history" in report["served"]["inventory"]
     assert report["served"]["in_stock"] < pre["items"]["total"]
+    # cold items: bought in the test period and never in training (counted here from the splits)
+    import pandas as pd
+
+    train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
+    test = pd.read_parquet(pre_dir / "splits" / "test.parquet")
+    cold = test[~test["item_id"].isin(train["item_id"])]
+    assert report["cold_items"] == {"items": cold["item_id"].nunique(), "test_rows": len(cold),
+                                    "test_users": cold["user_id"].nunique()}
+    assert len(cold) > 0  # the generator launches items during the period
+    # no history can point at them: popularity and repurchase never recommend one; the oracle does
+    assert methods["popularity"]["cold_recall@12"] == methods["repurchase"]["cold_recall@12"] == 0
+    assert methods["oracle"]["cold_recall@12"] > 0
+    assert "cold items (bought in the test period, never in training)" in out
     assert (tmp_path / "run" / "evaluation.png").stat().st_size > 1000
     markdown = (tmp_path / "run" / "evaluation.md").read_text()
     assert "| **served** |" in markdown and "| retrieval |" in markdown
