@@ -57,6 +57,10 @@ def _stage_lines(name: str, section: dict, metric: str) -> list[str]:
                    "(tuned on the label period)")
         gate = [st["gate"] for st in stages]
         k = next(key for key in gate[0] if key.startswith("gate_recall@") and key.count("_") == 1)
+        if all("gate_lift_latest_period" in g for g in gate):  # judged on several label periods
+            out.append(f"{name}: gate lift per run, all label periods (95% interval) / the latest period alone: "
+                       + "; ".join(f"{g['gate_lift']:+.3f} [{g['gate_lift_ci95'][0]:+.3f}, {g['gate_lift_ci95'][1]:+.3f}]"
+                                   f" / {g['gate_lift_latest_period']:+.3f}" for g in gate))
         if all(k + "_ranker_alone" in g for g in gate):  # the ranker's logit joins the blend
             shares = [((st["blend"].get("with_ranker") or {}).get("weights") or {}).get("ranker_score", 0.0)
                       for st in stages]
@@ -86,6 +90,9 @@ def quality(doc: dict) -> str:
         lines.append("| synthetic default | share of oracle@12 | "
                      + " | ".join(_cells(s["share_of_oracle@12"], lambda v: f"{v:.0%}")) + " |")
         lines.append("| synthetic default | MAP@12 | " + " | ".join(_cells(s["map@12"], lambda v: f"{v:.4f}")) + " |")
+        if "cold_recall@12" in s:  # test purchases of items never bought in training
+            lines.append("| synthetic default | cold-item Recall@12 | "
+                         + " | ".join(_cells(s["cold_recall@12"], lambda v: f"{v:.4f}")) + " |")
         bars += _stage_lines("synthetic", s, "recall@12")
         bars += [f"synthetic: {bar}: {'met' if met else 'MISSED'}" for bar, met in s["bars"].items()]
     if "movielens-100k" in doc:
