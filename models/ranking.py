@@ -81,9 +81,9 @@ def per_user_recall(data: RankingData, k: int, gate: bool) -> Callable[[np.ndarr
     """Recall@k of each list (a held-out user in one label period) of one half of the held-out users
     (the gate's, or the epoch choice's) when their candidates are ordered by the given scores (one
     score per row of ``data.valid_cands``), in ``data.valid_truth`` order."""
-    mine = data.valid_cands["user_id"].isin(data.gate_users).to_numpy() == gate
+    mine = data.valid_cands["user_id"].isin(data.gate_lists).to_numpy() == gate
     cands = data.valid_cands[mine]
-    truth = data.valid_truth[data.valid_truth.index.isin(data.gate_users) == gate]
+    truth = data.valid_truth[data.valid_truth.index.isin(data.gate_lists) == gate]
 
     def recall(scores: np.ndarray) -> np.ndarray:
         top = rank_candidates(scores[mine], cands, k).reindex(truth.index)
@@ -173,12 +173,12 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     # their candidates better than the blend without the ranker? If not, serving keeps the blend alone.
     gate = per_user_recall(data, cfg.valid_k, gate=True)
     cands = data.valid_cands.assign(**{RANKER_SCORE: logit(score_pairs(model, data.valid_full, data.schema))})
-    choice = data.valid_truth[~data.valid_truth.index.isin(data.gate_users)]
+    choice = data.valid_truth[~data.valid_truth.index.isin(data.gate_lists)]
     with_ranker, share_facts = tune_ranker_share(cands, choice, cfg.valid_k, data.blend["weights"])
     ranker_recall = gate(cands[RANKER_SCORE].to_numpy())
     fused_recall = gate(blend_order(cands, with_ranker))
     blend_recall = gate(blend_order(data.valid_cands, data.blend["weights"]))
-    gate_lists = data.valid_truth.index[data.valid_truth.index.isin(data.gate_users)]  # per_user_recall's order
+    gate_lists = data.valid_truth.index[data.valid_truth.index.isin(data.gate_lists)]  # in per_user_recall's order
     decision = gate_decision(fused_recall, blend_recall, cfg.seed, data.list_users.loc[gate_lists].to_numpy())
     latest = gate_lists.str.startswith("0|")  # the period the served towers never saw, alone
     latest_decision = gate_decision(fused_recall[latest], blend_recall[latest], cfg.seed)

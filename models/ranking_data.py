@@ -2,8 +2,9 @@
 
 Labels come from the period the retriever did not see (its validation period) and, with
 ``label_windows`` > 1, from earlier periods whose candidates come from a retriever trained
-before them (``models.label_periods``); held-out users come from the latest period only and
-are left out of every period's training rows. Positives are what users bought then; hard negatives are the retriever's own top candidates (plus the
+before them (``models.label_periods``); held-out users come from the latest period only, are
+left out of every period's training rows and are judged on their lists in every period.
+Positives are what users bought then; hard negatives are the retriever's own top candidates (plus the
 user's earlier purchases where the domain repurchases) that were not bought; random
 negatives are drawn by popularity. Features are the fitted workflow's user and item
 features computed *as of the start of that period* (no look-ahead), plus pair features
@@ -275,6 +276,7 @@ class JudgedLists:
         full = pd.concat([lists.full for lists in periods], ignore_index=True)
         return pd.concat(cands, ignore_index=True), full, pd.concat(truth), pd.concat(owner)
 
+
 @dataclass
 class RankingData:
     """Labelled training rows, the held-out users' full candidate lists, and the figures about them."""
@@ -286,7 +288,7 @@ class RankingData:
     valid_cands: pd.DataFrame  # the same candidates with their scores; user_id = the list key "period|user"
     valid_truth: pd.Series  # list key -> set of items bought in that period
     list_users: pd.Series  # list key -> held-out user (the gate resamples users, not lists)
-    gate_users: np.ndarray  # list keys of half of the held-out users: the gate decides on them, the epoch on the others
+    gate_lists: np.ndarray  # the lists (keys) of half of the held-out users: the gate decides on them, the epoch on the others
     facts: dict[str, Any]  # for the manifest
     blend: dict[str, Any] | None = None  # the candidate order without a ranker: its tuned weights, for the manifest
     item_item: dict[str, Any] | None = None  # the item-item source's tuning (lambda, blend weight), for the manifest
@@ -374,5 +376,5 @@ class RankingData:
             facts["earlier_retriever"] = earlier
         return cls(schema=schema, fit_rows=fit_rows.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True),
                    valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands, valid_truth=valid_truth,
-                   list_users=list_users, gate_users=list_users.index[list_users.isin(gate_users)].to_numpy(),
+                   list_users=list_users, gate_lists=list_users.index[list_users.isin(gate_users)].to_numpy(),
                    facts=facts, blend=blend_facts, item_item=item_item_facts)
