@@ -10,7 +10,7 @@ merlin-models 23.12 does not train under a strategy as shipped (NVIDIA-Merlin/mo
    merge inside a cond is not supported: :func:`prepare` makes the model compute its
    (compile-time, loss-only) metrics every step instead.
 3. Keras splits each global batch across replicas tensor by tensor, which tears the
-   ``(values, offsets)`` pair of list features (e.g. genres) apart: :func:`fit_epoch`
+   ``(values, offsets)`` pair of list features (e.g. genres) apart: :func:`fit_epochs`
    feeds every replica whole batches of ``batch_size`` rows from the merlin Loader through
    ``distribute_datasets_from_function``.
 
@@ -21,8 +21,9 @@ step processes ``replicas x batch_size`` rows.
 from __future__ import annotations
 
 import contextlib
+import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import merlin.models.tf as mm
@@ -91,13 +92,43 @@ def prepare(model, strategy) -> None:
     model.train_compute_metrics = types.MethodType(train_compute_metrics, model)
 
 
-def fit_epoch(model, dataset, batch_size: int, strategy) -> dict[str, Any]:
-    """One epoch over a merlin ``Dataset`` in its stored order; returns Keras' history dict."""
-    if replicas(strategy) <= 1:
-        fit = model.fit(dataset, batch_size=batch_size, epochs=1, verbose=0, shuffle=False,
-                        train_metrics_steps=10_000)
-        return fit.history
+class _EpochEnd(tf.keras.callbacks.Callback):
+    """Times each epoch and asks ``after_epoch(epoch, loss, seconds)`` whether to stop."""
 
+    def __init__(self, after_epoch: Callable[[int, float, float], bool]):
+        super().__init__()
+        self.after_epoch, self.started = after_epoch, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        if self.after_epoch(epoch + 1, float((logs or {}).get("loss", float("nan"))), seconds):
+            self.model.stop_training = True
+
+
+def fit_epochs(model, dataset, batch_size: int, strategy, epochs: int,
+               after_epoch: Callable[[int, float, float], bool]) -> None:
+    """Up to ``epochs`` epochs over a merlin ``Dataset`` in its stored order. After each,
+    ``after_epoch(epoch, loss, seconds)`` runs (validation goes there) and returns True to stop.
+
+    On one device this is a single Keras ``fit``: the train step is traced and the loader set up
+    once, not once per epoch (that cost a third of a small model's training time).
+    """
+    if replicas(strategy) <= 1:
+        model.fit(dataset, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False,
+                  train_metrics_steps=10_000, callbacks=[_EpochEnd(after_epoch)])
+        return
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        history = _fit_epoch_mirrored(model, dataset, batch_size, strategy)
+        if after_epoch(epoch, float(history["loss"][-1]), time.perf_counter() - started):
+            return
+
+
+def _fit_epoch_mirrored(model, dataset, batch_size: int, strategy) -> dict[str, Any]:
+    """One epoch under a mirrored strategy (workaround 3); returns Keras' history dict."""
     loader = mm.Loader(dataset, batch_size=batch_size, shuffle=False)
     first_x, first_y = next(iter(loader))
     x_spec = {k: tf.TensorSpec((None, *v.shape[1:]), v.dtype) for k, v in first_x.items()}

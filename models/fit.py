@@ -1,6 +1,6 @@
 """The one training loop both models use: an epoch at a time, validated, best weights kept.
 
-Keras owns each epoch (``model.fit`` through :func:`models.distribute.fit_epoch`); after each,
+Keras owns the epochs (one ``model.fit`` through :func:`models.distribute.fit_epochs`); after each,
 a validation function returns the figures of that epoch, the best epoch by ``key`` is kept,
 and training stops after ``patience`` epochs without a gain. :func:`run_manifest` writes the
 fields every run manifest shares.
@@ -41,25 +41,26 @@ def fit_best(model, dataset, rows: int, epochs: int, batch_size: int, strategy,
 
     ``rows`` is the number of training rows (for samples/s); ``patience`` None trains every epoch.
     """
-    result, best_value, best_weights, waited = FitResult(rows=rows), float("-inf"), None, 0
+    result = FitResult(rows=rows)
+    state = {"best": float("-inf"), "weights": None, "waited": 0}
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        fit = distribute.fit_epoch(model, dataset, batch_size, strategy)
-        seconds = time.perf_counter() - t0
+
+    def after_epoch(epoch: int, loss: float, seconds: float) -> bool:
         figures = validate()
-        record = {"epoch": epoch, "loss": float(fit["loss"][-1]), **figures, "seconds": round(seconds, 2),
-                  "samples_per_s": round(rows / seconds)}
+        record = {"epoch": epoch, "loss": loss, **figures, "seconds": round(seconds, 2),
+                  "samples_per_s": round(rows / seconds) if seconds > 0 else 0}
         result.history.append(record)
         if on_epoch:
             on_epoch(record)
-        if figures[key] > best_value:
-            best_value, best_weights, waited = figures[key], model.get_weights(), 0
+        if figures[key] > state["best"]:
+            state.update(best=figures[key], weights=model.get_weights(), waited=0)
             result.best_epoch, result.best = epoch, figures
-        else:
-            waited += 1
-            if patience is not None and waited >= patience:
-                break
+            return False
+        state["waited"] += 1
+        return patience is not None and state["waited"] >= patience
+
+    distribute.fit_epochs(model, dataset, batch_size, strategy, epochs, after_epoch)
+    best_weights = state["weights"]
     model.set_weights(best_weights)
     result.seconds = time.perf_counter() - start
     return result

@@ -4,8 +4,8 @@ Window 0 is the retriever's own validation period: the served towers never saw i
 windows (``RankingConfig.label_windows``) multiply the ranker's positives, but the served towers
 were trained on them, so their scores there would be look-ahead: candidates and two-tower scores
 for those windows come from a second retriever, trained with the served one's settings on what
-came before the earliest window (``RetrievalConfig.windows_back``), used only to build training
-rows and removed afterwards.
+came before the earliest window (``RetrievalConfig.windows_back``), kept in memory and used only
+to build training rows.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def label_periods(raw: pd.DataFrame, split: str, valid_days: int, windows: int) 
 
 @dataclass
 class Towers:
-    """A retriever's two towers, loaded once."""
+    """A retriever's two towers (Keras models)."""
 
     query: Any
     item: Any
@@ -66,21 +66,20 @@ class Towers:
         return encode_rows(self.query, user_rows, schema.select_by_tag(Tags.USER)), vectors
 
 
-def train_earlier_retriever(pre: Path, retrieval_manifest: dict[str, Any], windows_back: int,
-                            out: Path) -> dict[str, Any]:
+def train_earlier_retriever(pre: Path, retrieval_manifest: dict[str, Any], windows_back: int) -> tuple[Towers, dict[str, Any]]:
     """Train a retriever with the served one's settings and best epoch count on the training split
-    minus its last ``windows_back + 1`` windows (validated on the earliest of them) into ``out``;
-    return its figures."""
-    from models.retrieval import train  # the same layer; imported here to keep this module light
+    minus its last ``windows_back + 1`` windows (validated on the earliest of them), in memory
+    (nothing is written); return its towers and its figures."""
+    from models.retrieval import train_in_memory  # the same layer; imported here to keep this module light
 
     names = {f.name for f in dataclasses.fields(RetrievalConfig)}
     config = {k: v for k, v in retrieval_manifest["config"].items() if k in names}
     # as many epochs as the served retriever's best: no patience epochs past it (this model is a means)
     epochs = max(1, int(retrieval_manifest.get("best_epoch") or config.get("epochs", 1)))
-    cfg = RetrievalConfig(**{**config, "pre": str(pre), "out": str(out), "windows_back": windows_back,
+    cfg = RetrievalConfig(**{**config, "pre": str(pre), "out": "", "windows_back": windows_back,
                              "epochs": epochs, "patience": epochs})
-    manifest = train(cfg)
+    model, fit, rows = train_in_memory(cfg)
     key = f"valid_recall@{cfg.valid_k}"
-    return {"windows_back": windows_back, "fit_rows": manifest["data"]["fit_rows"],
-            "best_epoch": manifest["best_epoch"], "train_seconds": manifest["train_seconds"],
-            key: manifest["metrics"][key]}
+    figures = {"windows_back": windows_back, "fit_rows": rows, "best_epoch": fit.best_epoch,
+               "train_seconds": round(fit.seconds, 2), key: fit.best[key]}
+    return Towers(model.query_encoder, model.candidate_encoder), figures

@@ -14,7 +14,6 @@ item-item scores, and those two scores standardised over the user's candidates.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,16 +349,14 @@ class RankingData:
                                  shares)]
         if len(windows) > 1:  # earlier periods: candidates from a retriever that saw none of them
             say(f"label periods 2-{len(windows)}: training a retriever on what came before them")
-            with tempfile.TemporaryDirectory(dir=run, prefix=".earlier-retriever-") as tmp:
-                earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1, Path(tmp) / "run")
-                towers = Towers.load(Path(tmp) / "run")
-                for k, window in enumerate(windows[1:], start=2):
-                    say(f"label period {k}: candidates")
-                    part, part_facts, lists = earlier_window_rows(cfg, pre, window, valid_users, towers, schema,
-                                                                  shares, repurchase, item_item_facts.get("lambda"), rng)
-                    fit_parts.append(part)
-                    facts_by_window.append(part_facts)
-                    judged.append(lists)
+            towers, earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1)
+            for k, window in enumerate(windows[1:], start=2):
+                say(f"label period {k}: candidates")
+                part, part_facts, lists = earlier_window_rows(cfg, pre, window, valid_users, towers, schema,
+                                                              shares, repurchase, item_item_facts.get("lambda"), rng)
+                fit_parts.append(part)
+                facts_by_window.append(part_facts)
+                judged.append(lists)
         fit_rows = pd.concat(fit_parts, ignore_index=True)
         valid_cands, valid_full, valid_truth, list_users = JudgedLists.keyed(judged)
         facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],

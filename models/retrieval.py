@@ -217,6 +217,19 @@ def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, d
 def train(cfg: RetrievalConfig, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train the two-tower model, save the run, return the manifest."""
     cfg.require_paths()
+    return _fit(cfg, on_epoch, save=True)[0]
+
+
+def train_in_memory(cfg: RetrievalConfig) -> tuple[Any, FitResult, int]:
+    """Train the two-tower model without writing a run: (the model, its fit, its training rows).
+    For a retriever used only inside another stage (``models.label_periods``)."""
+    if not cfg.pre:
+        raise FunnelError("retrieval: need a preprocessing directory")
+    _, model, fit, rows = _fit(cfg, None, save=False)
+    return model, fit, rows
+
+
+def _fit(cfg: RetrievalConfig, on_epoch, save: bool):
     device = configure_tensorflow(cfg.seed, cfg.threads)
     data = RetrievalData.load(cfg)
     try:
@@ -224,6 +237,7 @@ def train(cfg: RetrievalConfig, on_epoch: Callable[[dict], None] | None = None) 
         model = build_model(cfg, data, strategy)
         fit = fit_best(model, data.train_dataset(), data.fit_rows.rows, cfg.epochs, cfg.batch_size, strategy,
                        validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch)
-        return save_run(cfg, data, model, fit, device, strategy)
+        manifest = save_run(cfg, data, model, fit, device, strategy) if save else None
+        return manifest, model, fit, int(data.fit_rows.rows)
     finally:
         data.close()
