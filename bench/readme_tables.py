@@ -125,7 +125,21 @@ def notify(doc: dict) -> str:
     return "\n".join(lines + [""] + [f"- {b}" for b in bars])
 
 
-RENDERERS = {"quality": quality, "notify": notify}
+def notify_oracle(doc: dict) -> str:
+    """The table of bench/notify_oracle.py: policies that see the hidden state, against the oracle threshold."""
+    base = doc["policies"]["oracle threshold"]["active_days_per_user"]
+    lines = ["| policy (reads the hidden state, except the first) | active days per user (± s.e.) | "
+             "vs the oracle threshold | per seed | tuned on validation, per seed |",
+             "|---|---:|---:|---:|---|"]
+    for name, e in doc["policies"].items():
+        tuned = ", ".join(str(r["tuned"][name]) if name in r["tuned"] else "-" for r in doc["seeds"])
+        lines.append(f"| {name} | {e['active_days_per_user']:.3f} ± {e['se']:.3f} | "
+                     f"{e['active_days_per_user'] - base:+.3f} | "
+                     + " / ".join(f"{v:.3f}" for v in e["per_seed"]) + f" | {tuned} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"quality": quality, "notify": notify, "notify_oracle": notify_oracle}
 
 
 def render(readme: str) -> str:

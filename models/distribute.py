@@ -110,7 +110,8 @@ class _EpochEnd(tf.keras.callbacks.Callback):
 
 def fit_epochs(model, dataset, batch_size: int, strategy, epochs: int,
                after_epoch: Callable[[int, float, float], bool]) -> None:
-    """Up to ``epochs`` epochs over a merlin ``Dataset`` in its stored order. After each,
+    """Up to ``epochs`` epochs over a merlin ``Dataset`` (merlin-models' ``fit`` reads it with a
+    Loader that reshuffles parts and chunk rows every epoch). After each,
     ``after_epoch(epoch, loss, seconds)`` runs (validation goes there) and returns True to stop.
 
     On one device this is a single Keras ``fit``: the train step is traced and the loader set up
