@@ -37,3 +37,13 @@ def test_the_notify_table_shows_misses_as_misses():
     table = readme_tables.notify(doc)
     assert "| model | 0.500 | 0.300 | 9.00 ± 0.10 | 20.0% | 5.0% | 2.000 / 2.100 | 1/1, 0/1 |" in table
     assert "- model >= best heuristic: MISSED" in table and "- best_heuristic: threshold" in table
+
+
+def test_the_oracle_table_is_relative_to_the_oracle_threshold():
+    entry = lambda v: {"active_days_per_user": v, "se": 0.01, "per_seed": [v]}  # noqa: E731
+    doc = {"seeds": [{"tuned": {"oracle threshold": 0.2}}],
+           "policies": {"threshold (learned)": entry(11.5), "oracle threshold": entry(12.0), "oracle planner": entry(12.25)}}
+    table = readme_tables.notify_oracle(doc)
+    assert "| threshold (learned) | 11.500 ± 0.010 | -0.500 | 11.500 | - |" in table
+    assert "| oracle threshold | 12.000 ± 0.010 | +0.000 | 12.000 | 0.2 |" in table
+    assert "| oracle planner | 12.250 ± 0.010 | +0.250 | 12.250 | - |" in table
