@@ -66,8 +66,8 @@ class RankingConfig:
     item_item_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 200.0, 500.0, 2000.0], metadata={
         "help": "EASE regularisation values tried (the best on the label period is kept)"})
     item_item_neighbours: int = field(default=200, metadata={"help": "item-item weights kept per item"})
-    item_item_max_items: int = field(default=20_000, metadata={
-        "help": "EASE over the most-bought items only (a dense items x items inverse)"})
+    item_item_max_items: int = field(default=10_000, metadata={
+        "help": "EASE over the most-bought items only (a dense items x items inverse: cost grows with the cube)"})
     hard_negatives: int = field(default=8, metadata={"help": "hard negatives (unbought candidates) per positive"})
     random_negatives: int = field(default=2, metadata={"help": "popularity-sampled negatives per positive"})
     max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training, per window"})
