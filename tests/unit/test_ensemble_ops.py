@@ -206,3 +206,22 @@ def test_logged_propensities_are_the_sampling_probabilities():
     assert p[0] == pytest.approx(np.exp(1.0) / (np.exp(1.0) + np.exp(0.2)), rel=1e-5) and p[1] == 1.0
     assert p[2] == pytest.approx(np.exp(0.0) / (np.exp(0.0) + np.exp(0.5)), rel=1e-5) and p[3] == 1.0
     assert plackett_luce(scores, np.array([[0, 1, -1]]), 0.0).tolist()[0][:2] == [1.0, 1.0]
+
+
+def test_dot_top_k_in_blocks_of_queries_equals_one_argsort_per_row(monkeypatch):
+    """Scores are computed a block of query rows at a time; the answer (with exclusions) is what a
+    full argsort of each row's scores gives."""
+    from funnel.core import topk
+
+    rng = np.random.default_rng(3)
+    queries, items = rng.normal(size=(23, 8)), rng.normal(size=(40, 8))
+    exclude = [rng.choice(40, 5, replace=False) for _ in range(23)]
+    exclude[4] = np.array([-1, 2])  # -1 (unknown id) is ignored
+    monkeypatch.setattr(topk, "CHUNK_CELLS", 40 * 3)  # 3 query rows per block: 8 blocks, the last partial
+    found = topk.dot_top_k(queries, items, 6, exclude)
+    for row in range(23):
+        scores = queries[row] @ items.T
+        banned = set(exclude[row][exclude[row] >= 0])
+        expected = [i for i in np.argsort(-scores, kind="stable") if i not in banned][:6]
+        assert found[row].tolist() == expected
+    assert topk.dot_top_k(queries[:0], items, 6).shape == (0, 6)
