@@ -236,6 +236,9 @@ def main() -> None:
             "share_of_oracle@12": share | {n: v["recall@12"] / oracle for n, v in peers.items()},
             "map@12": map12,
             "cold_recall@12": cold, "cold_items": reports[0].get("cold_items"),
+            # the cold items' test purchases among the served graph's candidates (before the ranker orders them)
+            "cold_recall_of_candidates": [(r.get("served") or {}).get("cold_recall_of_candidates") for r in reports],
+            "new_items_at_export": [(r.get("served") or {}).get("new_items") for r in reports],
             "ranker_used": [(r.get("ranker_on_test_candidates") or {}).get("ranker_used", True) for r in reports],
             "ranker_on_test_candidates": [r.get("ranker_on_test_candidates") for r in reports],
             "ranking_stage": [r["ranking_stage"] for r in reports],

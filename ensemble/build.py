@@ -11,6 +11,7 @@ Repository layout (built in a temporary directory next to ``--out`` and swapped 
         inventory.parquet                    item_id, in_stock (the ops stage may replace it live)
         history.npz, trending.npz            purchases per user; trending items and their shares
         item_item.npz                        EASE item-item weights (from the run; empty without one)
+        new_items.npz                        new items (never bought in training, on sale) and their freshness
         query_tower/, ranker/                SavedModels
         item_index.faiss, index.json         Faiss index and its measured recall
         item_vectors.npy                     item embeddings (scores for non-retrieved candidates)
@@ -31,7 +32,7 @@ from merlin.schema import Schema
 from merlin.systems.dag.ensemble import Ensemble
 
 from ensemble.config import ExcludeSeen, ExportConfig, Inventory, TfRuntime
-from workflows.candidates import RANKER_SCORE
+from workflows.candidates import RANKER_SCORE, NewItems
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 from ensemble.index import build_index, save_index
@@ -101,6 +102,15 @@ def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, de
     np.savez(dest / "trending.npz", items=rows[keep].astype(np.int32),
              share=(counts.to_numpy()[keep] / max(counts.sum(), 1)).astype(np.float32))
 
+    # new items: nobody bought them in training, on sale in the stock this export serves, and (with a
+    # stock history) for how long as of that stock's time
+    on_sale = pd.Series(in_stock.to_numpy(), index=attrs["item_id"].astype(str).to_numpy())
+    flags = on_sale.reindex(item_index.astype(str)).fillna(True).to_numpy(dtype=bool)
+    stock_time = as_of if cfg.inventory == Inventory.CUTOFF else dataset.interactions(["timestamp"])["timestamp"].max()
+    new = NewItems.at(pd.unique(train["item_id"]), item_index.to_numpy(), flags,
+                      dataset.days_on_sale_at(item_index.to_numpy(), stock_time))
+    new.save(dest / "new_items.npz")
+
     if (run / "item_item.npz").exists():  # fitted and tuned by `funnel train ranking`
         shutil.copy2(run / "item_item.npz", dest / "item_item.npz")
     else:  # no item-item source: empty weights, every item-item score 0
@@ -110,7 +120,8 @@ def write_tables(cfg: ExportConfig, run: Path, pre: Path, pre_manifest: dict, de
     if (run / "ranker").exists():
         shutil.copytree(run / "ranker", dest / "ranker")
     return {"users": int(len(users)), "items": int(len(items)), "as_of": str(as_of), "vectors": vectors,
-            "in_stock": int(in_stock.sum()), "inventory": inventory, "trending_items": int(keep.sum())}
+            "in_stock": int(in_stock.sum()), "inventory": inventory, "trending_items": int(keep.sum()),
+            "new_items": int(len(new.rows))}
 
 
 def stock(cfg: ExportConfig, dataset, attrs: pd.DataFrame, as_of: pd.Timestamp) -> tuple[pd.Series, str]:
@@ -124,11 +135,10 @@ def stock(cfg: ExportConfig, dataset, attrs: pd.DataFrame, as_of: pd.Timestamp) 
         if "in_stock" not in attrs:
             return pd.Series(True, index=attrs.index), "latest (no in_stock column: every item in stock)"
         return attrs["in_stock"].fillna(True).astype(bool), "latest (the dataset's current stock)"
-    history = dataset.stock_at(as_of)
-    if history is None:
+    flags = dataset.in_stock_at(attrs["item_id"].to_numpy(), as_of)
+    if flags is None:
         return pd.Series(True, index=attrs.index), f"as of {as_of} (no stock history: every item in stock)"
-    flags = attrs["item_id"].map(history.set_index("item_id")["in_stock"]).fillna(True).astype(bool)
-    return flags, f"as of {as_of} (stock history)"
+    return pd.Series(flags, index=attrs.index), f"as of {as_of} (stock history)"
 
 
 def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
@@ -151,7 +161,8 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
     if exclude_seen == ExcludeSeen.AUTO:
         exclude_seen = ExcludeSeen.NEVER if repurchase else ExcludeSeen.ALL
     graph = ColumnSelector(REQUEST_COLUMNS) >> UserFeatures(dest, user_cols, {c: str(users[c].dtype) for c in user_cols})
-    retrieve = RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase, cfg.item_item)
+    retrieve = RetrieveCandidates(dest, cfg.candidates, cfg.recent, cfg.trending, repurchase, cfg.item_item,
+                                  cfg.new_items)
     if cfg.features:
         open_store(cfg.features)  # fail now, not at serving time
         online = OnlineHistory(dest, cfg.features, as_of, cfg.recent)

@@ -59,6 +59,8 @@ class ExportConfig:
     item_item: int = field(default=100, metadata={
         "help": "item-item (EASE) top-N per user, from the run's item_item.npz (0: no item-item source)"})
     recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
+    new_items: int = field(default=20, metadata={
+        "help": "new items per user: never bought in training, on sale at export, best two-tower score first"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
     trending_for_known: TrendingForKnown = field(default=TrendingForKnown.FILL, metadata={
@@ -89,8 +91,9 @@ class ExportConfig:
         coerce_choices(self)
         if self.candidates < 1 or self.k < 1 or self.max_k < self.k or self.max_batch < 1:
             raise FunnelError("export: candidates >= 1, 1 <= k <= max_k, max_batch >= 1")
-        if self.recent < 0 or self.item_item < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
-            raise FunnelError("export: recent, item_item, trending, seen_days >= 0; trending_days, instances >= 1")
+        if self.recent < 0 or self.item_item < 0 or self.new_items < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
+            raise FunnelError("export: recent, item_item, new_items, trending, seen_days >= 0; trending_days, "
+                              "instances >= 1")
         if self.batch_delay_us < -1:
             raise FunnelError("export: batch_delay_us >= 0, or -1 for no dynamic batcher")
         for rule in self.exclude_categories:

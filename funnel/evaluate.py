@@ -52,7 +52,7 @@ from models.ranking_data import assemble, candidates, rank_candidates, ranking_s
 from models.sources import ItemItemSource, blend_order
 from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET
-from workflows.candidates import RANKER_SCORE, Z_SCORES, logit
+from workflows.candidates import NEW_ITEM, RANKER_SCORE, Z_SCORES, NewItems, logit
 from workflows.history import recent_items
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
@@ -130,7 +130,7 @@ def retrieval(data: EvalData, run: Path, k: int) -> list[list]:
 
 def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple[list[list], dict[str, float]]:
     """The offline funnel: retriever top-N + item-item top-N (+ own items where the domain repurchases)
-    -> DLRM -> top-k.
+    + new items -> DLRM -> top-k.
 
     Also returns the ranker's AUC and log loss on these test candidates (labels: test purchases).
     The candidates are ordered by the weights serving uses (``ensemble.build.serving_blend``): with
@@ -154,15 +154,17 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple
                                                       data.cutoff), pd.Index(users["user_id_raw"]),
                                 manifest["config"]["item_item"])
     weights = serving_blend(manifest if manifest else None)
+    new = NewItems.as_of(data.manifest["dataset"]["path"], data.train, data.cutoff, item_ids)  # as the export does
     out: list[list] = []
     labels, scores = [], []
     for start in range(0, len(data.users), USER_BATCH):
         batch = data.users[start : start + USER_BATCH]
         q = encode_rows(query, by_user.loc[batch].reset_index(), schema.select_by_tag(Tags.USER))
-        cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase, item_item=source)
+        cands = candidates(q, batch, item_ids, vectors, n_candidates, history, data.repurchase, item_item=source,
+                           new=new, n_new=int(manifest.get("config", {}).get("new_items", 0)))
         cands = with_z_scores(cands, cands)
-        rows = assemble(cands[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES]], users, items,
-                        data.train, data.cutoff, manifest.get("data", {}).get("affinity_columns"))
+        rows = assemble(cands[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES, NEW_ITEM]], users,
+                        items, data.train, data.cutoff, manifest.get("data", {}).get("affinity_columns"))
         rows[TARGET] = 0
         ranker_scores = score_pairs(ranker, rows, schema)
         labels.append(np.fromiter((p in test_pairs for p in zip(cands["user_id"], cands["item_id"])), bool, len(cands)))
@@ -187,11 +189,17 @@ def served(data: EvalData, run: Path, k: int, batch: int = 1024) -> tuple[list[l
                                        inventory=Inventory.CUTOFF))
         recommender = Recommender(ensemble_dir(repo))
         out: list[list] = []
+        candidates: list[list] = []  # every candidate that reached the ranker, for the cold items' reach
         for start in range(0, len(data.users), batch):
             users = [str(u) for u in data.users[start : start + batch]]
-            answer = recommender.recommend(users, k=k)
+            answer = recommender.recommend(users, k=k, with_candidates=True)
             out.extend([raw[v.decode()] for v in row if v] for row in answer["item_ids"])
+            candidates.extend([raw[v.decode()] for v in row if v] for row in answer["candidate_ids"])
+    width = max((len(c) for c in candidates), default=0)
     facts = {"inventory": manifest["data"]["inventory"], "in_stock": manifest["data"]["in_stock"],
+             "new_items": manifest["data"].get("new_items"),
+             # the share of the cold items' test purchases that reached the ranker at all (Recall over the whole list)
+             "cold_recall_of_candidates": metrics.recall_at_k(candidates, data.cold_truth, width) if width else 0.0,
              "ranker_used": bool(manifest["models"]["ranker"] and manifest["models"]["ranker"]["used"]),
              "index": manifest["index"]["kind"], "filters": manifest["filters"]}
     return out, facts

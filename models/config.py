@@ -31,6 +31,9 @@ class RetrievalConfig:
     logq: bool = field(default=True, metadata={"help": "popularity (logQ) correction of in-batch negatives"})
     logq_reg: float = 1.0
     temperature: float = 1.0
+    item_id_dropout: float = field(default=0.1, metadata={
+        "help": "share of training rows whose item id and codes the item tower sees as unknown, so it also "
+                "learns to place items from their features (how new, never-bought articles get scored)"})
     valid_days: int = field(default=7, metadata={"help": "time splits: last days of train held out for validation"})
     windows_back: int = field(default=0, metadata={
         "help": "train as if the training split ended this many validation-sized windows earlier "
@@ -49,6 +52,8 @@ class RetrievalConfig:
             raise FunnelError("retrieval: epochs >= 1, batch_size >= 2, embedding_dim >= 1, learning_rate > 0")
         if self.patience < 1 or self.valid_k < 1 or self.valid_users < 1 or self.windows_back < 0:
             raise FunnelError("retrieval: patience, valid_k and valid_users >= 1, windows_back >= 0")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise FunnelError(f"retrieval: item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
 
     def require_paths(self) -> None:
         if not self.pre or not self.out:
@@ -68,6 +73,9 @@ class RankingConfig:
     item_item_neighbours: int = field(default=200, metadata={"help": "item-item weights kept per item"})
     item_item_max_items: int = field(default=10_000, metadata={
         "help": "EASE over the most-bought items only (a dense items x items inverse: cost grows with the cube)"})
+    new_items: int = field(default=20, metadata={
+        "help": "new items per user: never bought before the label period, on sale at its start, best two-tower "
+                "score first (0: no new-item source)"})
     hard_negatives: int = field(default=8, metadata={"help": "hard negatives (unbought candidates) per positive"})
     random_negatives: int = field(default=2, metadata={"help": "popularity-sampled negatives per positive"})
     max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training, per window"})
@@ -99,6 +107,8 @@ class RankingConfig:
                               "item_item_lambdas > 0")
         if self.label_windows < 1:
             raise FunnelError("ranking: label_windows must be >= 1")
+        if self.new_items < 0:
+            raise FunnelError("ranking: new_items must be >= 0")
         if not 0 < self.valid_share < 1:
             raise FunnelError("ranking: valid_share must be in (0, 1)")
 

@@ -29,30 +29,33 @@ from funnel.core.topk import dot_top_k
 from models.config import RankingConfig
 from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retriever
 from models.sources import ItemItemSource, tune_blend, tune_item_item
-from workflows import TARGET
+from workflows import OOV_INDEX, TARGET
 from workflows import history as hist
+from workflows.graph import item_id_columns
 from workflows.io import features_as_of, load_workflow
 from workflows.item_item import ItemItem
-from workflows.candidates import (ITEM_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, Z_SCORES, group_moments,
-                                 merge_sources, standardise_by)
+from workflows.candidates import (ITEM_ITEM, NEW, NEW_ITEM, REPURCHASE, RETRIEVAL, SOURCE_NAMES, Z_SCORES, NewItems,
+                                 group_moments, merge_sources, standardise_by, top_new)
 from workflows.negatives import popularity_draws
 from workflows.purchases import (AFFINITY_PREFIX, MAX_AFFINITY_VALUES, ItemValues, PurchaseHistory, affinity,
                                 pair_features)
 
-PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score", *Z_SCORES]
+PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score", *Z_SCORES, NEW_ITEM]
 
 
 def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vectors: np.ndarray, n: int,
                history: dict[Any, list], repurchase: bool, recent: int = 20,
-               item_item: ItemItemSource | None = None) -> pd.DataFrame:
-    """The served graph's known-user candidates: retriever top-n, the item-item top-N, plus the user's
-    ``recent`` latest items where the domain repurchases, merged as serving merges them
-    (``workflows.candidates``); where the domain does not repurchase, seen items are then removed,
-    as serving's filter does.
+               item_item: ItemItemSource | None = None, new: NewItems | None = None,
+               n_new: int = 0) -> pd.DataFrame:
+    """The served graph's known-user candidates: retriever top-n, the item-item top-N, the user's
+    ``recent`` latest items where the domain repurchases, then the ``n_new`` items of ``new``
+    (``workflows.candidates.NewItems``) with the best two-tower scores, merged as
+    serving merges them (``workflows.candidates``); where the domain does not repurchase, seen
+    items are then removed, as serving's filter does.
 
-    Returns rows (user_id, item_id, source, retrieval_score, item_item_score) with raw ids, in
-    candidate order (a retrieved item the user bought before keeps source 'retrieval'). Trending
-    fill, which the ranker never scores for known users, is not a training candidate.
+    Returns rows (user_id, item_id, source, retrieval_score, item_item_score, new_item: the item's
+    freshness, 0 if not new) with raw ids, in candidate order (a retrieved item the user bought before keeps source 'retrieval').
+    Trending fill, which the ranker never scores for known users, is not a training candidate.
     """
     pos = pd.Index(item_ids)
     parts, kinds = [dot_top_k(q, vectors, n)], [RETRIEVAL]
@@ -67,6 +70,10 @@ def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vector
             own[r, : len(items)] = items
         parts.append(own)
         kinds.append(REPURCHASE)
+    new = new or NewItems.empty()
+    if n_new:
+        parts.append(top_new(q, vectors, new.rows, n_new))
+        kinds.append(NEW)
     ids, src = merge_sources(parts, kinds)
     if not repurchase:  # serving's exclude_seen=all
         for r, items in enumerate(rows):
@@ -77,7 +84,16 @@ def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vector
     cands["retrieval_score"] = dot_scores(q, user_ids, vectors, item_ids, cands)
     cands["item_item_score"] = (item_item.pair_scores(cands["user_id"].to_numpy(), ids[users, slots])
                                 if item_item is not None else np.zeros(len(cands), dtype=np.float32))
+    cands[NEW_ITEM] = new.scores(len(item_ids))[ids[users, slots]]
     return cands
+
+
+def hide_new_ids(rows: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Model rows with every id column of a new item (``NEW_ITEM`` > 0) set to the out-of-vocabulary
+    code, as serving sees it: its vocabularies come from purchases, and nobody had bought it yet."""
+    new = rows[NEW_ITEM].to_numpy() > 0
+    return rows.assign(**{name: np.where(new, OOV_INDEX, rows[name].to_numpy()).astype(rows[name].dtype)
+                          for name in item_id_columns(schema)})
 
 
 def with_z_scores(rows: pd.DataFrame, cands: pd.DataFrame) -> pd.DataFrame:
@@ -175,8 +191,8 @@ def ranking_schema(pre: Path) -> Schema:
 
 def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame, cands: pd.DataFrame, q: np.ndarray,
                   label_users: np.ndarray, vectors: np.ndarray, items: pd.DataFrame, users: pd.DataFrame,
-                  source: ItemItemSource | None, shares: list[str], rng: np.random.Generator
-                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
+                  source: ItemItemSource | None, shares: list[str], new: NewItems, schema: Schema,
+                  rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One label period's model rows: positives are ``bought`` (user_id, item_id), hard negatives the
     users' unbought candidates (``cands``, ``hard_negatives`` per positive), random negatives drawn by
     popularity before the period; every feature as of the period's start. Returns the rows and figures."""
@@ -199,7 +215,9 @@ def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame,
     pairs["retrieval_score"] = dot_scores(q, label_users, vectors, item_ids, pairs)
     pairs["item_item_score"] = (source.pair_scores(pairs["user_id"].to_numpy(), pd.Index(item_ids).get_indexer(pairs["item_id"]))
                                 if source is not None else np.float32(0.0))
+    pairs[NEW_ITEM] = new.scores(len(item_ids))[pd.Index(item_ids).get_indexer(pairs["item_id"])]
     rows = assemble(with_z_scores(pairs, cands), users, items, period.before, period.cutoff, shares)
+    rows = hide_new_ids(rows, schema)
     rows[TARGET] = rows[TARGET].astype(np.int32)
     facts = {"label_period_start": str(period.cutoff), "label_users": int(len(label_users)),
              "positives": int(rows[TARGET].sum()), "hard_negatives": int(len(hard)), "random_negatives": int(len(rand)),
@@ -208,9 +226,9 @@ def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame,
     return rows, facts
 
 
-def earlier_window_rows(cfg: RankingConfig, pre: Path, period: LabelPeriod, held_out: np.ndarray, towers: Towers,
-                        schema: Schema, shares: list[str], repurchase: bool, lam: float | None,
-                        rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
+def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, Any], period: LabelPeriod,
+                        held_out: np.ndarray, towers: Towers, schema: Schema, shares: list[str], repurchase: bool,
+                        lam: float | None, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
     """Model rows of an earlier label period, built as the latest one is: features as of its start,
     candidates from ``towers`` (a retriever that never saw the period) and an item-item source with
     the tuned ``lam`` fitted on what came before it. The held-out users get no training row; their
@@ -233,12 +251,13 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, period: LabelPeriod, held
         source = ItemItemSource(ItemItem.fit(purchases, lam, cfg.item_item_neighbours, cfg.item_item_max_items),
                                 purchases, user_index, cfg.item_item)
     q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
+    new = NewItems.as_of(pre_manifest["dataset"]["path"], period.before, period.cutoff, item_ids)
     cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, hist.recent_items(period.before).to_dict(),
-                       repurchase, item_item=source)
+                       repurchase, item_item=source, new=new, n_new=cfg.new_items)
     training = cands["user_id"].isin(train_users).to_numpy()
     rows, facts = labelled_rows(cfg, period, bought[bought["user_id"].isin(train_users)], cands[training], q,
-                                label_users, vectors, items, users, source, shares, rng)
-    judged = JudgedLists.of(cands, ~training, bought, users, items, period, shares)
+                                label_users, vectors, items, users, source, shares, new, schema, rng)
+    judged = JudgedLists.of(cands, ~training, bought, users, items, period, shares, schema)
     return rows, {**facts, "judged_users": int(len(judged_users))}, judged
 
 
@@ -252,11 +271,11 @@ class JudgedLists:
 
     @classmethod
     def of(cls, cands: pd.DataFrame, mine: np.ndarray, bought: pd.DataFrame, users: pd.DataFrame,
-           items: pd.DataFrame, period: LabelPeriod, shares: list[str]) -> "JudgedLists":
+           items: pd.DataFrame, period: LabelPeriod, shares: list[str], schema: Schema) -> "JudgedLists":
         """The lists of the candidate rows ``mine`` (z-scores over each user's own candidates)."""
         lists = with_z_scores(cands[mine].reset_index(drop=True), cands)
-        full = assemble(lists[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES]],
-                        users, items, period.before, period.cutoff, shares)
+        full = hide_new_ids(assemble(lists[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES,
+                                            NEW_ITEM]], users, items, period.before, period.cutoff, shares), schema)
         full[TARGET] = 0
         truth = bought[bought["user_id"].isin(lists["user_id"])].groupby("user_id")["item_id"].apply(set)
         return cls(lists, full, truth)
@@ -336,24 +355,26 @@ class RankingData:
         say("label period 1: candidates")
         towers = Towers.load(run)
         q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
+        new = NewItems.as_of(pre_manifest["dataset"]["path"], first.before, first.cutoff, item_ids)
         cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, hist.recent_items(first.before).to_dict(),
-                           repurchase, item_item=source)
+                           repurchase, item_item=source, new=new, n_new=cfg.new_items)
         cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, first.before, first.cutoff)
         _, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set), cfg.valid_k, cfg.seed)
         rows, window_facts = labelled_rows(cfg, first, bought, cands, q, label_users, vectors, items, users, source,
-                                           shares, rng)
+                                           shares, new, schema, rng)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
         fit_parts, facts_by_window = [rows[~is_valid]], [window_facts]
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
         judged = [JudgedLists.of(cands, cands["user_id"].isin(valid_users).to_numpy(), bought, users, items, first,
-                                 shares)]
+                                 shares, schema)]
         if len(windows) > 1:  # earlier periods: candidates from a retriever that saw none of them
             say(f"label periods 2-{len(windows)}: training a retriever on what came before them")
             towers, earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1)
             for k, window in enumerate(windows[1:], start=2):
                 say(f"label period {k}: candidates")
-                part, part_facts, lists = earlier_window_rows(cfg, pre, window, valid_users, towers, schema,
-                                                              shares, repurchase, item_item_facts.get("lambda"), rng)
+                part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers,
+                                                              schema, shares, repurchase, item_item_facts.get("lambda"),
+                                                              rng)
                 fit_parts.append(part)
                 facts_by_window.append(part_facts)
                 judged.append(lists)
@@ -368,6 +389,7 @@ class RankingData:
                  "candidates_per_user": window_facts["candidates_per_user"],
                  "label_recall_of_candidates": window_facts["label_recall_of_candidates"],
                  "candidates_by_source": cands["source"].value_counts().to_dict(), "affinity_columns": shares,
+                 "new_items": int(len(new.rows)),
                  "label_windows": facts_by_window}
         if len(windows) > 1:
             facts["earlier_retriever"] = earlier

@@ -40,7 +40,9 @@ from funnel.core.topk import dot_top_k
 from models import distribute
 from models.config import Precision, RetrievalConfig
 from models.fit import FitResult, fit_best, run_manifest
-from models.tf_helpers import configure_tensorflow, encode_rows, float32_output, precision
+from models.tf_helpers import IdDropout, configure_tensorflow, encode_rows, float32_output, precision
+from workflows import OOV_INDEX
+from workflows.graph import item_id_columns
 from workflows.io import features_as_of, parquet_parts
 from workflows.shuffle import ShuffledRows, shuffle_parts
 from workflows.splits import label_windows
@@ -164,8 +166,12 @@ def build_model(cfg: RetrievalConfig, data: RetrievalData, strategy):
             to_call=DotProduct(), negative_samplers="in-batch", post=post, logits_temperature=cfg.temperature,
             store_negative_ids=cfg.logq, schema=item_schema.select_by_tag(Tags.ITEM_ID), dtype="float32",
         )
-        model = mm.TwoTowerModelV2(mm.Encoder(data.user_schema, tower()), mm.Encoder(item_schema, tower()),
-                                   outputs=output)
+        # item-id dropout: the item tower also learns to place an item from its features alone,
+        # which is all it has for an article nobody bought before the cutoff (cold items)
+        id_columns = item_id_columns(item_schema)
+        item_pre = IdDropout(id_columns, cfg.item_id_dropout, OOV_INDEX) if cfg.item_id_dropout and id_columns else None
+        model = mm.TwoTowerModelV2(mm.Encoder(data.user_schema, tower()),
+                                   mm.Encoder(item_schema, tower(), pre=item_pre), outputs=output)
         # no train-time metrics: validation recall over the whole catalogue is computed per epoch
         model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), metrics=[], run_eagerly=False)
     distribute.prepare(model, strategy)

@@ -3,7 +3,7 @@
 The item-item source (``workflows.item_item``: EASE weights over what each user bought) is fitted
 on the history before the label period, its ``lambda`` chosen by the Recall@k of its own top-k on
 the label period, and the blend weights that order candidates when the ranker is not used
-(two-tower, item-item, the user's own purchase count and recency) are chosen the same way on the
+(two-tower, item-item, the user's own purchase count and recency, the new-item flag) are chosen the same way on the
 ranker's training users. Once the ranker is trained, its share of the blend is chosen on the
 held-out users that choose its epoch. The held-out gate users play no part in any choice: they
 judge the blend with the ranker against the blend without it.
@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from funnel.core.metrics import recalls_at_k
-from workflows.candidates import BLEND_SCORES, RANKER_SCORE, blend
+from workflows.candidates import BLEND_SCORES, NEW_ITEM, RANKER_SCORE, blend
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 
 BLEND_WEIGHTS = [round(w, 1) for w in np.linspace(0.0, 1.0, 11)]
 OWN_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+NEW_WEIGHTS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6]
 MAX_TUNING_USERS = 10_000
 
 
@@ -103,9 +104,10 @@ def blend_order(cands: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
 def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
     """Blend weights with the best Recall@k on ``truth``'s users (raw ids; at most ``MAX_TUNING_USERS``).
 
-    Two steps on a grid: the item-item share ``a`` of the two-tower / item-item pair (0-1 by 0.1),
+    Steps on a grid: the item-item share ``a`` of the two-tower / item-item pair (0-1 by 0.1),
     then the shares of the user's own purchase count and recency (0-0.5 by 0.1 each) taken from
-    that pair. Ties go to the simpler weights (earlier in the grid): a score that never varies (no
+    that pair, then (where there are new-item candidates) the share of the ``new_item`` flag
+    (0-0.6) taken from all of those. Ties go to the simpler weights (earlier in the grid): a score that never varies (no
     repurchases) gets no weight.
     """
     if len(truth) > MAX_TUNING_USERS:
@@ -125,6 +127,8 @@ def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tupl
     pair = best([{"retrieval_score": 1 - a, "item_item_score": a} for a in BLEND_WEIGHTS])
     own = best([{**{n: w * (1 - b - c) for n, w in pair.items()}, "pair_purchases": b, "pair_days_since": c}
                 for b in OWN_WEIGHTS for c in OWN_WEIGHTS])
+    if NEW_ITEM in mine and mine[NEW_ITEM].any():  # how far to lift never-bought articles (their score alone can't)
+        own = best([{**{n: w * (1 - d) for n, w in own.items()}, NEW_ITEM: d} for d in NEW_WEIGHTS])
     weights = {n: round(float(own.get(n, 0.0)), 4) for n in BLEND_SCORES}
     return weights, {"weights": weights, f"tuning_recall@{k}": tried, "tuning_users": int(len(truth))}
 

@@ -40,6 +40,40 @@ def precision(policy: str) -> Iterator[None]:
         tf.keras.mixed_precision.set_global_policy(before)
 
 
+@tf.keras.utils.register_keras_serializable(package="funnel")
+class IdDropout(tf.keras.layers.Layer):
+    """In training, a random share of the rows see every column of ``columns`` (an item's id and
+    codes, ``workflows.graph.item_id_columns``) as the out-of-vocabulary code, so the tower behind
+    it learns to place an item from its other features: all it has for an item nobody bought
+    before the cutoff. A no-op at inference, so a saved tower serves exactly as before. Use as an
+    ``mm.Encoder(..., pre=IdDropout(...))``."""
+
+    def __init__(self, columns: list[str], rate: float, oov_index: int, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise FunnelError(f"id dropout rate must be in [0, 1), got {rate}")
+        if not columns:
+            raise FunnelError("id dropout needs at least one column")
+        self.columns, self.rate, self.oov_index = list(columns), float(rate), int(oov_index)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return inputs
+        first = inputs[self.columns[0]]
+        drop = tf.random.uniform(tf.shape(first)) < self.rate  # one draw per row, shared by the columns
+        out = dict(inputs)
+        for name in self.columns:
+            ids = inputs[name]
+            out[name] = tf.where(tf.reshape(drop, tf.shape(ids)), tf.cast(self.oov_index, ids.dtype), ids)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "columns": self.columns, "rate": self.rate, "oov_index": self.oov_index}
+
+
 def float32_output():
     """The last layer of a tower under a mixed policy: embeddings and scores leave in float32."""
     return tf.keras.layers.Activation("linear", dtype="float32", name="float32_output")

@@ -13,10 +13,92 @@ and served from ``ranking.json``.
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from pathlib import Path
 
-RETRIEVAL, REPURCHASE, TRENDING, ITEM_ITEM = 0, 1, 2, 3
-SOURCE_NAMES = ("retrieval", "repurchase", "trending", "item-item")
+import numpy as np
+import pandas as pd
+
+from funnel.core.topk import dot_top_k
+from funnel.data.canonical import read_dataset
+
+RETRIEVAL, REPURCHASE, TRENDING, ITEM_ITEM, NEW = 0, 1, 2, 3, 4
+SOURCE_NAMES = ("retrieval", "repurchase", "trending", "item-item", "new")
+
+
+NEW_ITEM = "new_item"
+NEW_DAYS = 28.0  # with a stock history: an unbought item is new for this long after it came on sale
+FRESH_DAYS = 7.0  # and its freshness, the ``new_item`` blend score, decays over this many days
+
+
+@dataclass
+class NewItems:
+    """The items that are *new* at a cutoff, and how new.
+
+    New: nobody bought it before the cutoff and it is on sale at the cutoff. Where the data has a
+    stock history, also: it came on sale at most ``NEW_DAYS`` before the cutoff (an unbought item
+    on sale for longer is dead stock, not news), and its freshness is ``exp(-days on sale /
+    FRESH_DAYS)``; without one every new item has freshness 1. Only its features can place a new
+    item (the two-tower's item-id dropout trains it to); the ``new`` source asks the two-tower
+    among new items alone, and the blend's ``new_item`` score is the freshness (0: not new).
+    """
+
+    rows: np.ndarray  # int32 item rows
+    freshness: np.ndarray  # float32, one per row
+
+    @classmethod
+    def at(cls, bought_items: np.ndarray, item_ids: np.ndarray, in_stock: np.ndarray | None = None,
+           days_on_sale: np.ndarray | None = None) -> "NewItems":
+        """``bought_items``: raw ids bought before the cutoff; ``in_stock`` and ``days_on_sale`` (NaN:
+        on sale since before the stock history) one per ``item_ids`` entry, None without a history."""
+        new = ~np.isin(item_ids, np.asarray(bought_items))
+        if in_stock is not None:
+            new &= np.asarray(in_stock, dtype=bool)
+        freshness = np.ones(len(item_ids), dtype=np.float64)
+        if days_on_sale is not None:
+            days = np.asarray(days_on_sale, dtype=np.float64)
+            new &= days <= NEW_DAYS  # NaN (on sale all along) is not new
+            freshness = np.exp(-np.nan_to_num(days, nan=np.inf).clip(min=0) / FRESH_DAYS)
+        rows = np.flatnonzero(new).astype(np.int32)
+        return cls(rows, freshness[rows].astype(np.float32))
+
+    @classmethod
+    def as_of(cls, dataset_path: str | Path, before: pd.DataFrame, cutoff: pd.Timestamp,
+              item_ids: np.ndarray) -> "NewItems":
+        """The items of ``item_ids`` new at ``cutoff``: not bought in ``before``; on sale then, and for
+        how long, by the stock history of the canonical dataset at ``dataset_path`` if it has one."""
+        dataset = read_dataset(dataset_path)
+        return cls.at(pd.unique(before["item_id"]), item_ids, dataset.in_stock_at(item_ids, cutoff),
+                      dataset.days_on_sale_at(item_ids, cutoff))
+
+    @classmethod
+    def empty(cls) -> "NewItems":
+        return cls(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+
+    def scores(self, n_items: int) -> np.ndarray:
+        """The ``new_item`` score of every item row (``n_items`` of them): its freshness, 0 if not new."""
+        out = np.zeros(n_items, dtype=np.float32)
+        out[self.rows] = self.freshness
+        return out
+
+    def save(self, path) -> None:
+        np.savez(path, items=self.rows, freshness=self.freshness)
+
+    @classmethod
+    def load(cls, path) -> "NewItems":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["items"].astype(np.int32), data["freshness"].astype(np.float32))
+
+
+def top_new(queries: np.ndarray, vectors: np.ndarray, new_rows: np.ndarray, n: int) -> np.ndarray:
+    """``(users, n)`` item rows (``-1``-padded): the new items with the best two-tower scores per query."""
+    out = np.full((len(queries), n), -1, dtype=np.int64)
+    if n <= 0 or not len(new_rows) or not len(queries):
+        return out
+    width = min(n, len(new_rows))
+    pos = dot_top_k(queries, vectors[new_rows], width)
+    out[:, :width] = np.where(pos >= 0, np.asarray(new_rows)[np.maximum(pos, 0)], -1)
+    return out
 
 
 def first_occurrence(ids: np.ndarray) -> np.ndarray:
@@ -41,8 +123,10 @@ def merge_sources(parts: list[np.ndarray], kinds: list[int]) -> tuple[np.ndarray
     return ids, np.where(ids >= 0, src, -1).astype(np.int8)
 
 
-# the scores a candidate carries, and the direction in which each one is better
-BLEND_SCORES = {"retrieval_score": 1.0, "item_item_score": 1.0, "pair_purchases": 1.0, "pair_days_since": -1.0}
+# the scores a candidate carries, and the direction in which each one is better; ``new_item`` is 1
+# for an article nobody bought before the cutoff that is on sale at it (see ``new_item_rows``)
+BLEND_SCORES = {"retrieval_score": 1.0, "item_item_score": 1.0, "pair_purchases": 1.0, "pair_days_since": -1.0,
+                NEW_ITEM: 1.0}
 # the ranker's logit: one more score in the blend where the ranker's gate lets it in
 RANKER_SCORE = "ranker_score"
 # ranker inputs: a source's score standardised over the user's candidates (where it stands among them)

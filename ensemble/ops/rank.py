@@ -14,7 +14,7 @@ from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, R
                                USER_ROW, ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
-from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, blend, logit, standardise
+from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, NewItems, blend, logit, standardise
 from workflows.purchases import AFFINITY_PREFIX, ItemValues, affinity, pair_features
 
 
@@ -24,10 +24,10 @@ class RankCandidates(ServingOperator):
     Inputs of the DLRM: the user's encoded features, the candidate's encoded item features
     (``items.parquet``) and the pair features training used (log1p purchases of the item by
     the user, log1p days since, the two-tower and item-item scores and both standardised over
-    the user's ranked candidates, and the share of the user's items sharing each of the item's
-    ``affinity`` feature values). Known users' candidates are ordered by ``blend_weights``:
-    the sources' scores and, with ``use_ranker``, the DLRM's logit (its gate found that blend
-    better than the blend without it on held-out users). Unknown users are ordered by trending
+    the user's ranked candidates, a new item's freshness (``new_items.npz``), and the share of
+    the user's items sharing each of the item's ``affinity`` feature values). Known users'
+    candidates are ordered by ``blend_weights``: those scores and, with ``use_ranker``, the
+    DLRM's logit (its gate found that blend better than the blend without it on held-out users). Unknown users are ordered by trending
     popularity.
 
     Tiers order before scores: 0 = ranked candidates, 1 = fill, 2 = none. With
@@ -37,7 +37,7 @@ class RankCandidates(ServingOperator):
     ``"rank"`` lets the ranker score them like the others.
     """
 
-    files = ("ranker", "items.parquet", "history.npz", "trending.npz")
+    files = ("ranker", "items.parquet", "history.npz", "trending.npz", "new_items.npz")
 
     triton_model: str | None = None  # set when the export runs the ranker as its own Triton model
     triton_spec: dict | None = None
@@ -63,6 +63,7 @@ class RankCandidates(ServingOperator):
             popularity = np.zeros(len(items), dtype=np.float32)
             popularity[data["items"]] = data["share"]
         self._popularity = popularity
+        self._new_item = NewItems.load(path / "new_items.npz").scores(len(items))  # freshness, 0 if not new
 
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
         return [column(CANDIDATE_SCORES, np.float32, True), column(TIERS, np.int8, True)]
@@ -89,7 +90,8 @@ class RankCandidates(ServingOperator):
                 since = np.where(fresh, 0.0, since).astype(np.float32)
             pairs = dict(pair_purchases=bought[users, slots], pair_days_since=since[users, slots],
                          retrieval_score=columns[RETRIEVAL_SCORES][users, slots],
-                         item_item_score=columns[ITEM_ITEM_SCORES][users, slots])
+                         item_item_score=columns[ITEM_ITEM_SCORES][users, slots],
+                         new_item=self._new_item[items])  # freshness of a new item, 0 for the others
             if self._ranker is not None:  # its logit joins the blend (weights tuned with it)
                 pairs.update({name: standardise(pairs[score], users).astype(np.float32)
                               for name, score in Z_SCORES.items()})

@@ -1,4 +1,4 @@
-"""RetrieveCandidates: query tower + Faiss top-N, item-item (EASE) top-N, own recent items, trending items."""
+"""RetrieveCandidates: query tower + Faiss top-N, item-item (EASE) top-N, own recent items, new items, trending items."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from merlin.schema import ColumnSchema, Schema
 
-from workflows.candidates import ITEM_ITEM, REPURCHASE, RETRIEVAL, TRENDING, merge_sources
+from workflows.candidates import ITEM_ITEM, NEW, REPURCHASE, RETRIEVAL, TRENDING, NewItems, merge_sources, top_new
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 from ensemble.index import load_index
@@ -20,25 +20,26 @@ from ensemble.ops.base import (CANDIDATES, ITEM_ITEM_SCORES, RETRIEVAL_SCORES, S
 
 
 class RetrieveCandidates(ServingOperator):
-    """Candidates per user, ``-1``-padded to ``n + item_item + recent + trending`` columns.
+    """Candidates per user, ``-1``-padded to ``n + item_item + recent + new + trending`` columns.
 
     Known users: the query tower's embedding searched in the Faiss index (top ``n``), then the
     ``item_item`` best items by the EASE weights of what the user bought (``item_item.npz``,
     including purchases since the export read online), then, where the domain repurchases,
-    the user's ``recent`` latest items, then ``trending`` items; the first source of a
-    duplicate wins. Unknown users get trending items only. ``retrieval_scores`` is the
+    the user's ``recent`` latest items, then the ``new`` best-scored of the items nobody bought
+    in training (``new_items.npz``: exact search, they are few), then ``trending`` items; the
+    first source of a duplicate wins. Unknown users get trending items only. ``retrieval_scores`` is the
     two-tower dot product of every candidate (0 for cold users), ``item_item_scores`` its
     EASE score.
     """
 
     files = ("query_tower", "item_index.faiss", "index.json", "item_vectors.npy", "history.npz", "trending.npz",
-             "item_item.npz")
+             "item_item.npz", "new_items.npz")
 
     def __init__(self, source_dir: str | Path, n: int, recent: int, trending: int, repurchase: bool,
-                 item_item: int = 0):
+                 item_item: int = 0, new: int = 0):
         super().__init__(source_dir)
         self.n, self.recent, self.trending, self.repurchase = int(n), int(recent), int(trending), bool(repurchase)
-        self.item_item = int(item_item)
+        self.item_item, self.new = int(item_item), int(new)
 
     online_width: int = 0  # set when an OnlineHistory operator feeds this one
     triton_model: str | None = None  # set when the export runs the query tower as its own Triton model
@@ -46,7 +47,8 @@ class RetrieveCandidates(ServingOperator):
 
     @property
     def width(self) -> int:
-        return self.n + self.item_item + ((self.recent + self.online_width) if self.repurchase else 0) + self.trending
+        return (self.n + self.item_item + ((self.recent + self.online_width) if self.repurchase else 0)
+                + self.new + self.trending)
 
     def load(self, path: Path) -> None:
         self._tower = model_runner(path / "query_tower", self.triton_model, self.triton_spec)
@@ -56,6 +58,7 @@ class RetrieveCandidates(ServingOperator):
         self._item_item = ItemItem.load(path / "item_item.npz")
         with np.load(path / "trending.npz", allow_pickle=False) as data:
             self._trending = data["items"][: self.trending].astype(np.int32)
+        self._new_items = NewItems.load(path / "new_items.npz").rows
 
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
         return [column(CANDIDATES, np.int32, True), column(SOURCES, np.int8, True),
@@ -89,6 +92,12 @@ class RetrieveCandidates(ServingOperator):
                 own = np.concatenate([online, own], axis=1)
             parts.append(own)
             kinds.append(REPURCHASE)
+        if self.new:
+            new = np.full((users, self.new), -1, dtype=np.int64)
+            if len(known):
+                new[known] = top_new(queries[known], self._vectors, self._new_items, self.new)
+            parts.append(new)
+            kinds.append(NEW)
         parts.append(np.tile(self._trending, (users, 1)))
         kinds.append(TRENDING)
         ids, src = merge_sources(parts, kinds)  # a duplicate keeps its first source

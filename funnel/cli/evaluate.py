@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> None:
     cold = report["cold_items"]
     print(f"cold items (bought in the test period, never in training): {cold['items']:,} items, "
           f"{cold['test_rows']:,} test rows, {cold['test_users']:,} users (cold_recall: theirs only)")
+    reach = (report.get("served") or {}).get("cold_recall_of_candidates")
+    if reach is not None and cold["items"]:
+        print(f"cold items among the served graph's candidates (Recall over every candidate): {reach:.4f}")
     print(f"report: {Path(args.run) / 'evaluation.md'} (chart: evaluation.png)")
     if report.get("ranker_on_test_candidates"):
         r = report["ranker_on_test_candidates"]

@@ -93,7 +93,8 @@ def export(args: argparse.Namespace) -> None:
                         + (f"={idx['search_value']}" if idx["search_param"] else "")
                         + f"), {recall_key.replace('_', ' ')} {idx[recall_key]:.3f}"),
         ("candidates", f"top {cfg.candidates} two-tower + {cfg.item_item if ii.get('fitted') else 0} item-item + "
-                       f"{cfg.recent if d['repurchase'] else 0} own recent + {cfg.trending} trending"),
+                       f"{cfg.recent if d['repurchase'] else 0} own recent + {cfg.new_items} new (of "
+                       f"{d['new_items']:,}) + {cfg.trending} trending"),
         ("filters", f"seen: {f['exclude_seen']}, out of stock: {'yes' if f['out_of_stock'] else 'no'}, "
                     f"categories: {f['exclude_categories'] or 'none'}, items: {len(f['exclude_items'])}"),
         ("inventory", d["inventory"]),

@@ -79,6 +79,25 @@ class Dataset:
         latest = known.drop_duplicates("item_id", keep="last")
         return latest[["item_id", "in_stock"]].astype({"in_stock": bool}).reset_index(drop=True)
 
+    def in_stock_at(self, item_ids: Any, when: pd.Timestamp) -> np.ndarray | None:
+        """One flag per id of ``item_ids``: on sale as of ``when`` (:meth:`stock_at`; items with no
+        change by then count as in stock). None when the dataset has no stock history."""
+        latest = self.stock_at(when)
+        if latest is None:
+            return None
+        flags = pd.Series(np.asarray(item_ids)).map(latest.set_index("item_id")["in_stock"])
+        return flags.fillna(True).to_numpy(dtype=bool)
+
+    def days_on_sale_at(self, item_ids: Any, when: pd.Timestamp) -> np.ndarray | None:
+        """Days from each id's latest change to in stock (at or before ``when``) to ``when``; NaN where
+        the history has none (on sale since before it, or never). None without a stock history."""
+        if not self.has_stock_history:
+            return None
+        changes = pd.read_parquet(self.path / STOCK)
+        came = changes[changes["in_stock"].astype(bool) & (changes["timestamp"] <= pd.Timestamp(when))]
+        since = pd.Series(np.asarray(item_ids)).map(came.groupby("item_id")["timestamp"].max())
+        return ((pd.Timestamp(when) - since) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64)
+
 
 def read_dataset(path: str | Path) -> Dataset:
     """Open a canonical dataset directory, with a clear error when it is not one."""

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ensemble.build import ExportConfig, export
+from ensemble.config import Inventory
 from funnel.core.artifacts import read_export_manifest
 from ensemble.runtime import Recommender, RequestError
 from funnel.core.errors import FunnelError
@@ -162,7 +163,9 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
     from merlin.io import Dataset
     from merlin.schema import Tags
 
+    from funnel.core.artifacts import read_preprocess_manifest
     from models.ranking_data import candidates
+    from workflows.candidates import NewItems
     from models.sources import ItemItemSource
     from models.tf_helpers import encode_rows, load_tower
     from workflows.history import recent_items
@@ -171,7 +174,7 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
 
     repo = tmp_path / "repo"
     export(ExportConfig(run=str(ranked_run), out=str(repo), candidates=40, recent=20, trending=0,
-                        out_of_stock=False))
+                        out_of_stock=False, new_items=10, inventory=Inventory.CUTOFF))
     served = Recommender(repo / "funnel" / "1" / "ensemble").recommend(known_users[:20], k=5, with_candidates=True)
 
     train = pd.read_parquet(pre_dir / "splits" / "train.parquet")
@@ -190,9 +193,12 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
     source = ItemItemSource(ItemItem.load(ranked_run / "item_item.npz"),
                             PurchaseHistory.build(as_text, user_index, pd.Index(item_ids), as_text["timestamp"].max()),
                             user_index, ranking["config"]["item_item"])
+    pre_manifest = read_preprocess_manifest(pre_dir)
+    new = NewItems.as_of(pre_manifest["dataset"]["path"], train, pd.Timestamp(pre_manifest["split"]["cutoff"]),
+                         items.to_numpy())
     trained = candidates(q, np.array(known_users[:20]), item_ids, emb.to_numpy(np.float32),
-                         40, history.to_dict(), repurchase=True, recent=20, item_item=source)
-    assert (trained["source"] == "item-item").any()
+                         40, history.to_dict(), repurchase=True, recent=20, item_item=source, new=new, n_new=10)
+    assert (trained["source"] == "item-item").any() and (trained["source"] == "new").any()
     for row, user in enumerate(known_users[:20]):
         mine = trained[trained["user_id"] == user]
         ids = [v.decode() for v in served["candidate_ids"][row] if v]

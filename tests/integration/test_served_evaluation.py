@@ -86,7 +86,8 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     ranking["use_ranker"] = True  # as if the gate had switched it on, with the whole blend's weight
     ranking["blend"]["with_ranker"] = {"weights": {"ranker_score": 1.0}}
     (forced / "ranking.json").write_text(json.dumps(ranking))
-    export(ExportConfig(run=str(forced), out=str(tmp_path / "repo")))
+    # no new-item source: the ranked candidates are then the two-tower's and the item-item's alone
+    export(ExportConfig(run=str(forced), out=str(tmp_path / "repo"), new_items=0))
     recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
 
     pre = ml_pre_dir
@@ -109,7 +110,9 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32),
                           "item_item_score": weights[mine].sum(axis=0)[rows_of_ids].astype(np.float32)})
     z = lambda s: (s - s.mean()) / s.std(ddof=0)  # over the user's ranked candidates
-    pairs = pairs.assign(retrieval_z=z(pairs["retrieval_score"]), item_item_z=z(pairs["item_item_score"]))
+    pairs = pairs.assign(retrieval_z=z(pairs["retrieval_score"]), item_item_z=z(pairs["item_item_score"]),
+                         # freshness: 1 for a movie nobody rated in training (MovieLens has no stock history)
+                         new_item=(~np.isin(ids, train["item_id"].unique())).astype(np.float32))
     shares = ranking["data"]["affinity_columns"]
     assert "genres" in shares  # the multi-hot genres get a user-affinity feature
     rows = assemble(pairs, users, items, train, cutoff, shares).assign(**{TARGET: 0})
@@ -133,7 +136,8 @@ def item_item_weights(run, n_items: int):
 def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
     """The served graph's item-item candidates are the best unseen items by the sum of the EASE weight
     rows of the user's training items, and without a ranker its candidates come out in the order of
-    the tuned blend: per user, w_tt z(two-tower) + w_ii z(item-item), written out here with pandas."""
+    the tuned blend: per user, w_tt z(two-tower) + w_ii z(item-item) (+ w_new z(new item)), written out
+    here with pandas."""
     import numpy as np
 
     from merlin.io import Dataset
@@ -150,7 +154,8 @@ def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
     assert ranking["item_item"]["fitted"] and ranking["use_ranker"] is False  # 1 epoch, ~40 gate users: off
     weights = ranking["blend"]["weights"]
     assert not weights["pair_purchases"] and not weights["pair_days_since"]  # MovieLens: nothing repurchased
-    export(ExportConfig(run=str(run), out=str(tmp_path / "repo")))
+    # no new-item source: the ranked candidates are then the two-tower's and the item-item's alone
+    export(ExportConfig(run=str(run), out=str(tmp_path / "repo"), new_items=0))
     recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
     train = pd.read_parquet(ml_pre_dir / "splits" / "train.parquet")
     items = pd.read_parquet(ml_pre_dir / "catalogue" / "items.parquet")
@@ -172,9 +177,11 @@ def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
         ranked = [int(c) for c, s in zip(cands, sources) if s in (b"retrieval", b"item-item")]
         rows = index.get_indexer(ranked)
         q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
-        frame = pd.DataFrame({"item": ranked, "ii": scores[rows], "tt": emb.to_numpy(np.float32)[rows] @ q[0]})
-        z = lambda col: (frame[col] - frame[col].mean()) / frame[col].std(ddof=0)
-        frame["blend"] = weights["retrieval_score"] * z("tt") + weights["item_item_score"] * z("ii")
+        frame = pd.DataFrame({"item": ranked, "ii": scores[rows], "tt": emb.to_numpy(np.float32)[rows] @ q[0],
+                              "new": (~np.isin(ranked, train["item_id"].unique())).astype(float)})  # nobody rated it
+        z = lambda col: (frame[col] - frame[col].mean()) / frame[col].std(ddof=0) if frame[col].std() > 0 else 0.0
+        frame["blend"] = (weights["retrieval_score"] * z("tt") + weights["item_item_score"] * z("ii")
+                          + weights.get("new_item", 0.0) * z("new"))
         want = frame.sort_values("blend", ascending=False, kind="stable")["item"].head(10).tolist()
         got = [int(v) for v in served["item_ids"][0][:10]]
         assert got == want, (user, got, want)
