@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,20 @@ class Dataset:
     def has_stock_history(self) -> bool:
         return (self.path / STOCK).exists()
 
+    @cached_property
+    def stock_changes(self) -> pd.DataFrame | None:
+        """The stock history (``item_id``, ``timestamp``, ``in_stock``), read once per Dataset; None
+        without one. Callers filter it, never change it in place."""
+        return pd.read_parquet(self.path / STOCK) if self.has_stock_history else None
+
     def stock_at(self, when: pd.Timestamp) -> pd.DataFrame | None:
         """``item_id``, ``in_stock`` as of ``when``: each item's latest stock change at or before it.
 
         Items with no change by then count as in stock. None when the dataset has no stock history.
         """
-        if not self.has_stock_history:
+        changes = self.stock_changes
+        if changes is None:
             return None
-        changes = pd.read_parquet(self.path / STOCK)
         known = changes[changes["timestamp"] <= pd.Timestamp(when)].sort_values("timestamp", kind="stable")
         latest = known.drop_duplicates("item_id", keep="last")
         return latest[["item_id", "in_stock"]].astype({"in_stock": bool}).reset_index(drop=True)
@@ -91,9 +98,9 @@ class Dataset:
     def days_on_sale_at(self, item_ids: Any, when: pd.Timestamp) -> np.ndarray | None:
         """Days from each id's latest change to in stock (at or before ``when``) to ``when``; NaN where
         the history has none (on sale since before it, or never). None without a stock history."""
-        if not self.has_stock_history:
+        changes = self.stock_changes
+        if changes is None:
             return None
-        changes = pd.read_parquet(self.path / STOCK)
         came = changes[changes["in_stock"].astype(bool) & (changes["timestamp"] <= pd.Timestamp(when))]
         since = pd.Series(np.asarray(item_ids)).map(came.groupby("item_id")["timestamp"].max())
         return ((pd.Timestamp(when) - since) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64)

@@ -24,7 +24,8 @@ TRAIN_ON_TWO_DEVICES = textwrap.dedent("""
     code = main(["train", "retrieval", pre, "--out", run, "--epochs", "2", "--patience", "2", "--embedding-dim", "16",
                  "--tower-dims", "32", "--learning-rate", "0.003", *devices])
     code = code or main(["train", "ranking", pre, "--run", run, "--epochs", "1", "--embedding-dim", "8",
-                         "--top-dims", "16", "--candidates", "30", *devices])
+                         "--top-dims", "16", "--candidates", "30", "--item-item", "30",
+                         "--item-item-lambdas", "200", "--label-windows", "1", *devices])
     raise SystemExit(code)
 """)
 
