@@ -116,11 +116,13 @@ def peer_results(pre: Path, k: int, exclude_seen: bool, split: str) -> dict:
     return out
 
 
-def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: list[str]) -> dict:
-    """Train both models, evaluate the served graph; the report gains the ranking stage's own figures."""
-    sh("train", "retrieval", pre, "--out", run, "--seed", seed, *retrieval_args)
-    sh("train", "ranking", pre, "--run", run, "--seed", seed)
-    sh("evaluate", run, "--k", *map(str, ks), "--json", run / "eval.json")
+def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: list[str], resume: bool = False) -> dict:
+    """Train both models, evaluate the served graph; the report gains the ranking stage's own figures.
+    ``resume``: a run already evaluated (its ``eval.json`` exists) is read, not trained again."""
+    if not (resume and (run / "eval.json").exists()):
+        sh("train", "retrieval", pre, "--out", run, "--seed", seed, *retrieval_args)
+        sh("train", "ranking", pre, "--run", run, "--seed", seed)
+        sh("evaluate", run, "--k", *map(str, ks), "--json", run / "eval.json")
     report = json.loads((run / "eval.json").read_text())
     ranking = json.loads((run / "ranking.json").read_text())
     report["ranking_stage"] = {"use_ranker": ranking["use_ranker"], "item_item": ranking.get("item_item"),
@@ -161,6 +163,9 @@ def main() -> None:
     parser.add_argument("--peers-only", action="store_true",
                         help="recompute only the EASE / item-kNN / frequency peers into the existing --out "
                              "(needs --work from an earlier run, or preprocesses again)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --work: runs already evaluated there are read, not trained again "
+                             "(finish a benchmark that stopped part-way)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="funnel-quality-"))
     # --peers-only updates the existing figures; --only replaces its own data set's section and keeps the other
@@ -180,7 +185,7 @@ def main() -> None:
             section["bars"]["funnel >= 1.05x the better of ALS and EASE"] = section["recall@10"]["served"] >= 1.05 * max(
                 section["recall@10"]["implicit-als"], peers["ease"]["recall@10"])
         reports = [] if args.peers_only else [
-            run_funnel(pre, work / "ml" / f"run-{seed}", seed, [10], ["--valid-days", "7"]) for seed in args.seeds]
+            run_funnel(pre, work / "ml" / f"run-{seed}", seed, [10], ["--valid-days", "7"], args.resume) for seed in args.seeds]
     if args.only in (None, "movielens") and not args.peers_only:
         per_seed, mean, se = seed_summary(reports, "recall@10")
         als = tuned_als(pre, 10, exclude_seen=True, seeds=args.seeds)
@@ -221,7 +226,7 @@ def main() -> None:
         section["bars"]["funnel >= 1.10x own-purchase frequency"] = (
             section["recall@12"]["served"] >= 1.1 * peers["frequency"]["recall@12"])
     elif args.only in (None, "synthetic"):
-        reports = [run_funnel(pre, work / "synth" / f"run-{seed}", seed, [12], []) for seed in args.synth_seeds]
+        reports = [run_funnel(pre, work / "synth" / f"run-{seed}", seed, [12], [], args.resume) for seed in args.synth_seeds]
         per_seed, mean, se = seed_summary(reports, "recall@12")
         _, share, _ = seed_summary(reports, "share_of_oracle@12")
         _, map12, _ = seed_summary(reports, "map@12")
