@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from funnel.core.config import Choice, coerce_choices
 from funnel.core.errors import FunnelError
+
+
+ITEM_ID_DROPOUT = 0.1  # where the data has new items; on MovieLens-100k (no stock history) it cost Recall
 
 
 class Precision(Choice):
@@ -31,9 +34,10 @@ class RetrievalConfig:
     logq: bool = field(default=True, metadata={"help": "popularity (logQ) correction of in-batch negatives"})
     logq_reg: float = 1.0
     temperature: float = 1.0
-    item_id_dropout: float = field(default=0.1, metadata={
+    item_id_dropout: float | None = field(default=None, metadata={
         "help": "share of training rows whose item id and codes the item tower sees as unknown, so it also "
-                "learns to place items from their features (how new, never-bought articles get scored)"})
+                "learns to place items from their features (how new, never-bought articles get scored); "
+                f"default: {ITEM_ID_DROPOUT} where the dataset has a stock history (it has new items), 0 without"})
     valid_days: int = field(default=7, metadata={"help": "time splits: last days of train held out for validation"})
     windows_back: int = field(default=0, metadata={
         "help": "train as if the training split ended this many validation-sized windows earlier "
@@ -52,12 +56,19 @@ class RetrievalConfig:
             raise FunnelError("retrieval: epochs >= 1, batch_size >= 2, embedding_dim >= 1, learning_rate > 0")
         if self.patience < 1 or self.valid_k < 1 or self.valid_users < 1 or self.windows_back < 0:
             raise FunnelError("retrieval: patience, valid_k and valid_users >= 1, windows_back >= 0")
-        if not 0.0 <= self.item_id_dropout < 1.0:
+        if self.item_id_dropout is not None and not 0.0 <= self.item_id_dropout < 1.0:
             raise FunnelError(f"retrieval: item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
 
     def require_paths(self) -> None:
         if not self.pre or not self.out:
             raise FunnelError("retrieval: need a preprocessing directory and --out")
+
+    def resolved(self, has_stock_history: bool) -> "RetrievalConfig":
+        """This config with ``item_id_dropout`` decided: as given, else ``ITEM_ID_DROPOUT`` where the
+        data has a stock history (new items exist and only their features can place them), else 0."""
+        if self.item_id_dropout is not None:
+            return self
+        return replace(self, item_id_dropout=ITEM_ID_DROPOUT if has_stock_history else 0.0)
 
 
 @dataclass
@@ -74,8 +85,8 @@ class RankingConfig:
     item_item_max_items: int = field(default=10_000, metadata={
         "help": "EASE over the most-bought items only (a dense items x items inverse: cost grows with the cube)"})
     new_items: int = field(default=20, metadata={
-        "help": "new items per user: never bought before the label period, on sale at its start, best two-tower "
-                "score first (0: no new-item source)"})
+        "help": "new items per user: never bought before the label period, on sale at its start for at most 28 "
+                "days by the stock history (none without one), best two-tower score first (0: no new-item source)"})
     hard_negatives: int = field(default=8, metadata={"help": "hard negatives (unbought candidates) per positive"})
     random_negatives: int = field(default=2, metadata={"help": "popularity-sampled negatives per positive"})
     max_users: int = field(default=50_000, metadata={"help": "label-period users sampled for training, per window"})

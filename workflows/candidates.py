@@ -35,10 +35,11 @@ FRESH_DAYS = 7.0  # and its freshness, the ``new_item`` blend score, decays over
 class NewItems:
     """The items that are *new* at a cutoff, and how new.
 
-    New: nobody bought it before the cutoff and it is on sale at the cutoff. Where the data has a
-    stock history, also: it came on sale at most ``NEW_DAYS`` before the cutoff (an unbought item
-    on sale for longer is dead stock, not news), and its freshness is ``exp(-days on sale /
-    FRESH_DAYS)``; without one every new item has freshness 1. Only its features can place a new
+    New: nobody bought it before the cutoff, it is on sale at the cutoff, and it came on sale at
+    most ``NEW_DAYS`` before it (an unbought item on sale for longer is dead stock, not news); its
+    freshness is ``exp(-days on sale / FRESH_DAYS)``. That takes a stock history: without one an
+    unbought item cannot be told from one nobody wants, and nothing is new (on MovieLens-100k,
+    treating every unrated film as new cost the blend its item-item share). Only its features can place a new
     item (the two-tower's item-id dropout trains it to); the ``new`` source asks the two-tower
     among new items alone, and the blend's ``new_item`` score is the freshness (0: not new).
     """
@@ -50,15 +51,16 @@ class NewItems:
     def at(cls, bought_items: np.ndarray, item_ids: np.ndarray, in_stock: np.ndarray | None = None,
            days_on_sale: np.ndarray | None = None) -> "NewItems":
         """``bought_items``: raw ids bought before the cutoff; ``in_stock`` and ``days_on_sale`` (NaN:
-        on sale since before the stock history) one per ``item_ids`` entry, None without a history."""
+        on sale since before the stock history) one per ``item_ids`` entry, None without a history
+        (then nothing is new)."""
+        if days_on_sale is None:
+            return cls.empty()
         new = ~np.isin(item_ids, np.asarray(bought_items))
         if in_stock is not None:
             new &= np.asarray(in_stock, dtype=bool)
-        freshness = np.ones(len(item_ids), dtype=np.float64)
-        if days_on_sale is not None:
-            days = np.asarray(days_on_sale, dtype=np.float64)
-            new &= days <= NEW_DAYS  # NaN (on sale all along) is not new
-            freshness = np.exp(-np.nan_to_num(days, nan=np.inf).clip(min=0) / FRESH_DAYS)
+        days = np.asarray(days_on_sale, dtype=np.float64)
+        new &= days <= NEW_DAYS  # NaN (on sale all along) is not new
+        freshness = np.exp(-np.nan_to_num(days, nan=np.inf).clip(min=0) / FRESH_DAYS)
         rows = np.flatnonzero(new).astype(np.int32)
         return cls(rows, freshness[rows].astype(np.float32))
 

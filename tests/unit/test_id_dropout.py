@@ -47,3 +47,16 @@ def test_config_round_trip_and_bad_rate():
             IdDropout(["item_id"], rate, OOV_INDEX)
     with pytest.raises(FunnelError, match="at least one column"):
         IdDropout([], 0.1, OOV_INDEX)
+
+
+def test_item_id_dropout_is_on_by_default_only_where_the_data_has_new_items():
+    from models.config import ITEM_ID_DROPOUT, RetrievalConfig
+
+    assert ITEM_ID_DROPOUT > 0
+    assert RetrievalConfig().item_id_dropout is None  # decided by the data
+    assert RetrievalConfig().resolved(has_stock_history=True).item_id_dropout == ITEM_ID_DROPOUT
+    assert RetrievalConfig().resolved(has_stock_history=False).item_id_dropout == 0.0
+    assert RetrievalConfig(item_id_dropout=0.3).resolved(has_stock_history=False).item_id_dropout == 0.3
+    assert RetrievalConfig(item_id_dropout=0.0).resolved(has_stock_history=True).item_id_dropout == 0.0
+    with pytest.raises(FunnelError, match="item_id_dropout"):
+        RetrievalConfig(item_id_dropout=1.0)
