@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from funnel import __version__
 from funnel.cli import ab, data, evaluate, notify, ops, preprocess, serve, train
+from funnel.core import stop
 from funnel.core.errors import FunnelError
 
 EXIT_USAGE = 2
@@ -48,23 +49,36 @@ def _quiet_libraries() -> None:
 
 
 def _terminated(signum, frame) -> None:
+    stop.request()  # remembered, in case the interrupt below is swallowed where it lands
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary outputs are removed on the way out
+
+
+def _interrupted() -> int:
+    print("funnel: interrupted; no partial output was kept", file=sys.stderr)
+    return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
     previous = None
+    stop.clear()
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _terminated)  # a supervisor's stop cleans up like Ctrl-C
     try:
         code = args.func(args)
+        stop.raise_if_requested()
     except FunnelError as exc:
-        print(f"funnel: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        if not stop.requested():
+            print(f"funnel: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return _interrupted()
     except KeyboardInterrupt:
-        print("funnel: interrupted; no partial output was kept", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except BaseException:
+        if stop.requested():  # the interrupt surfaced as another error (e.g. wrapped by a library)
+            return _interrupted()
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from funnel.core import stop
+
 
 @contextlib.contextmanager
 def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
@@ -18,7 +20,7 @@ def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
 
     The temporary directory lives next to ``final`` (same file system, so the swap is a
     rename) and carries the writer's pid in its name. On any exception (SIGTERM included, the
-    CLI turns it into one) it is removed and a previous ``final`` stays untouched; what a
+    CLI turns it into one, and checked once more before the rename: ``funnel.core.stop``) it is removed and a previous ``final`` stays untouched; what a
     killed writer (``kill -9``, power loss) left behind is removed by the next writer.
     """
     final = Path(final).resolve()
@@ -27,6 +29,7 @@ def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
+        stop.raise_if_requested()  # a SIGTERM swallowed on the way (e.g. in a destructor) still stops it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -161,8 +161,9 @@ def test_export_killed_by_sigterm_leaves_nothing_and_stale_temporaries_go(ranked
     while not any(p.name.startswith(".repo.tmp-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 130
-    assert "no partial output was kept" in proc.stderr.read()
+    code, err = proc.wait(60), proc.stderr.read()
+    assert code == 130, err[-3000:]
+    assert "no partial output was kept" in err
     assert list(tmp_path.iterdir()) == []
     # what a kill -9 leaves behind (a dead writer's pid in the name) is removed by the next export
     dead = subprocess.Popen(["true"])

@@ -87,6 +87,40 @@ def test_sigterm_unwinds_an_atomic_output_like_ctrl_c(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_swallowed_in_a_destructor_still_leaves_nothing(tmp_path):
+    """The handler's KeyboardInterrupt can land inside a ``__del__`` (TensorFlow's, during an export),
+    where Python prints "Exception ignored" and carries on; the recorded stop request still keeps
+    the output from being renamed into place."""
+    script = textwrap.dedent(f"""
+        import signal, sys, time
+        from funnel.cli import _terminated
+        from funnel.core.fsutil import atomic_output_dir
+
+        class Slow:
+            def __del__(self):
+                print("in destructor", flush=True)
+                time.sleep(5)
+
+        signal.signal(signal.SIGTERM, _terminated)
+        try:
+            with atomic_output_dir({str(tmp_path / 'out')!r}) as tmp:
+                (tmp / "half").write_text("x")
+                slow = Slow()
+                del slow  # the signal lands in here and is swallowed
+                (tmp / "rest").write_text("y")
+                print("block finished", flush=True)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "in destructor\n"
+    proc.terminate()
+    assert proc.wait(30) == 130
+    assert proc.stdout.read() == "block finished\n"  # the interrupt was swallowed: the block went on
+    assert "Exception ignored" in proc.stderr.read()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_triton_flags_restrict_admin_apis_and_pass_tls(tmp_path, monkeypatch):
     from funnel.serving import TritonServer
 
