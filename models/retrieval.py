@@ -37,7 +37,7 @@ from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir
 from funnel.core.metrics import recall_at_k
 from funnel.core.topk import dot_top_k
-from funnel.data.canonical import STOCK
+from funnel.data.canonical import Dataset as CanonicalDataset
 from models import distribute
 from models.config import Precision, RetrievalConfig
 from models.fit import FitResult, fit_best, run_manifest
@@ -241,7 +241,7 @@ def _fit(cfg: RetrievalConfig, on_epoch, save: bool):
     data = RetrievalData.load(cfg)
     # item-id dropout by default only where new items exist (the data has a stock history); the run
     # records the value used
-    cfg = cfg.resolved((Path(data.pre_manifest["dataset"]["path"]) / STOCK).exists())
+    cfg = cfg.resolved(CanonicalDataset(Path(data.pre_manifest["dataset"]["path"]), {}).has_stock_history)
     try:
         strategy = distribute.choose_strategy(cfg.devices)
         model = build_model(cfg, data, strategy)

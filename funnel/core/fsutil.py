@@ -19,9 +19,10 @@ def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds.
 
     The temporary directory lives next to ``final`` (same file system, so the swap is a
-    rename) and carries the writer's pid in its name. On any exception (SIGTERM included, the
-    CLI turns it into one, and checked once more before the rename: ``funnel.core.stop``) it is removed and a previous ``final`` stays untouched; what a
-    killed writer (``kill -9``, power loss) left behind is removed by the next writer.
+    rename) and carries the writer's pid in its name. On any exception (SIGTERM included: the
+    CLI turns it into one, and ``funnel.core.stop`` is checked once more before the rename) it is
+    removed and a previous ``final`` stays untouched; what a killed writer (``kill -9``, power
+    loss) left behind is removed by the next writer.
     """
     final = Path(final).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
