@@ -1,12 +1,15 @@
 """Benchmark: Triton's dynamic batcher on concurrent single-user traffic.
 
-    python bench/batching.py [--run demo/run] [--delays -1 0 500 2000] [--requests 4000]
+    python bench/batching.py [--run demo/run] [--delays -1 0 500 2000] [--requests 4000] [--cudart DIR]
 
 The run is exported once per ``--batch-delay-us`` setting (-1: no batcher, one request per model
 execution, as before the batcher), each export is served by a real Triton (the command `funnel
 serve` runs), one at a time, and measured with the same load generator as `bench/serve.py`:
 single-user requests at concurrency 1 and 16, and 64-user requests at concurrency 4. The load
-generator runs on the same 2 cores as the server, so the figures are a floor. Answers under
+generator runs on the same 2 cores as the server, so the figures are a floor. Where Triton's C++
+load generator ``perf_analyzer`` starts (``bench/perf_analyzer.py`` says what it needs), single-user
+traffic at concurrency 1 and 16 is measured with it too (``*_pa`` keys, "PA" columns): it takes far
+less of the shared CPU than Python threads under the GIL. Answers under
 concurrency are compared with the same users asked alone (item ids identical, scores to float32 rounding).
 Prints a table and one JSON document (also written to bench/results/batching.json).
 """
@@ -25,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import perf_analyzer  # noqa: E402 - Triton's C++ load generator, where it starts
 from serve import throughput  # noqa: E402 - the serving benchmark's load generator
 
 
@@ -66,8 +70,16 @@ def main() -> None:
     parser.add_argument("--delays", type=int, nargs="+", default=[-1, 0, 500, 2000],
                         help="max_queue_delay_microseconds per export (-1: no dynamic batcher)")
     parser.add_argument("--requests", type=int, default=4000, help="single-user requests per measurement")
+    parser.add_argument("--shortlists", type=int, nargs="+", default=[-1],
+                        help="ranker shortlists exported with each delay (-1: the run's own; 0: the ranker "
+                             "scores every candidate), where the run's ranker is on")
     parser.add_argument("--out", default="bench/results/batching.json")
+    parser.add_argument("--cudart", default=None, help="folder holding libcudart.so.12, for perf_analyzer")
+    parser.add_argument("--seconds", type=float, default=10.0, help="perf_analyzer's measurement window")
     args = parser.parse_args()
+    why_not = perf_analyzer.available(args.cudart)
+    if why_not:
+        print(f"perf_analyzer columns left out: {why_not}", file=sys.stderr)
 
     import pandas as pd
 
@@ -80,35 +92,50 @@ def main() -> None:
     users = users.sample(min(2000, len(users)), random_state=0).tolist()
     results = []
     with tempfile.TemporaryDirectory(prefix="funnel-batching-") as work:
-        for delay in args.delays:
-            repo = Path(work) / f"repo{delay}"
-            export(ExportConfig(run=args.run, out=str(repo), batch_delay_us=delay))
-            with TritonServer(repo, grpc_port=0, log_path=Path(work) / f"triton{delay}.log") as server:
+        for delay, shortlist in ((d, n) for d in args.delays for n in args.shortlists):
+            repo = Path(work) / f"repo{delay}_{shortlist}"
+            manifest = export(ExportConfig(run=args.run, out=str(repo), batch_delay_us=delay,
+                                           ranker_shortlist=shortlist))
+            with TritonServer(repo, grpc_port=0, log_path=Path(work) / f"triton{delay}_{shortlist}.log") as server:
                 throughput(server.url, users, 1, 4, 200)  # warm-up
                 before = executions(server)
-                row = {"batch_delay_us": delay,
+                row = {"batch_delay_us": delay, "ranker": bool((manifest["models"]["ranker"] or {}).get("used")),
+                       "ranker_shortlist": manifest["models"]["ranker_shortlist"],
                        "single_c1": throughput(server.url, users, 1, 1, args.requests // 4),
                        "single_c16": throughput(server.url, users, 1, 16, args.requests),
                        "batch64_c4": throughput(server.url, users, 64, 4, 200)}
                 inferences, runs = (a - b for a, b in zip(executions(server), before))
                 row["users_per_execution"] = round(inferences / max(runs, 1), 2)
+                if not why_not:  # the same traffic from Triton's C++ client (little CPU of its own)
+                    for name, c in (("single_c1_pa", 1), ("single_c16_pa", 16)):
+                        row[name] = perf_analyzer.measure(server.url, server.admin_headers, users, c,
+                                                          seconds=args.seconds, cudart=args.cudart)
                 row["parity"] = parity(server.url, users[:400])
             results.append(row)
-            print(f"batch_delay_us {delay}: {json.dumps(row)}", file=sys.stderr)
-    doc = {"run": args.run, "requests": args.requests, "results": results}
+            print(f"batch_delay_us {delay}, shortlist {shortlist}: {json.dumps(row)}", file=sys.stderr)
+    ranking = json.loads((Path(args.run) / "ranking.json").read_text()) if (Path(args.run) / "ranking.json").exists() else {}
+    quality = {key: value for key, value in (ranking.get("blend") or {}).items() if key.endswith("_by_shortlist")}
+    doc = {"run": args.run, "requests": args.requests, "perf_analyzer": why_not or "used",
+           **quality,  # the gate users' Recall under each shortlist (training's held-out users), where recorded
+           "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
 
-    header = (f"{'batcher':>10} {'c1 p50':>7} {'c1 p99':>7} {'c16 users/s':>12} {'c16 p50':>8} {'c16 p99':>8} "
-              f"{'64x4 users/s':>13} {'users/exec':>10} {'same lists':>10}")
+    header = (f"{'batcher':>10} {'ranker':>9} {'c1 p50':>7} {'c1 p99':>7} {'c16 users/s':>12} {'c16 p50':>8} {'c16 p99':>8} "
+              f"{'64x4 users/s':>13} {'users/exec':>10} {'same lists':>10} {'PA c1 p99':>9} {'PA c16 users/s':>14} "
+              f"{'PA c16 p99':>10}")
     print(header)
     print("-" * len(header))
     for r in results:
         name = "off" if r["batch_delay_us"] < 0 else f"{r['batch_delay_us']} us"
         c1, c16, b64, p = r["single_c1"], r["single_c16"], r["batch64_c4"], r["parity"]
-        print(f"{name:>10} {c1['p50_ms']:>7.2f} {c1['p99_ms']:>7.2f} {c16['users_per_s']:>12,.0f} "
+        pa1, pa16 = r.get("single_c1_pa"), r.get("single_c16_pa")
+        pa = (f"{pa1['p99_ms']:>9.2f} {pa16['users_per_s']:>14,.0f} {pa16['p99_ms']:>10.2f}" if pa1 and pa16
+              else f"{'-':>9} {'-':>14} {'-':>10}")
+        ranker = "off" if not r.get("ranker") else (f"top {r['ranker_shortlist']}" if r.get("ranker_shortlist") else "all")
+        print(f"{name:>10} {ranker:>9} {c1['p50_ms']:>7.2f} {c1['p99_ms']:>7.2f} {c16['users_per_s']:>12,.0f} "
               f"{c16['p50_ms']:>8.2f} {c16['p99_ms']:>8.2f} {b64['users_per_s']:>13,.0f} "
-              f"{r['users_per_execution']:>10.2f} {p['identical_item_lists']:>5}/{p['users']}")
+              f"{r['users_per_execution']:>10.2f} {p['identical_item_lists']:>5}/{p['users']} {pa}")
     print(json.dumps(doc))
 
 

@@ -151,7 +151,8 @@ def sample_queries(dest: Path, users: int, seed: int) -> np.ndarray:
 
 
 def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: bool, as_of: str = "",
-                blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None):
+                blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None,
+                shortlist: tuple[dict[str, float], int] = ({}, 0)):
     """The merlin-systems Ensemble: request >> UserFeatures >> Retrieve >> Filter >> Rank >> Order."""
     users = pd.read_parquet(dest / "users.parquet")
     items = pd.read_parquet(dest / "items.parquet")
@@ -173,7 +174,7 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
         >> retrieve
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
-        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights, affinity)
+        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights, affinity, *shortlist)
         >> OrderItems(dest, cfg.max_k)
     )
     return Ensemble(graph, request_schema()), exclude_seen
@@ -257,6 +258,17 @@ def serving_blend(ranking: dict[str, Any] | None) -> dict[str, float]:
     return blend.get("weights") or {"retrieval_score": 1.0}
 
 
+def serving_shortlist(ranking: dict[str, Any] | None, override: int = -1) -> tuple[dict[str, float], int]:
+    """The cascade's first stage where the ranker is used: the sources' blend and how many of each user's
+    best candidates by it the ranker scores: ``override`` where >= 0, else the trained value (0: all, as
+    runs trained before the shortlist did)."""
+    if not (ranking and ranking.get("use_ranker", True)):
+        return {}, 0
+    first = ((ranking.get("blend") or {}).get("weights")) or {}
+    n = override if override >= 0 else int((ranking.get("config") or {}).get("shortlist", 0))
+    return (first, n) if first and n else ({}, 0)
+
+
 def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     """Build the ensemble from a run and write a complete Triton repository atomically."""
     progress = progress or (lambda step: None)
@@ -282,7 +294,8 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         write_manifest(dest / "index.json", index_info)
         progress("graph")
         affinity = ((ranking or {}).get("data") or {}).get("affinity_columns") or []
-        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weights, affinity)
+        ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weights, affinity,
+                                             serving_shortlist(ranking, cfg.ranker_shortlist))
         runtime = TfRuntime.PYTHON if cfg.tf_runtime == TfRuntime.AUTO else cfg.tf_runtime
         if runtime != TfRuntime.PYTHON:
             for node in postorder_iter_nodes(ensemble.graph.output_node):
@@ -308,7 +321,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
                        "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None),
                        "item_item": {"candidates": cfg.item_item, **((ranking or {}).get("item_item") or {"fitted": False})},
-                       "blend_weights": blend_weights},
+                       "blend_weights": blend_weights, "ranker_shortlist": serving_shortlist(ranking, cfg.ranker_shortlist)[1]},
             "index": index_info,
             "trending_for_known": str(cfg.trending_for_known),
             "filters": {"exclude_seen": str(exclude_seen), "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,

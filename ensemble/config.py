@@ -65,6 +65,9 @@ class ExportConfig:
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
     trending_for_known: TrendingForKnown = field(default=TrendingForKnown.FILL, metadata={
         "help": "trending items for known users: fill (after ranked candidates) or rank (scored by the ranker)"})
+    ranker_shortlist: int = field(default=-1, metadata={
+        "help": "candidates per user the ranker scores, the best by the sources' blend (-1: as trained, "
+                "ranking.json; 0: every candidate). The ranker's share was tuned for the trained value"})
     k: int = field(default=12, metadata={"help": "items returned when a request does not say"})
     max_k: int = field(default=100, metadata={"help": "largest k a request may ask for"})
     max_batch: int = field(default=4096, metadata={"help": "most users in one request"})
@@ -94,6 +97,8 @@ class ExportConfig:
         if self.recent < 0 or self.item_item < 0 or self.new_items < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
             raise FunnelError("export: recent, item_item, new_items, trending, seen_days >= 0; trending_days, "
                               "instances >= 1")
+        if self.ranker_shortlist < -1:
+            raise FunnelError("export: ranker_shortlist >= 0, or -1 for the run's own")
         if self.batch_delay_us < -1:
             raise FunnelError("export: batch_delay_us >= 0, or -1 for no dynamic batcher")
         for rule in self.exclude_categories:

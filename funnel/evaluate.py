@@ -39,7 +39,7 @@ import pandas as pd
 from merlin.io import Dataset
 from merlin.schema import Tags
 
-from ensemble.build import export, serving_blend
+from ensemble.build import export, serving_blend, serving_shortlist
 from ensemble.config import ExportConfig, Inventory
 from ensemble.runtime import Recommender
 from funnel.core import metrics
@@ -154,6 +154,7 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple
                                                       data.cutoff), pd.Index(users["user_id_raw"]),
                                 manifest["config"]["item_item"])
     weights = serving_blend(manifest if manifest else None)
+    first, shortlist = serving_shortlist(manifest if manifest else None)  # the cascade serving runs
     new = NewItems.as_of(data.manifest["dataset"]["path"], data.train, data.cutoff, item_ids)  # as the export does
     out: list[list] = []
     labels, scores = [], []
@@ -171,7 +172,7 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple
         scores.append(ranker_scores)
         order = blend_order(cands.assign(pair_purchases=rows["pair_purchases"].to_numpy(),
                                          pair_days_since=rows["pair_days_since"].to_numpy(),
-                                         **{RANKER_SCORE: logit(ranker_scores)}), weights)
+                                         **{RANKER_SCORE: logit(ranker_scores)}), weights, first, shortlist)
         ranked = rank_candidates(order, cands, k).reindex(batch)
         out.extend(r if isinstance(r, list) else [] for r in ranked)  # every candidate seen: nothing left
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))

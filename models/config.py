@@ -94,6 +94,10 @@ class RankingConfig:
         "help": "label periods the ranker learns from: the retriever's validation period and this many minus one "
                 "earlier ones (time: same length; user-last: earlier baskets), each with candidates and features "
                 "as of its start from a retriever trained before the earliest"})
+    shortlist: int = field(default=0, metadata={
+        "help": "the ranker scores each user's N best candidates by the blend of the sources' scores and orders "
+                "those; the rest follow in blend order (0: it scores every candidate). Serving cost grows with N; "
+                "ranking.json records the gate users' recall at 25, 50, 100 and all"})
     embedding_dim: int = 32
     top_dims: list[int] = field(default_factory=lambda: [128, 64])
     batch_size: int = 1024
@@ -118,8 +122,8 @@ class RankingConfig:
                               "item_item_lambdas > 0")
         if self.label_windows < 1:
             raise FunnelError("ranking: label_windows must be >= 1")
-        if self.new_items < 0:
-            raise FunnelError("ranking: new_items must be >= 0")
+        if self.new_items < 0 or self.shortlist < 0:
+            raise FunnelError("ranking: new_items and shortlist must be >= 0")
         if not 0 < self.valid_share < 1:
             raise FunnelError("ranking: valid_share must be in (0, 1)")
 

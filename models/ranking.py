@@ -5,6 +5,8 @@ start) comes from :mod:`models.ranking_data`; the epoch with the best Recall@k o
 full candidate lists (one list per user and period) is kept. Its logit then joins the blend of the sources' scores (:mod:`models.sources`)
 with the share that orders those users' candidates best, and ``use_ranker`` records whether
 that order beats, on other held-out users, the order serving uses without it (the blend alone).
+Serving is a cascade: the ranker scores each user's ``shortlist`` best candidates by the sources'
+blend, and every choice above is made on that cascade.
 
 Run directory additions::
 
@@ -174,10 +176,14 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     gate = per_user_recall(data, cfg.valid_k, gate=True)
     cands = data.valid_cands.assign(**{RANKER_SCORE: logit(score_pairs(model, data.valid_full, data.schema))})
     choice = data.valid_truth[~data.valid_truth.index.isin(data.gate_lists)]
-    with_ranker, share_facts = tune_ranker_share(cands, choice, cfg.valid_k, data.blend["weights"])
+    first = data.blend["weights"]  # the sources' blend: picks the shortlist the ranker scores
+    with_ranker, share_facts = tune_ranker_share(cands, choice, cfg.valid_k, first, cfg.shortlist)
     ranker_recall = gate(cands[RANKER_SCORE].to_numpy())
-    fused_recall = gate(blend_order(cands, with_ranker))
-    blend_recall = gate(blend_order(data.valid_cands, data.blend["weights"]))
+    fused_recall = gate(blend_order(cands, with_ranker, first, cfg.shortlist))
+    blend_recall = gate(blend_order(data.valid_cands, first))
+    # what the shortlist costs (or gains): the same blend with the ranker scoring more or fewer candidates
+    by_shortlist = {str(n or "all"): round(float(gate(blend_order(cands, with_ranker, first, n)).mean()), 5)
+                    for n in sorted({25, 50, 100, cfg.shortlist} - {0}) + [0]} if len(fused_recall) else {}
     gate_lists = data.valid_truth.index[data.valid_truth.index.isin(data.gate_lists)]  # in per_user_recall's order
     decision = gate_decision(fused_recall, blend_recall, cfg.seed, data.list_users.loc[gate_lists].to_numpy())
     latest = gate_lists.str.startswith("0|")  # the period the served towers never saw, alone
@@ -186,7 +192,8 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     # the gate users' recall under each single score, beside the blend's and the ranker's
     orders = {name: float(gate(sign * cands[name].to_numpy()).mean()) if len(ranker_recall) else 0.0
               for name, sign in {**BLEND_SCORES, RANKER_SCORE: 1.0}.items()}
-    blend_facts = {**data.blend, "with_ranker": share_facts, f"gate_recall@{cfg.valid_k}_by_score": orders}
+    blend_facts = {**data.blend, "with_ranker": share_facts, f"gate_recall@{cfg.valid_k}_by_score": orders,
+                   f"gate_recall@{cfg.valid_k}_by_shortlist": by_shortlist}
     item_item = None
     if data.item_item:  # the served source: the same lambda fitted on everything before the cutoff
         item_item = {**data.item_item, "fitted": True}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from funnel.core.metrics import recalls_at_k
-from workflows.candidates import BLEND_SCORES, NEW_ITEM, RANKER_SCORE, blend
+from workflows.candidates import BLEND_SCORES, NEW_ITEM, RANKER_SCORE, blend, shortlist
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 
@@ -26,6 +26,7 @@ BLEND_WEIGHTS = [round(w, 1) for w in np.linspace(0.0, 1.0, 11)]
 OWN_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
 NEW_WEIGHTS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6]
 MAX_TUNING_USERS = 10_000
+SHORTLIST_GAP = 1e6  # puts a cascade's unranked candidates below its shortlist (blends are sums of z-scores)
 
 
 @dataclass
@@ -94,11 +95,21 @@ def order_recall(order: np.ndarray, cands: pd.DataFrame, truth: pd.Series, k: in
     return float(np.mean(hits / np.maximum(sizes, 1))) if len(users) else 0.0
 
 
-def blend_order(cands: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
-    """The order serving uses without a ranker (``workflows.candidates.blend``) for candidate rows
-    carrying the columns of the weighted scores."""
+def blend_order(cands: pd.DataFrame, weights: dict[str, float], first: dict[str, float] | None = None,
+                n: int = 0) -> np.ndarray:
+    """The order serving uses (``workflows.candidates.blend``) for candidate rows carrying the columns of
+    the weighted scores. A cascade where ``weights`` hold the ranker's score and ``n > 0``: the blend
+    ``first`` (the sources alone) picks each user's ``n`` best, those come first in the order of
+    ``weights`` (standardised over the shortlist, as serving scores only it), the rest follow in
+    ``first``'s order."""
     codes = pd.factorize(cands["user_id"])[0]
-    return blend({name: cands[name].to_numpy() for name, w in weights.items() if w}, codes, weights)
+    if first is None or n <= 0 or not weights.get(RANKER_SCORE):
+        return blend({name: cands[name].to_numpy() for name, w in weights.items() if w}, codes, weights)
+    before = blend({name: cands[name].to_numpy() for name, w in first.items() if w}, codes, first)
+    kept = shortlist(before, codes, n)
+    order = before.astype(np.float64) - SHORTLIST_GAP
+    order[kept] = blend({name: cands[name].to_numpy()[kept] for name, w in weights.items() if w}, codes[kept], weights)
+    return order
 
 
 def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -133,17 +144,18 @@ def tune_blend(cands: pd.DataFrame, truth: pd.Series, k: int, seed: int) -> tupl
     return weights, {"weights": weights, f"tuning_recall@{k}": tried, "tuning_users": int(len(truth))}
 
 
-def tune_ranker_share(cands: pd.DataFrame, truth: pd.Series, k: int, weights: dict[str, float]
+def tune_ranker_share(cands: pd.DataFrame, truth: pd.Series, k: int, weights: dict[str, float], n: int = 0
                       ) -> tuple[dict[str, float], dict[str, Any]]:
     """The blend with the ranker: ``weights`` scaled by ``1 - r`` plus ``r`` on the ranker's logit
     (``RANKER_SCORE`` column of ``cands``), ``r`` (0-1 by 0.1) with the best Recall@k on ``truth``'s
-    users. Ties go to the smaller share: ``r = 0`` (the ranker adds nothing) unless it helps."""
+    users, the ranker scoring each user's ``n`` best by ``weights`` (``blend_order``; 0: every
+    candidate). Ties go to the smaller share: ``r = 0`` (the ranker adds nothing) unless it helps."""
     mine = cands[cands["user_id"].isin(truth.index)]
     tried: dict[str, float] = {}
     best: tuple[float, dict[str, float]] | None = None
     for r in BLEND_WEIGHTS:
-        mixed = {**{n: round(w * (1 - r), 4) for n, w in weights.items()}, RANKER_SCORE: r}
-        recall = order_recall(blend_order(mine, mixed), mine, truth, k) if len(truth) else 0.0
+        mixed = {**{name: round(w * (1 - r), 4) for name, w in weights.items()}, RANKER_SCORE: r}
+        recall = order_recall(blend_order(mine, mixed, weights, n), mine, truth, k) if len(truth) else 0.0
         tried[f"ranker_share={r:g}"] = round(recall, 5)
         if best is None or recall > best[0]:
             best = (recall, mixed)

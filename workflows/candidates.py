@@ -178,6 +178,21 @@ def blend(scores: dict[str, np.ndarray], users: np.ndarray, weights: dict[str, f
     return out.astype(np.float32)
 
 
+def shortlist(order: np.ndarray, users: np.ndarray, n: int) -> np.ndarray:
+    """True for each user's ``n`` best entries by ``order`` (higher first; ties: the earlier entry), the
+    ranker's share of a cascade: the blend of the sources' scores picks what the DLRM scores. Flat
+    arrays like :func:`blend`; ``n <= 0`` keeps everything."""
+    users = np.asarray(users, dtype=np.int64)
+    if n <= 0 or not len(users):
+        return np.ones(len(users), dtype=bool)
+    ranked = np.lexsort((-np.asarray(order, dtype=np.float64), users))  # by user, best first; stable
+    by_user = users[ranked]
+    position = np.arange(len(ranked)) - np.searchsorted(by_user, by_user)  # place in the user's own list
+    kept = np.zeros(len(users), dtype=bool)
+    kept[ranked[position < n]] = True
+    return kept
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     """log(p / (1 - p)) of the ranker's probabilities (clipped away from 0 and 1), float32."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)

@@ -14,7 +14,7 @@ from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, R
                                USER_ROW, ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
-from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, NewItems, blend, logit, standardise
+from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, NewItems, blend, logit, shortlist, standardise
 from workflows.purchases import AFFINITY_PREFIX, ItemValues, affinity, pair_features
 
 
@@ -30,7 +30,12 @@ class RankCandidates(ServingOperator):
     DLRM's logit (its gate found that blend better than the blend without it on held-out users). Unknown users are ordered by trending
     popularity.
 
-    Tiers order before scores: 0 = ranked candidates, 1 = fill, 2 = none. With
+    A cascade where ``shortlist > 0``: the DLRM scores only each known user's ``shortlist`` best
+    candidates by ``first_weights`` (the sources' blend), which are ordered by ``blend_weights``
+    (standardised over the shortlist); the user's other candidates follow in ``first_weights``'
+    order. The ranker's inputs are standardised over every candidate, as in training.
+
+    Tiers order before scores: 0 = ranked candidates, 1 = below the shortlist, 2 = fill, 3 = none. With
     ``trending_for_known="fill"`` (default) trending items that only trending brought in
     fill a known user's list after every ranked candidate, by popularity: the ranker never
     saw such candidates in training.
@@ -44,8 +49,11 @@ class RankCandidates(ServingOperator):
 
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
                  trending_for_known: TrendingForKnown = TrendingForKnown.FILL,
-                 blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None):
+                 blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None,
+                 first_weights: dict[str, float] | None = None, shortlist: int = 0):
         super().__init__(source_dir)
+        self.first_weights = {name: float(w) for name, w in (first_weights or {}).items()}
+        self.shortlist = int(shortlist) if use_ranker and self.first_weights else 0
         self.affinity = list(affinity or [])  # item features whose user-affinity the ranker reads
         default = {RANKER_SCORE: 1.0} if use_ranker else {"retrieval_score": 1.0}
         self.blend_weights = {name: float(w) for name, w in (blend_weights or default).items()}
@@ -72,12 +80,12 @@ class RankCandidates(ServingOperator):
         cands, rows = columns[CANDIDATES], columns[USER_ROW]
         valid = cands >= 0
         known = (rows >= 0)[:, None] & valid
-        tiers = np.where(valid, 0, 2).astype(np.int8)
+        tiers = np.where(valid, 0, 3).astype(np.int8)
         fill = valid & ~known
         if self.trending_for_known == TrendingForKnown.FILL:
             fill |= known & (columns[SOURCES] == TRENDING)
             known &= ~fill
-            tiers[fill & (rows >= 0)[:, None]] = 1
+            tiers[fill & (rows >= 0)[:, None]] = 2
         scores = np.full(cands.shape, -np.inf, dtype=np.float32)
         scores[fill] = self._popularity[cands[fill]]
         if known.any():
@@ -92,14 +100,25 @@ class RankCandidates(ServingOperator):
                          retrieval_score=columns[RETRIEVAL_SCORES][users, slots],
                          item_item_score=columns[ITEM_ITEM_SCORES][users, slots],
                          new_item=self._new_item[items])  # freshness of a new item, 0 for the others
-            if self._ranker is not None:  # its logit joins the blend (weights tuned with it)
-                pairs.update({name: standardise(pairs[score], users).astype(np.float32)
-                              for name, score in Z_SCORES.items()})
-                shares = affinity(self._history, rows, np.where(known, cands, -1), self._values,
-                                  columns.get(ONLINE_ITEMS))
-                pairs.update({AFFINITY_PREFIX + name: share[users, slots] for name, share in shares.items()})
-                feed = {name: values[users] for name, values in user_features(columns).items()}
-                feed.update({name: values[items] for name, values in self._items.items()})
-                pairs[RANKER_SCORE] = logit(self._ranker({**feed, **pairs}).reshape(-1))
+            if self._ranker is None:
+                scores[users, slots] = blend(pairs, users, self.blend_weights)
+                return {CANDIDATE_SCORES: scores, TIERS: tiers}
+            # the ranker's logit joins the blend (weights tuned with it), on the shortlist where there is one
+            pairs.update({name: standardise(pairs[score], users).astype(np.float32) for name, score in Z_SCORES.items()})
+            n = getattr(self, "shortlist", 0)  # exports pickled before the cascade rank everything
+            first = blend(pairs, users, self.first_weights) if n else None
+            kept = shortlist(first, users, n) if first is not None else np.ones(len(users), bool)
+            if not kept.all():  # below the shortlist: the sources' blend, after every ranked candidate
+                scores[users[~kept], slots[~kept]] = first[~kept]
+                tiers[users[~kept], slots[~kept]] = 1
+                users, slots, items = users[kept], slots[kept], items[kept]
+                pairs = {name: values[kept] for name, values in pairs.items()}
+            ranked = np.zeros_like(known)
+            ranked[users, slots] = True
+            shares = affinity(self._history, rows, np.where(ranked, cands, -1), self._values, columns.get(ONLINE_ITEMS))
+            pairs.update({AFFINITY_PREFIX + name: share[users, slots] for name, share in shares.items()})
+            feed = {name: values[users] for name, values in user_features(columns).items()}
+            feed.update({name: values[items] for name, values in self._items.items()})
+            pairs[RANKER_SCORE] = logit(self._ranker({**feed, **pairs}).reshape(-1))
             scores[users, slots] = blend(pairs, users, self.blend_weights)
         return {CANDIDATE_SCORES: scores, TIERS: tiers}

@@ -88,6 +88,9 @@ def ranking(args: argparse.Namespace) -> None:
         *([("item-item source", f"EASE lambda {m['item_item']['lambda']:g}")] if m["item_item"] else []),
         ("blend without ranker", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["weights"].items() if w)),
         ("blend with ranker", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["with_ranker"]["weights"].items() if w)),
+        (f"gate recall@{cfg.valid_k} by ranker shortlist", ", ".join(
+            f"{n} {v:.4f}" for n, v in m["blend"].get(f"gate_recall@{cfg.valid_k}_by_shortlist", {}).items())
+         + f"  (serving ranks {cfg.shortlist or 'all'})"),
         (f"gate recall@{cfg.valid_k} by one score", ", ".join(
             f"{n} {v:.4f}" for n, v in m["blend"][f"gate_recall@{cfg.valid_k}_by_score"].items())),
         ("time", f"{m['train_seconds']:.1f} s training ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size}), "

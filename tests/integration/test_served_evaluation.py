@@ -61,11 +61,11 @@ def test_served_recall_equals_grpc_lists_scored_outside_the_project(ml_run, ml_p
     assert grpc_recall == pytest.approx(report["methods"]["served"][f"recall@{K}"], abs=0.005)
 
 
-def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_dir, tmp_path):
-    """A DLRM that reads a list feature (genres) is served (values + offsets), and the served graph's
-    ranker scores equal the training-side scoring of the same (user, item) rows: features, pair
-    features and retrieval scores assembled the way the ranker was trained; the served order is
-    the ranker's logit standardised over the user's candidates (a blend of the ranker alone)."""
+def served_with_ranker(ml_run, ml_pre_dir, tmp_path, shortlist: int):
+    """The small run exported with its DLRM forced on (the ranker's logit alone orders its shortlist of
+    ``shortlist`` candidates, `funnel export --ranker-shortlist`; 0: all), one user's served candidates
+    from the two-tower and the item-item source, and the same (user, item) rows assembled and scored
+    the way the ranker was trained."""
     import shutil
 
     import numpy as np
@@ -87,7 +87,7 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     ranking["blend"]["with_ranker"] = {"weights": {"ranker_score": 1.0}}
     (forced / "ranking.json").write_text(json.dumps(ranking))
     # no new-item source: the ranked candidates are then the two-tower's and the item-item's alone
-    export(ExportConfig(run=str(forced), out=str(tmp_path / "repo"), new_items=0))
+    export(ExportConfig(run=str(forced), out=str(tmp_path / "repo"), new_items=0, ranker_shortlist=shortlist))
     recommender = Recommender(tmp_path / "repo" / "funnel" / "1" / "ensemble")
 
     pre = ml_pre_dir
@@ -99,7 +99,7 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     served = recommender.recommend([str(user)], k=10, with_candidates=True)
     keep = np.isin(served["candidate_sources"][0], [b"retrieval", b"item-item"])
     ids = [int(v) for v in served["candidate_ids"][0][keep]]
-    assert len(ids) > 10
+    assert len(ids) > max(10, shortlist)
 
     schema = Dataset(str(pre / "retrieval" / "train"), engine="parquet", cpu=True).schema.select_by_tag(Tags.USER)
     q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
@@ -109,7 +109,6 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     rows_of_ids = pd.Index(items["item_id_raw"]).get_indexer(ids)
     pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32),
                           "item_item_score": weights[mine].sum(axis=0)[rows_of_ids].astype(np.float32)})
-    z = lambda s: (s - s.mean()) / s.std(ddof=0)  # over the user's ranked candidates
     pairs = pairs.assign(retrieval_z=z(pairs["retrieval_score"]), item_item_z=z(pairs["item_item_score"]),
                          # freshness: 1 for a movie nobody rated in training (MovieLens has no stock history)
                          new_item=(~np.isin(ids, train["item_id"].unique())).astype(np.float32))
@@ -117,8 +116,45 @@ def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_di
     assert "genres" in shares  # the multi-hot genres get a user-affinity feature
     rows = assemble(pairs, users, items, train, cutoff, shares).assign(**{TARGET: 0})
     p = score_pairs(load_tower(run / "ranker"), rows, ranking_schema(pre)).astype(np.float64)
-    expected = z(pd.Series(np.log(p / (1 - p))))  # the blend of one score: the ranker's logit, standardised
+    return served, keep, pairs.assign(logit=np.log(p / (1 - p))), ranking["blend"]["weights"]
+
+
+def z(s: pd.Series) -> pd.Series:
+    """Standardised over the given candidates (population standard deviation)."""
+    return (s - s.mean()) / s.std(ddof=0)
+
+
+def test_served_ranker_with_list_features_scores_like_training(ml_run, ml_pre_dir, tmp_path):
+    """A DLRM that reads a list feature (genres) is served (values + offsets), and the served graph's
+    ranker scores equal the training-side scoring of the same (user, item) rows: features, pair
+    features and retrieval scores assembled the way the ranker was trained; the served order is
+    the ranker's logit standardised over the user's candidates (a blend of the ranker alone)."""
+    import numpy as np
+
+    served, keep, pairs, _ = served_with_ranker(ml_run, ml_pre_dir, tmp_path, shortlist=0)
+    expected = z(pairs["logit"])  # the blend of one score: the ranker's logit, standardised
     np.testing.assert_allclose(served["candidate_scores"][0][keep], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_served_cascade_ranks_the_blends_shortlist_only(ml_run, ml_pre_dir, tmp_path):
+    """With a shortlist of 8 the served graph is a cascade: the sources' blend (w_tt z(two-tower) +
+    w_ii z(item-item), over every candidate) picks the user's 8 best, those are ranked (tier 0) by
+    the ranker's logit standardised over the 8 alone, and the other candidates follow (tier 1) in
+    the blend's order with the blend as their score; written out here with pandas."""
+    import numpy as np
+
+    served, keep, pairs, first = served_with_ranker(ml_run, ml_pre_dir, tmp_path, shortlist=8)
+    assert not first.get("pair_purchases") and not first.get("pair_days_since")  # MovieLens: nothing repurchased
+    blend = first.get("retrieval_score", 0) * pairs["retrieval_z"] + first.get("item_item_score", 0) * pairs["item_item_z"]
+    short = blend.rank(method="first", ascending=False) <= 8  # no ties among float scores here
+    tiers, scores = served["candidate_tiers"][0][keep], served["candidate_scores"][0][keep]
+    assert tiers.tolist() == np.where(short, 0, 1).tolist()
+    np.testing.assert_allclose(scores[short.to_numpy()], z(pairs["logit"][short]), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(scores[~short.to_numpy()], blend[~short], rtol=1e-3, atol=1e-3)
+    shown = [int(v) for v in served["item_ids"][0] if v]
+    expected = pairs.assign(score=np.where(short, z(pairs["logit"][short]).reindex(pairs.index), 0.0), short=short)
+    expected = expected.sort_values(["short", "score"], ascending=False)
+    assert shown[:8] == expected["item_id"].head(8).tolist()
 
 
 def item_item_weights(run, n_items: int):

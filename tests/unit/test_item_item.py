@@ -235,3 +235,55 @@ def test_serving_order_comes_from_the_gate():
     assert serving_blend({**ranking, "use_ranker": False}) == blend_only
     assert serving_blend({"use_ranker": True, "blend": {"weights": blend_only}}) == {"ranker_score": 1.0}  # older runs
     assert serving_blend(None) == {"retrieval_score": 1.0}  # no ranking stage: the two-tower order
+
+
+def test_shortlist_keeps_each_users_n_best_ties_in_candidate_order():
+    from workflows.candidates import shortlist
+
+    rng = np.random.default_rng(12)
+    users = rng.integers(0, 6, 90)
+    order = rng.integers(0, 4, 90).astype(float)  # many ties: the earlier candidate wins
+    for n in (1, 3, 10, 100):
+        want = np.zeros(90, dtype=bool)
+        for u in np.unique(users):
+            mine = np.flatnonzero(users == u)
+            best = sorted(mine, key=lambda i: (-order[i], i))[:n]
+            want[best] = True
+        assert shortlist(order, users, n).tolist() == want.tolist()
+    assert shortlist(order, users, 0).all() and shortlist(np.zeros(0), np.zeros(0, int), 5).tolist() == []
+
+
+def test_cascade_order_ranks_the_blends_shortlist_and_keeps_the_rest_below():
+    """models.sources.blend_order with a shortlist, written out per user with pandas: the first blend
+    picks n, the blend with the ranker (standardised over those n) orders them, the rest follow."""
+    from models.sources import blend_order
+
+    rng = np.random.default_rng(13)
+    cands = pd.DataFrame({"user_id": rng.choice(["a", "b", "c"], 75), "item_id": np.arange(75),
+                          "retrieval_score": rng.normal(size=75), "item_item_score": rng.exponential(1, 75),
+                          "ranker_score": rng.normal(size=75)})
+    first = {"retrieval_score": 0.7, "item_item_score": 0.3}
+    mixed = {"retrieval_score": 0.35, "item_item_score": 0.15, "ranker_score": 0.5}
+    z = lambda s: (s - s.mean()) / s.std(ddof=0)
+    order = blend_order(cands, mixed, first, n=5)
+    for _, mine in cands.groupby("user_id"):
+        before = 0.7 * z(mine["retrieval_score"]) + 0.3 * z(mine["item_item_score"])
+        short = mine[before.rank(ascending=False) <= 5]
+        after = 0.35 * z(short["retrieval_score"]) + 0.15 * z(short["item_item_score"]) + 0.5 * z(short["ranker_score"])
+        expected = list(after.sort_values(ascending=False).index) + list(before.drop(short.index).sort_values(ascending=False).index)
+        got = pd.Series(order[mine.index], index=mine.index).sort_values(ascending=False).index
+        assert list(got) == expected
+    assert np.allclose(blend_order(cands, mixed, first, n=0), blend_order(cands, mixed))  # 0: every candidate ranked
+    assert np.allclose(blend_order(cands, first, first, n=5), blend_order(cands, first))  # no ranker: no cascade
+
+
+def test_serving_shortlist_only_where_the_ranker_is_used():
+    from ensemble.build import serving_shortlist
+
+    first = {"retrieval_score": 0.6, "item_item_score": 0.4}
+    ranking = {"use_ranker": True, "config": {"shortlist": 30}, "blend": {"weights": first}}
+    assert serving_shortlist(ranking) == (first, 30)
+    assert serving_shortlist({**ranking, "use_ranker": False}) == ({}, 0)
+    assert serving_shortlist({**ranking, "config": {}}) == ({}, 0)  # runs before the shortlist: all ranked
+    assert serving_shortlist(ranking, override=80) == (first, 80) and serving_shortlist(ranking, 0) == ({}, 0)
+    assert serving_shortlist(None) == ({}, 0)
