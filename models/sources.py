@@ -86,10 +86,7 @@ def order_recall(order: np.ndarray, cands: pd.DataFrame, truth: pd.Series, k: in
     wanted_items = item_index.get_indexer([i for t in truth for i in t])
     n = max(len(item_index), 1)
     wanted = np.unique(wanted_users[wanted_items >= 0] * n + wanted_items[wanted_items >= 0])
-    ranked = np.lexsort((-order, code))  # by user, then best first; stable
-    sorted_code = code[ranked]
-    start = np.searchsorted(sorted_code, sorted_code)  # first row of each user's block
-    top = ranked[(np.arange(len(ranked)) - start) < k]
+    top = np.flatnonzero(shortlist(order, code, k))  # each user's k best, ties in candidate order
     hit = np.isin(code[top].astype(np.int64) * n + item_index.get_indexer(items[top]), wanted)
     hits = np.bincount(code[top][hit], minlength=len(users))
     return float(np.mean(hits / np.maximum(sizes, 1))) if len(users) else 0.0
