@@ -108,27 +108,54 @@ class _EpochEnd(tf.keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+PROGRESS_SECONDS = 1.0  # how often training reports its progress within an epoch
+
+
+class _Batches(tf.keras.callbacks.Callback):
+    """Tells ``on_batch(epoch, steps_done)`` at each epoch's start and then every ``PROGRESS_SECONDS``
+    (progress bars)."""
+
+    def __init__(self, on_batch: Callable[[int, int], None]):
+        super().__init__()
+        self.on_batch, self.every, self.epoch, self.last = on_batch, PROGRESS_SECONDS, 1, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.last = epoch + 1, time.perf_counter()
+        self.on_batch(self.epoch, 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            self.on_batch(self.epoch, batch + 1)
+
+
 def fit_epochs(model, dataset, batch_size: int, strategy, epochs: int,
-               after_epoch: Callable[[int, float, float], bool]) -> None:
+               after_epoch: Callable[[int, float, float], bool],
+               on_batch: Callable[[int, int], None] | None = None) -> None:
     """Up to ``epochs`` epochs over a merlin ``Dataset`` (merlin-models' ``fit`` reads it with a
     Loader that reshuffles parts and chunk rows every epoch). After each,
-    ``after_epoch(epoch, loss, seconds)`` runs (validation goes there) and returns True to stop.
+    ``after_epoch(epoch, loss, seconds)`` runs (validation goes there) and returns True to stop;
+    within one, ``on_batch(epoch, steps_done)`` hears about progress about once a second.
 
     On one device this is a single Keras ``fit``: the train step is traced and the loader set up
     once, not once per epoch (that cost a third of a small model's training time).
     """
+    progress = [] if on_batch is None else [_Batches(on_batch)]
     if replicas(strategy) <= 1:
         model.fit(dataset, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False,
-                  train_metrics_steps=10_000, callbacks=[_EpochEnd(after_epoch)])
+                  train_metrics_steps=10_000, callbacks=[*progress, _EpochEnd(after_epoch)])
         return
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        history = _fit_epoch_mirrored(model, dataset, batch_size, strategy)
+        if on_batch is not None:  # each epoch is its own fit here: Keras counts epochs from 1 every time
+            progress = [_Batches(lambda _, steps, epoch=epoch: on_batch(epoch, steps))]
+        history = _fit_epoch_mirrored(model, dataset, batch_size, strategy, progress)
         if after_epoch(epoch, float(history["loss"][-1]), time.perf_counter() - started):
             return
 
 
-def _fit_epoch_mirrored(model, dataset, batch_size: int, strategy) -> dict[str, Any]:
+def _fit_epoch_mirrored(model, dataset, batch_size: int, strategy, callbacks: list) -> dict[str, Any]:
     """One epoch under a mirrored strategy (workaround 3); returns Keras' history dict."""
     loader = mm.Loader(dataset, batch_size=batch_size, shuffle=False)
     first_x, first_y = next(iter(loader))
@@ -147,5 +174,5 @@ def _fit_epoch_mirrored(model, dataset, batch_size: int, strategy) -> dict[str, 
         raise FunnelError(f"training data: {len(loader)} batch(es) of {batch_size} rows cannot feed "
                           f"{replicas(strategy)} replicas; lower batch_size")
     data = strategy.distribute_datasets_from_function(per_replica)
-    fit = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, train_metrics_steps=10_000)
+    fit = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, train_metrics_steps=10_000, callbacks=callbacks)
     return fit.history

@@ -36,10 +36,12 @@ class FitResult:
 
 def fit_best(model, dataset, rows: int, epochs: int, batch_size: int, strategy,
              validate: Callable[[], dict[str, float]], key: str, patience: int | None = None,
-             on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+             on_epoch: Callable[[dict], None] | None = None,
+             on_rows: Callable[[int, int, int], None] | None = None) -> FitResult:
     """Train up to ``epochs`` epochs; keep the weights of the epoch with the highest ``validate()[key]``.
 
-    ``rows`` is the number of training rows (for samples/s); ``patience`` None trains every epoch.
+    ``rows`` is the number of training rows (for samples/s); ``patience`` None trains every epoch;
+    ``on_rows(epoch, rows_done, rows)`` hears about progress within an epoch (about once a second).
     """
     result = FitResult(rows=rows)
     state = {"best": float("-inf"), "weights": None, "waited": 0}
@@ -59,7 +61,9 @@ def fit_best(model, dataset, rows: int, epochs: int, batch_size: int, strategy,
         state["waited"] += 1
         return patience is not None and state["waited"] >= patience
 
-    distribute.fit_epochs(model, dataset, batch_size, strategy, epochs, after_epoch)
+    on_batch = None if on_rows is None else (
+        lambda epoch, steps: on_rows(epoch, min(steps * batch_size * distribute.replicas(strategy), rows), rows))
+    distribute.fit_epochs(model, dataset, batch_size, strategy, epochs, after_epoch, on_batch)
     best_weights = state["weights"]
     model.set_weights(best_weights)
     result.seconds = time.perf_counter() - start

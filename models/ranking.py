@@ -149,9 +149,10 @@ def save_item_item(cfg: RankingConfig, run: Path, lam: float) -> None:
 
 
 def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
-          on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[str], None] | None = None,
+          on_rows: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
     """Build labelled candidates, train the DLRM, save it into the run, return the manifest
-    (``on_step`` hears what the data build is doing)."""
+    (``on_step`` hears what the data build is doing, ``on_rows(epoch, done, rows)`` how far an epoch is)."""
     cfg.require_paths()
     device = configure_tensorflow(cfg.seed, cfg.threads)
     run = Path(cfg.run)
@@ -167,7 +168,7 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     model = build_model(cfg, data, strategy)
     train_ds = Dataset(data.fit_rows[data.schema.column_names], schema=data.schema, cpu=True)
     fit = fit_best(model, train_ds, len(data.fit_rows), cfg.epochs, cfg.batch_size, strategy,
-                   validation(cfg, data, model), key, None, on_epoch)
+                   validation(cfg, data, model), key, None, on_epoch, on_rows)
     with atomic_output_dir(run / "ranker") as out:
         model.save(str(out))
     # The ranker's logit joins the blend with the share that orders the epoch-choice users' candidates

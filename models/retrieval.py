@@ -221,10 +221,12 @@ def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, d
     return manifest
 
 
-def train(cfg: RetrievalConfig, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train the two-tower model, save the run, return the manifest."""
+def train(cfg: RetrievalConfig, on_epoch: Callable[[dict], None] | None = None,
+          on_rows: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Train the two-tower model, save the run, return the manifest (``on_rows(epoch, done, rows)``:
+    progress within an epoch)."""
     cfg.require_paths()
-    return _fit(cfg, on_epoch, save=True)[0]
+    return _fit(cfg, on_epoch, save=True, on_rows=on_rows)[0]
 
 
 def train_in_memory(cfg: RetrievalConfig) -> tuple[Any, FitResult, int]:
@@ -236,7 +238,7 @@ def train_in_memory(cfg: RetrievalConfig) -> tuple[Any, FitResult, int]:
     return model, fit, rows
 
 
-def _fit(cfg: RetrievalConfig, on_epoch, save: bool):
+def _fit(cfg: RetrievalConfig, on_epoch, save: bool, on_rows=None):
     device = configure_tensorflow(cfg.seed, cfg.threads)
     data = RetrievalData.load(cfg)
     # item-id dropout by default only where new items exist (the data has a stock history); the run
@@ -246,7 +248,7 @@ def _fit(cfg: RetrievalConfig, on_epoch, save: bool):
         strategy = distribute.choose_strategy(cfg.devices)
         model = build_model(cfg, data, strategy)
         fit = fit_best(model, data.train_dataset(), data.fit_rows.rows, cfg.epochs, cfg.batch_size, strategy,
-                       validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch)
+                       validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch, on_rows)
         manifest = save_run(cfg, data, model, fit, device, strategy) if save else None
         return manifest, model, fit, int(data.fit_rows.rows)
     finally:

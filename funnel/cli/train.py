@@ -30,6 +30,27 @@ def register(sub) -> None:
     p.set_defaults(func=ranking)
 
 
+class EpochBars:
+    """``on_rows(epoch, done, rows)`` for the trainers: a progress bar per epoch (tqdm on stderr, hidden
+    where stderr is not a terminal), closed before the epoch's line is printed."""
+
+    def __init__(self, name: str):
+        self.name, self.bar, self.epoch = name, None, 0
+
+    def __call__(self, epoch: int, done: int, rows: int) -> None:
+        from funnel.report import progress
+
+        if epoch != self.epoch or self.bar is None:
+            self.close()
+            self.bar, self.epoch = progress(rows, f"{self.name} epoch {epoch}"), epoch
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def device_text(manifest: dict) -> str:
     n = manifest.get("replicas", 1)
     return manifest["device"] + (f" x {n} replicas (MirroredStrategy)" if n > 1 else "")
@@ -42,11 +63,17 @@ def retrieval(args: argparse.Namespace) -> None:
     cfg = config_from_args(RetrievalConfig, args, pre=args.pre_dir, out=args.out)
     key = f"valid_recall@{cfg.valid_k}"
 
+    bars = EpochBars("two-tower")
+
     def on_epoch(rec: dict) -> None:
+        bars.close()
         print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  {key} {rec[key]:.4f}  "
               f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
 
-    m = train(cfg, on_epoch=on_epoch)
+    try:
+        m = train(cfg, on_epoch=on_epoch, on_rows=bars)
+    finally:
+        bars.close()
     rows = [
         ("device", device_text(m)),
         ("epochs run (best)", f"{m['epochs_run']} ({m['best_epoch']})"),
@@ -65,12 +92,18 @@ def ranking(args: argparse.Namespace) -> None:
     cfg = config_from_args(RankingConfig, args, pre=args.pre_dir, run=args.run)
     key, gate = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
 
+    bars = EpochBars("DLRM")
+
     def on_epoch(rec: dict) -> None:
+        bars.close()
         print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  valid AUC {rec['valid_auc']:.4f}  "
               f"log loss {rec['valid_logloss']:.4f}  recall@{cfg.valid_k} {rec[key]:.4f}  "
               f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
 
-    m = train(cfg, on_epoch=on_epoch, on_step=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        m = train(cfg, on_epoch=on_epoch, on_step=lambda text: print(text, file=sys.stderr, flush=True), on_rows=bars)
+    finally:
+        bars.close()
     d = m["data"]
     rows = [
         ("device", device_text(m)),

@@ -184,16 +184,20 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
     assert sorted(p.name for p in retrieval_run.iterdir()) == run_files  # the earlier retriever wrote nothing
 
 
-def test_fit_best_keeps_the_best_epochs_weights_and_stops_after_patience(tmp_path):
+def test_fit_best_keeps_the_best_epochs_weights_and_stops_after_patience(tmp_path, monkeypatch):
     """One Keras fit runs every epoch; the end-of-epoch validation decides. Scripted validation
     figures (best at epoch 2, then two epochs without a gain, patience 2): 4 epochs run and the
-    model ends with the weights it had after epoch 2 (recorded independently, inside validate)."""
+    model ends with the weights it had after epoch 2 (recorded independently, inside validate).
+    Progress within each epoch (reported after every step here) counts its rows: 0, 128, ... 512."""
     import merlin.models.tf as mm
     import tensorflow as tf
     from merlin.io import Dataset
     from merlin.schema import ColumnSchema, Schema, Tags
 
+    from models import distribute
     from models.fit import fit_best
+
+    monkeypatch.setattr(distribute, "PROGRESS_SECONDS", 0.0)
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=512).astype(np.float32)})
@@ -204,14 +208,16 @@ def test_fit_best_keeps_the_best_epochs_weights_and_stops_after_patience(tmp_pat
     model = mm.Model(mm.InputBlockV2(schema.select_by_tag(Tags.CONTINUOUS)), mm.MLPBlock([4]),
                      mm.BinaryOutput("y"))
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
-    figures, weights, epochs = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9]), [], []
+    figures, weights, epochs, progress = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9]), [], [], []
 
     def validate():
         weights.append([w.copy() for w in model.get_weights()])
         return {"score": next(figures)}
 
     fit = fit_best(model, Dataset(str(tmp_path / "part.parquet"), schema=schema, cpu=True), 512, 6, 128,
-                   tf.distribute.get_strategy(), validate, "score", patience=2, on_epoch=epochs.append)
+                   tf.distribute.get_strategy(), validate, "score", patience=2, on_epoch=epochs.append,
+                   on_rows=lambda *call: progress.append(call))
+    assert progress == [(e, done, 512) for e in (1, 2, 3, 4) for done in (0, 128, 256, 384, 512)]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and fit.best_epoch == 2 and fit.best == {"score": 0.3}
     assert not all(np.array_equal(a, b) for a, b in zip(weights[1], weights[3]))  # training moved on after epoch 2
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights[1]))
