@@ -277,6 +277,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
     repurchase = bool(pre_manifest["dataset"]["repurchase"])
     use_ranker = bool(ranking and ranking.get("use_ranker", True))
     blend_weights = serving_blend(ranking)
+    shortlist = serving_shortlist(ranking, cfg.ranker_shortlist)
     start = time.perf_counter()
     out = Path(cfg.out)
     with atomic_output_dir(out) as tmp:
@@ -295,7 +296,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
         progress("graph")
         affinity = ((ranking or {}).get("data") or {}).get("affinity_columns") or []
         ensemble, exclude_seen = build_graph(cfg, dest, repurchase, use_ranker, facts["as_of"], blend_weights, affinity,
-                                             serving_shortlist(ranking, cfg.ranker_shortlist))
+                                             shortlist)
         runtime = TfRuntime.PYTHON if cfg.tf_runtime == TfRuntime.AUTO else cfg.tf_runtime
         if runtime != TfRuntime.PYTHON:
             for node in postorder_iter_nodes(ensemble.graph.output_node):
@@ -321,7 +322,7 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
                        "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None),
                        "item_item": {"candidates": cfg.item_item, **((ranking or {}).get("item_item") or {"fitted": False})},
-                       "blend_weights": blend_weights, "ranker_shortlist": serving_shortlist(ranking, cfg.ranker_shortlist)[1]},
+                       "blend_weights": blend_weights, "ranker_shortlist": shortlist[1]},
             "index": index_info,
             "trending_for_known": str(cfg.trending_for_known),
             "filters": {"exclude_seen": str(exclude_seen), "seen_days": cfg.seen_days, "out_of_stock": cfg.out_of_stock,
