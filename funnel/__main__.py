@@ -1,5 +1,3 @@
-import sys
+from funnel.cli import entry
 
-from funnel.cli import main
-
-sys.exit(main())
+entry()

@@ -19,6 +19,20 @@ class Precision(Choice):
     MIXED_BFLOAT16 = "mixed_bfloat16"
 
 
+class Optimizer(Choice):
+    """``adam``: Keras' Adam (its cost per step grows with the embedding tables: it moves every row);
+    ``lazy_adam``: only the rows a batch touches (models.optimizers); ``auto``: lazy_adam where an
+    embedding table has more than ``models.optimizers.LAZY_ROWS`` rows, else adam."""
+
+    AUTO = "auto"
+    ADAM = "adam"
+    LAZY_ADAM = "lazy_adam"
+
+
+OPTIMIZER_HELP = ("adam moves every embedding row at every step (its step cost grows with the number of users); "
+                  "lazy_adam only the rows in the batch; auto: lazy_adam where a table has more than 100,000 rows")
+
+
 @dataclass
 class RetrievalConfig:
     """Two-tower training settings (defaults tuned on the synthetic default and MovieLens-100k)."""
@@ -29,6 +43,7 @@ class RetrievalConfig:
     tower_dims: list[int] = field(default_factory=lambda: [128], metadata={"help": "hidden MLP widths per tower"})
     batch_size: int = 1024
     learning_rate: float = 3e-3
+    optimizer: Optimizer = field(default=Optimizer.AUTO, metadata={"help": OPTIMIZER_HELP})
     epochs: int = 20
     patience: int = field(default=3, metadata={"help": "epochs without validation gain before stopping"})
     logq: bool = field(default=True, metadata={"help": "popularity (logQ) correction of in-batch negatives"})
@@ -102,6 +117,7 @@ class RankingConfig:
     top_dims: list[int] = field(default_factory=lambda: [128, 64])
     batch_size: int = 1024
     learning_rate: float = 1e-3
+    optimizer: Optimizer = field(default=Optimizer.AUTO, metadata={"help": OPTIMIZER_HELP})
     epochs: int = 3
     valid_share: float = field(default=0.2, metadata={
         "help": "share of label users held out: half choose the epoch, the other half decide the gate"})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from funnel.core.artifacts import RANKING_MANIFEST, read_retrieval_manifest, wri
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir
 from funnel.core.metrics import recalls_at_k
-from models import distribute
+from models import distribute, optimizers
 from models.config import RankingConfig
 from models.fit import fit_best, run_manifest
 from models.ranking_data import RankingData, rank_candidates
@@ -74,7 +75,7 @@ def build_model(cfg: RankingConfig, data: RankingData, strategy):
                 TARGET, to_call=tf.keras.layers.Dense(1, activation="sigmoid", dtype="float32")),
         )
         # no train-time metrics: held-out AUC and list recall are computed per epoch
-        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), metrics=[])
+        model.compile(optimizer=optimizers.make_optimizer(cfg.optimizer, cfg.learning_rate, data.schema), metrics=[])
     distribute.prepare(model, strategy)
     return model
 
@@ -163,6 +164,7 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     data = RankingData.build(cfg, retrieval_manifest, on_step)
     key, gate_key = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
     build_seconds = time.perf_counter() - start
+    cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
 
     strategy = distribute.choose_strategy(cfg.devices)
     model = build_model(cfg, data, strategy)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from funnel.core.fsutil import atomic_output_dir
 from funnel.core.metrics import recall_at_k
 from funnel.core.topk import dot_top_k
 from funnel.data.canonical import Dataset as CanonicalDataset
-from models import distribute
+from models import distribute, optimizers
 from models.config import Precision, RetrievalConfig
 from models.fit import FitResult, fit_best, run_manifest
 from models.tf_helpers import IdDropout, configure_tensorflow, encode_rows, float32_output, precision
@@ -174,7 +174,8 @@ def build_model(cfg: RetrievalConfig, data: RetrievalData, strategy):
         model = mm.TwoTowerModelV2(mm.Encoder(data.user_schema, tower()),
                                    mm.Encoder(item_schema, tower(), pre=item_pre), outputs=output)
         # no train-time metrics: validation recall over the whole catalogue is computed per epoch
-        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), metrics=[], run_eagerly=False)
+        optimizer = optimizers.make_optimizer(cfg.optimizer, cfg.learning_rate, data.schema)
+        model.compile(optimizer=optimizer, metrics=[], run_eagerly=False)
     distribute.prepare(model, strategy)
     return model
 
@@ -244,6 +245,7 @@ def _fit(cfg: RetrievalConfig, on_epoch, save: bool, on_rows=None):
     # item-id dropout by default only where new items exist (the data has a stock history); the run
     # records the value used
     cfg = cfg.resolved(CanonicalDataset(Path(data.pre_manifest["dataset"]["path"]), {}).has_stock_history)
+    cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
     try:
         strategy = distribute.choose_strategy(cfg.devices)
         model = build_model(cfg, data, strategy)

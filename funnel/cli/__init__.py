@@ -8,6 +8,7 @@ needs it. Errors a user can fix print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -48,6 +49,18 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+_UNWOUND: list[BaseException] = []  # interrupts whose tracebacks are never freed (see _hold)
+
+
+def _hold(exc: BaseException) -> None:
+    """Keep an interrupt's traceback alive for the rest of the process. Freeing it destroys the
+    TensorFlow data iterators in its frames, and mid-epoch that destructor (holding the GIL) waits
+    for a tf.data worker that is inside the merlin Loader's Python generator, waiting for the GIL:
+    a SIGTERM during training printed "interrupted" and then hung for good. Every cleanup has run
+    by then; :func:`entry` leaves with ``os._exit`` so nothing is torn down afterwards either."""
+    _UNWOUND.append(exc)
+
+
 def _terminated(signum, frame) -> None:
     stop.request()  # remembered, in case the interrupt below is swallowed where it lands
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary outputs are removed on the way out
@@ -72,14 +85,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not stop.requested():
             print(f"funnel: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        _hold(exc)
         return _interrupted()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _hold(exc)
         return _interrupted()
-    except BaseException:
+    except BaseException as exc:
         if stop.requested():  # the interrupt surfaced as another error (e.g. wrapped by a library)
+            _hold(exc)
             return _interrupted()
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
+
+
+def entry() -> None:
+    """The ``funnel`` program: :func:`main`, then exit. After an interruption it exits at once
+    (``os._exit``, output flushed): the interpreter's own teardown would free what :func:`_hold`
+    keeps and hang the same way."""
+    code = main()
+    if _UNWOUND:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

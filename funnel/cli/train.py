@@ -31,19 +31,43 @@ def register(sub) -> None:
 
 
 class EpochBars:
-    """``on_rows(epoch, done, rows)`` for the trainers: a progress bar per epoch (tqdm on stderr, hidden
-    where stderr is not a terminal), closed before the epoch's line is printed."""
+    """``on_rows(epoch, done, rows)`` for the trainers: a progress bar per epoch (tqdm on stderr) where
+    stderr is a terminal; elsewhere (a log file, a supervisor) a plain line every ``LOG_SECONDS``
+    with the rows done, the rate and the time left, so a long epoch is never silent."""
 
-    def __init__(self, name: str):
+    LOG_SECONDS = 60.0
+
+    def __init__(self, name: str, clock=None):
+        import time
+
         self.name, self.bar, self.epoch = name, None, 0
+        self.clock = clock or time.monotonic
+        self.terminal = sys.stderr.isatty()
+        self.started = self.logged = 0.0
 
     def __call__(self, epoch: int, done: int, rows: int) -> None:
+        if epoch != self.epoch:
+            self.close()
+            self.epoch, self.started = epoch, self.clock()
+            self.logged = self.started
+        if not self.terminal:
+            self._log(done, rows)
+            return
         from funnel.report import progress
 
-        if epoch != self.epoch or self.bar is None:
-            self.close()
-            self.bar, self.epoch = progress(rows, f"{self.name} epoch {epoch}"), epoch
+        if self.bar is None:
+            self.bar = progress(rows, f"{self.name} epoch {epoch}")
         self.bar.update(done - self.bar.n)
+
+    def _log(self, done: int, rows: int) -> None:
+        now = self.clock()
+        if now - self.logged < self.LOG_SECONDS or done <= 0:
+            return
+        self.logged = now
+        rate = done / max(now - self.started, 1e-9)
+        left = (rows - done) / rate if rate > 0 else float("inf")
+        print(f"{self.name} epoch {self.epoch}: {done:,} / {rows:,} rows ({100 * done / max(rows, 1):.1f}%)  "
+              f"{rate:,.0f} rows/s  about {left / 60:.0f} min left", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -43,3 +43,21 @@ def test_preprocess_summary_table(synth_dir, tmp_path, cli):
     assert code == 0, err
     for label in ("device", "train / test rows", "users: all / train / test (cold)", "rows/s"):
         assert label in out
+
+
+def test_training_progress_in_a_log_is_a_plain_line_a_minute(capsys):
+    from funnel.cli.train import EpochBars
+
+    now = [100.0]
+    bars = EpochBars("two-tower", clock=lambda: now[0])
+    assert not bars.terminal  # pytest captures stderr: not a terminal, so no tqdm bar
+    for second, done in ((0, 0), (30, 30_000), (61, 61_000), (90, 90_000), (125, 125_000)):
+        now[0] = 100.0 + second
+        bars(1, done, 600_000)
+    lines = capsys.readouterr().err.strip().splitlines()
+    # one line a minute at most: at 61 s and 125 s (64 s after the first), none at 30 s or 90 s
+    assert lines == ["two-tower epoch 1: 61,000 / 600,000 rows (10.2%)  1,000 rows/s  about 9 min left",
+                     "two-tower epoch 1: 125,000 / 600,000 rows (20.8%)  1,000 rows/s  about 8 min left"]
+    now[0] = 300.0
+    bars(2, 10, 600_000)  # a new epoch restarts the clock: nothing until its own first minute
+    assert capsys.readouterr().err == ""
