@@ -160,7 +160,18 @@ def batching_ranker(doc: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"quality": quality, "notify": notify, "notify_oracle": notify_oracle, "batching_ranker": batching_ranker}
+def optimizer(doc: dict) -> str:
+    """bench/optimizer.py: one training step of the two-tower model as the user table grows, per optimizer."""
+    lines = ["| users | items | Adam: ms per step | LazyAdam: ms per step | Adam: rows/s | LazyAdam: rows/s | "
+             "LazyAdam's speed-up |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["results"]:
+        lines.append(f"| {r['users']:,} | {r['items']:,} | {r['adam_ms_per_step']:,.1f} | {r['lazy_adam_ms_per_step']:,.1f} | "
+                     f"{r['adam_samples_per_s']:,} | {r['lazy_adam_samples_per_s']:,} | {r['speedup']:.1f}x |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"quality": quality, "notify": notify, "notify_oracle": notify_oracle, "batching_ranker": batching_ranker,
+             "optimizer": optimizer}
 
 
 def render(readme: str) -> str:
