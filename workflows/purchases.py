@@ -38,7 +38,8 @@ class PurchaseHistory:
     def build(cls, interactions: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index,
               as_of: pd.Timestamp) -> "PurchaseHistory":
         """From raw (user_id, item_id, timestamp) rows; users/items outside the tables are dropped."""
-        latest = latest_purchases(interactions)
+        mine = interactions["user_id"].isin(user_ids)  # first: the ranker's 50k label users of 1.37M
+        latest = latest_purchases(interactions if mine.all() else interactions[mine])
         stats = pd.DataFrame({"u": user_ids.get_indexer(latest["user_id"]), "i": item_ids.get_indexer(latest["item_id"]),
                               "n": latest["n"].to_numpy(), "last": latest["last"].to_numpy()})
         stats = stats[(stats["u"] >= 0) & (stats["i"] >= 0)]
