@@ -2,8 +2,9 @@
 
 Keras' Adam (2.12) turns an embedding table's sparse gradient into dense work: every step it
 decays both moment estimates of *every* row and moves every row. Its cost per step grows with
-the table, not with the batch: with H&M's 1.37M customers x 64 it took 1.7 s per 1,024-row step
-on 2 cores (``bench/optimizer.py``), about 15 hours for one epoch of 31.5M rows.
+the table, not with the batch: with H&M's 1.37M customers x 64 it took 2.2 s per 1,024-row step
+on 2 cores against LazyAdam's 33.5 ms (``bench/optimizer.py``), about 19 hours for one epoch of
+31.2M rows.
 
 ``LazyAdam`` (as in TensorFlow Addons) updates only the rows a batch touches: their moments decay
 and their weights move, all other rows stay as they are until they next appear. Dense variables

@@ -54,9 +54,9 @@ _UNWOUND: list[BaseException] = []  # interrupts whose tracebacks are never free
 
 def _hold(exc: BaseException) -> None:
     """Keep an interrupt's traceback alive for the rest of the process. Freeing it destroys the
-    TensorFlow data iterators in its frames, and mid-epoch that destructor (holding the GIL) waits
-    for a tf.data worker that is inside the merlin Loader's Python generator, waiting for the GIL:
-    a SIGTERM during training printed "interrupted" and then hung for good. Every cleanup has run
+    TensorFlow data iterators in its frames, and mid-epoch that destructor (holding the GIL) can wait
+    for a worker thread blocked in a Python queue that is never fed again: a SIGTERM'd ranker build
+    printed "interrupted" and then hung for good (gdb: in ``tb_dealloc``). Every cleanup has run
     by then; :func:`entry` leaves with ``os._exit`` so nothing is torn down afterwards either."""
     _UNWOUND.append(exc)
 
