@@ -125,9 +125,12 @@ def train(args: argparse.Namespace) -> None:
     from funnel.notify.response import ResponseModels
     from funnel.report import table
 
-    decisions, _, days = _joined(args.log, args.outcomes)
+    decisions, activity, days = _joined(args.log, args.outcomes)
     if args.kind == "model":
-        policy = policies.train(decisions, horizon=args.horizon, rollouts=args.rollouts)
+        from funnel.notify.evaluation import window_rewards
+
+        policy = policies.train(decisions, horizon=args.horizon, rollouts=args.rollouts,
+                                rewards=window_rewards(decisions, activity, days))
     elif args.kind == "threshold":
         models = ResponseModels.fit(decisions)
         t = args.threshold
@@ -145,7 +148,14 @@ def train(args: argparse.Namespace) -> None:
     sent = int(decisions["send"].sum())
     rows = [("decisions", f"{len(decisions):,} over {days} days ({sent:,} pushed, "
                           f"{int(decisions['opened'].sum()):,} opened)"),
-            ("policy", f"{policy.kind} {json.dumps(policy.params())}"), ("written to", args.out)]
+            ("policy", f"{policy.kind} {json.dumps({k: v for k, v in policy.params().items() if k != 'check'})}")]
+    check = getattr(policy, "check", None)
+    if check:
+        verdict = "planner kept" if check["use_plan"] else "no confident gain: the policy is its threshold"
+        rows.append(("planner vs its threshold", f"{check['estimate']:+.4f} active days per decision (DR on the log), "
+                                                 f"95% CI [{check['low']:+.4f}, {check['high']:+.4f}] over "
+                                                 f"{check['differing']:,} differing decisions: {verdict}"))
+    rows.append(("written to", args.out))
     print(table(rows, title="funnel notify train"))
 
 

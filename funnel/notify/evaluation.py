@@ -58,39 +58,67 @@ def _reward_model(x: np.ndarray, sent: np.ndarray, reward: np.ndarray, fold: np.
     return out
 
 
-def estimate(rows: pd.DataFrame, p_send: np.ndarray, bootstrap: int = 200, seed: int = 0) -> dict:
-    """IPS, SNIPS and DR estimates (with 95% bootstrap intervals) of a target policy that pushes
-    with probability ``p_send`` at each row of ``window_rewards``."""
+def _terms(rows: pd.DataFrame, p_send: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per logged decision: the importance weight ``w``, ``w * reward`` and the DR term of a target
+    that pushes with probability ``p_send``; and each row's user (index into the sorted user ids)."""
     sent = rows["send"].to_numpy(bool)
     mu = rows["propensity"].to_numpy(np.float64)
     if np.any(mu <= 0):
         raise FunnelError("notify ope: the log has decisions with propensity 0 (it must record the chance of the "
                           "action taken)")
     reward = rows["reward"].to_numpy(np.float64)
-    pi_taken = np.where(sent, p_send, 1.0 - p_send)
-    w = pi_taken / mu
+    w = np.where(sent, p_send, 1.0 - p_send) / mu
     x = design(rows[list(FEATURES)].to_numpy(np.float64))
     users, user_index = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
     fold = np.random.default_rng(seed).integers(0, 2, len(users))[user_index]
     q = _reward_model(x, sent, reward, fold)
-    dr_terms = p_send * q[:, 1] + (1 - p_send) * q[:, 0] + w * (reward - q[np.arange(len(q)), sent.astype(int)])
-    # per-user sums make the bootstrap over users a weighted resampling of these
-    per_user = np.stack([np.bincount(user_index, weights=v, minlength=len(users))
-                         for v in (w * reward, w, dr_terms, np.ones(len(w)))])
+    dr = p_send * q[:, 1] + (1 - p_send) * q[:, 0] + w * (reward - q[np.arange(len(q)), sent.astype(int)])
+    return w, w * reward, dr, user_index
+
+
+def _user_sums(user_index: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+    """[len(columns), users]: each column summed per user (a bootstrap over users reweights these)."""
+    n = int(user_index.max()) + 1 if len(user_index) else 0
+    return np.stack([np.bincount(user_index, weights=v, minlength=n) for v in columns])
+
+
+def _bootstrap_counts(users: int, bootstrap: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    return rng.multinomial(users, np.full(users, 1.0 / users), size=bootstrap)
+
+
+def estimate(rows: pd.DataFrame, p_send: np.ndarray, bootstrap: int = 200, seed: int = 0) -> dict:
+    """IPS, SNIPS and DR estimates (with 95% bootstrap intervals) of a target policy that pushes
+    with probability ``p_send`` at each row of ``window_rewards``."""
+    w, wr, dr, user_index = _terms(rows, p_send, seed)
+    per_user = _user_sums(user_index, [wr, w, dr, np.ones(len(w))])
 
     def point(sums: np.ndarray) -> np.ndarray:
         wr, ws, dr, n = sums
         return np.array([wr / n, wr / ws if ws > 0 else np.nan, dr / n])
 
     est = point(per_user.sum(axis=1))
-    rng = np.random.default_rng(seed + 1)
-    counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=bootstrap)
-    boots = np.array([point(per_user @ c) for c in counts])
+    boots = np.array([point(per_user @ c) for c in _bootstrap_counts(per_user.shape[1], bootstrap, seed)])
     lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
     ess = w.sum() ** 2 / max((w**2).sum(), 1e-12)
     return {name: {"estimate": float(est[i]), "low": float(lo[i]), "high": float(hi[i])}
             for i, name in enumerate(("ips", "snips", "dr"))} | {"decisions": int(len(rows)),
                                                                   "effective_sample_size": float(ess)}
+
+
+def difference(rows: pd.DataFrame, p_new: np.ndarray, p_base: np.ndarray, bootstrap: int = 1000,
+               seed: int = 0) -> dict:
+    """DR estimate of (value of ``p_new`` - value of ``p_base``) per decision of ``window_rewards``
+    rows, paired (the same decisions, the same reward model), with a 95% bootstrap interval over
+    users, and how many decisions the two policies treat differently (|p_new - p_base| > 0.5)."""
+    _, _, dr_new, user_index = _terms(rows, p_new, seed)
+    _, _, dr_base, _ = _terms(rows, p_base, seed)
+    per_user = _user_sums(user_index, [dr_new - dr_base, np.ones(len(dr_new))])
+    est = per_user[0].sum() / per_user[1].sum()
+    boots = [(per_user[0] @ c) / (per_user[1] @ c) for c in _bootstrap_counts(per_user.shape[1], bootstrap, seed)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"estimate": float(est), "low": float(lo), "high": float(hi), "decisions": int(len(rows)),
+            "differing": int(np.sum(np.abs(np.asarray(p_new) - np.asarray(p_base)) > 0.5))}
 
 
 def branch_values(sim: Simulator, day_index: int, observed, first: np.ndarray, later, window: int, reps: int,

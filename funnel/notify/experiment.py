@@ -4,7 +4,8 @@ For each seed ``S``:
 
 1. an **exploration log**: the ``random`` policy (push with probability ``explore``, propensities
    recorded) on its own population (seed ``S + 1000``); the ``model`` and ``threshold`` policies
-   learn their response models from it, the model policy its continuation threshold too;
+   learn their response models from it, the model policy its continuation threshold too, and
+   whether its planner beats that threshold (``policies.improvement_check``, from the log alone);
 2. **tuning** the heuristics on a validation population (seed ``S + 500``) by simulation: the best
    ``t`` for ``threshold`` and ``n`` for ``cap`` by active days per user. This uses the simulator's
    truth, an advantage over the model policy, which sees only the log;
@@ -55,17 +56,20 @@ def one_seed(cfg: NotifyConfig, explore: float = 0.5, log_users: int | None = No
              note: Callable[[str], None] = lambda s: None, replays: int = 1) -> dict:
     log = exploration_log(cfg, explore, log_users)
     note(f"seed {cfg.seed}: exploration log of {len(log['log']):,} decisions")
-    model = policies.train(log["log"], seed=cfg.seed)
+    rows = evaluation.window_rewards(log["log"], log["activity"], cfg.days)
+    model = policies.train(log["log"], seed=cfg.seed, rewards=rows)
+    note(f"seed {cfg.seed}: planner vs its threshold on the log (DR): {model.check['estimate']:+.4f} "
+         f"[{model.check['low']:+.4f}, {model.check['high']:+.4f}] -> {'plan' if model.plan else 'threshold'}")
     tuned = tune(cfg, model.models, note)
     chosen = {"always": policies.Always(), "threshold": policies.Threshold(model.models, tuned["threshold"]),
               "cap": policies.Cap(tuned["cap"]), "model": model}
     population = Population.generate(cfg)
-    out: dict = {"seed": cfg.seed, "tuning": tuned, "continuation": model.continuation, "policies": {}}
+    out: dict = {"seed": cfg.seed, "tuning": tuned, "continuation": model.continuation,
+                 "improvement_check": model.check, "policies": {}}
     for name, policy in chosen.items():
         out["policies"][name] = summary(run(cfg, policy, population))
         note(f"seed {cfg.seed}: {name}: {out['policies'][name]['active_days_per_user']:.2f} active days per user")
     if ope:
-        rows = evaluation.window_rewards(log["log"], log["activity"], cfg.days)
         feats = rows[list(FEATURES)].to_numpy(np.float64)
         day = rows["day"].to_numpy()
         for name, policy in chosen.items():

@@ -10,7 +10,9 @@
   both: common random numbers), continuing with the best threshold policy under the models, and
   pushes when pushing gives more expected active days. This is one step of policy improvement
   over that threshold policy (a rollout algorithm), so it accounts for fatigue, ignored pushes and
-  the risk of a disable, not only today's open probability.
+  the risk of a disable, not only today's open probability. Trained with the log's outcomes, the
+  planner ships only if an off-policy estimate from the log finds it better than its threshold
+  with 95% confidence (``improvement_check``); otherwise the policy is that threshold.
 
 A policy file (``funnel notify train``) is JSON: its kind, parameters and response models.
 """
@@ -122,12 +124,13 @@ class ModelPolicy:
     kind = "model"
 
     def __init__(self, models: ResponseModels, continuation: float, horizon: int = 14, rollouts: int = 32,
-                 seed: int = 0, confidence: float = 2.0):
+                 seed: int = 0, confidence: float = 2.0, plan: bool = True, check: dict | None = None):
         if horizon < 1 or rollouts < 1:
             raise FunnelError("model policy: horizon and rollouts must be >= 1")
         self.models, self.continuation = models, float(continuation)
         self.horizon, self.rollouts, self.seed = int(horizon), int(rollouts), int(seed)
         self.confidence = float(confidence)
+        self.plan, self.check = bool(plan), check  # see improvement_check
 
     def gain(self, features: np.ndarray, day: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Expected extra active days over the horizon from pushing today instead of skipping, and
@@ -143,21 +146,53 @@ class ModelPolicy:
         diff = push - skip
         return diff.mean(axis=0), diff.std(axis=0) / np.sqrt(max(self.rollouts - 1, 1))
 
-    def explain(self, features: np.ndarray, day: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """P(send) and the planned gain. Push where the plan says pushing wins; where the rollouts
-        cannot tell (|gain| within ``confidence`` standard errors), keep the base policy's choice
-        (the continuation threshold)."""
+    def base(self, features: np.ndarray) -> np.ndarray:
+        """The continuation threshold's choice: push when the predicted open probability exceeds it."""
+        return (self.models.p_open(design(features)) > self.continuation).astype(np.float64)
+
+    def planned(self, features: np.ndarray, day: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The planner's P(send) and gain: push where the plan says pushing wins; where the rollouts
+        cannot tell (|gain| within ``confidence`` standard errors), keep the base policy's choice."""
         gain, se = self.gain(features, day)
-        base = self.models.p_open(design(features)) > self.continuation
         sure = np.abs(gain) > self.confidence * se
-        return np.where(sure, gain > 0, base).astype(np.float64), gain
+        return np.where(sure, gain > 0, self.base(features) > 0).astype(np.float64), gain
+
+    def explain(self, features: np.ndarray, day: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """P(send) and the planned gain; the planner decides only where ``plan`` (its deviations from
+        the base passed :func:`improvement_check`), the base threshold otherwise."""
+        p, gain = self.planned(features, day)
+        return (p if self.plan else self.base(features)), gain
 
     def decide(self, features: np.ndarray, enabled: np.ndarray, day: int = 0) -> np.ndarray:
-        return self.explain(features, day)[0]
+        return self.planned(features, day)[0] if self.plan else self.base(features)
 
     def params(self) -> dict:
         return {"continuation": self.continuation, "horizon": self.horizon, "rollouts": self.rollouts,
-                "seed": self.seed, "confidence": self.confidence}
+                "seed": self.seed, "confidence": self.confidence, "plan": self.plan, "check": self.check}
+
+
+def improvement_check(policy: ModelPolicy, rows, seed: int = 0) -> dict:
+    """Does the planner beat its own base threshold on the exploration log?
+
+    ``rows``: ``funnel.notify.evaluation.window_rewards`` of the log. A paired doubly robust
+    estimate of the planner's value minus the base's (active days in the reward window per
+    decision, bootstrap over users); the plan is used only when the interval's lower end is above
+    0 (high-confidence policy improvement: a planner whose models are wrong about the harm of a
+    push must not ship on their word alone). Returns the estimate, its interval, the number of
+    decisions the two treat differently, and ``use_plan``.
+    """
+    from funnel.notify import evaluation
+    from funnel.notify.history import FEATURES
+
+    features = rows[list(FEATURES)].to_numpy(np.float64)
+    days = rows["day"].to_numpy()
+    planned = np.zeros(len(rows))
+    for d in np.unique(days):
+        sel = days == d
+        planned[sel] = policy.planned(features[sel], int(d))[0]
+    diff = evaluation.difference(rows, planned, policy.base(features), seed=seed)
+    return {**{k: round(v, 5) if isinstance(v, float) else v for k, v in diff.items()},
+            "use_plan": bool(diff["low"] > 0)}
 
 
 def from_features_matrix(features: np.ndarray) -> History:
@@ -178,14 +213,20 @@ def best_continuation(models: ResponseModels, features: np.ndarray, horizon: int
     return max(values, key=values.get), values
 
 
-def train(log, horizon: int = 14, rollouts: int = 32, sample: int = 2000, seed: int = 0) -> ModelPolicy:
-    """Fit the response models on an exploration log and pick the continuation threshold."""
+def train(log, horizon: int = 14, rollouts: int = 32, sample: int = 2000, seed: int = 0, rewards=None) -> ModelPolicy:
+    """Fit the response models on an exploration log and pick the continuation threshold; with
+    ``rewards`` (the log's ``evaluation.window_rewards``), the planner is kept only where
+    :func:`improvement_check` finds it better than that threshold (recorded in ``check``)."""
     models = ResponseModels.fit(log)
     from funnel.notify.history import FEATURES
 
     rows = log.sample(min(sample, len(log)), random_state=seed)
     t, _ = best_continuation(models, rows[list(FEATURES)].to_numpy(np.float64), horizon, seed=seed)
-    return ModelPolicy(models, t, horizon, rollouts, seed)
+    policy = ModelPolicy(models, t, horizon, rollouts, seed)
+    if rewards is not None:
+        policy.check = improvement_check(policy, rewards, seed)
+        policy.plan = policy.check["use_plan"]
+    return policy
 
 
 def save(policy, path: str | Path) -> None:

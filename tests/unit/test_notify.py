@@ -215,3 +215,61 @@ def test_decide_explores_with_recorded_propensities_and_skips_users_without_an_i
     (tmp_path / "junk.json").write_text(json.dumps({"kind": "model", "version": 99, "params": {}}))
     with pytest.raises(FunnelError, match="unsupported policy"):
         policies.load(tmp_path / "junk.json")
+
+
+def _rows_with_known_effect(seed: int = 0, users: int = 2000, per_user: int = 5) -> pd.DataFrame:
+    """A random log (push with probability 0.5) whose reward is 3 + 2 (score - 0.4) when pushed,
+    3 when not, plus noise: pushing helps exactly where the score is above 0.4."""
+    rng = np.random.default_rng(seed)
+    n = users * per_user
+    rows = pd.DataFrame({name: rng.uniform(0, 5, n) for name in FEATURES})
+    rows["score"] = rng.uniform(0, 1, n)
+    rows["open_rate"], rows["organic_rate"] = rng.uniform(0.05, 0.5, n), rng.uniform(0.05, 0.5, n)
+    rows["user_id"] = np.repeat([f"u{i}" for i in range(users)], per_user)
+    rows["day"] = np.tile(np.arange(per_user), users)
+    rows["send"] = rng.random(n) < 0.5
+    rows["propensity"] = 0.5
+    rows["reward"] = 3 + np.where(rows["send"], 2 * (rows["score"] - 0.4), 0.0) + rng.normal(0, 1, n)
+    return rows
+
+
+def test_paired_difference_finds_a_known_gain_and_a_known_loss():
+    """DR estimate of (target - base) against the difference computed from the reward's formula:
+    pushing where the score is above 0.4 instead of never gains E[2 (s - 0.4)+] = 0.36 per decision,
+    pushing below it loses E[2 (0.4 - s)+] = 0.16; a policy compared with itself differs by 0."""
+    rows = _rows_with_known_effect()
+    score = rows["score"].to_numpy()
+    never = np.zeros(len(rows))
+    gain = evaluation.difference(rows, (score > 0.4).astype(float), never, seed=0)
+    assert gain["low"] <= 0.36 <= gain["high"] and gain["low"] > 0
+    assert gain["differing"] == int((score > 0.4).sum())
+    loss = evaluation.difference(rows, (score < 0.4).astype(float), never, seed=0)
+    assert loss["low"] <= -0.16 <= loss["high"] and loss["high"] < 0
+    same = evaluation.difference(rows, never, never, seed=0)
+    assert same["estimate"] == 0 and same["low"] == 0 and same["high"] == 0 and same["differing"] == 0
+
+
+def test_model_policy_ships_its_planner_only_after_the_log_confirms_it(tmp_path):
+    """Trained with the log's rewards, the model policy records the planner-vs-threshold check and
+    plans only when the check's interval is above 0; without the plan it decides exactly as its
+    continuation threshold; the choice and the check survive a save and load."""
+    cfg = NotifyConfig(users=400, days=12, seed=7)
+    log = run(cfg, policies.RandomSend(0.5), record=True)
+    rows = evaluation.window_rewards(log["log"], log["activity"], cfg.days)
+    policy = policies.train(log["log"], rollouts=8, seed=1, rewards=rows)
+    check = policy.check
+    assert set(check) >= {"estimate", "low", "high", "differing", "use_plan"}
+    assert check["low"] <= check["estimate"] <= check["high"]
+    assert policy.plan == check["use_plan"] == (check["low"] > 0)
+    feats = rows[list(FEATURES)].to_numpy()
+    threshold = policies.Threshold(policy.models, policy.continuation).decide(feats, None)
+    policy.plan = False
+    assert np.array_equal(policy.decide(feats, None, 3), threshold)
+    assert np.array_equal(policy.explain(feats, 3)[0], threshold)
+    policy.plan = True
+    planned = policy.decide(feats, None, 3)
+    assert set(np.unique(planned)) <= {0.0, 1.0}
+    policies.save(policy, tmp_path / "model.json")
+    loaded = policies.load(tmp_path / "model.json")
+    assert loaded.plan and loaded.check == check
+    assert np.array_equal(loaded.decide(feats, None, 3), planned)
