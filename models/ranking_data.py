@@ -40,6 +40,7 @@ from workflows.negatives import popularity_draws
 from workflows.purchases import (AFFINITY_PREFIX, MAX_AFFINITY_VALUES, ItemValues, PurchaseHistory, affinity,
                                 pair_features)
 
+DOT_CHUNK = 262_144  # pairs scored at once by dot_scores
 PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score", *Z_SCORES, NEW_ITEM]
 
 
@@ -88,6 +89,12 @@ def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vector
     return cands
 
 
+def own_recent(history: pd.DataFrame, user_ids: np.ndarray) -> dict[Any, list]:
+    """user id -> the user's distinct items in ``history``, most recent first, for ``user_ids`` only
+    (the label users: at H&M size 50k of 1.37M, whose lists would take gigabytes)."""
+    return hist.recent_items(history[history["user_id"].isin(user_ids)]).to_dict()
+
+
 def hide_new_ids(rows: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Model rows with every id column of a new item (``NEW_ITEM`` > 0) set to the out-of-vocabulary
     code, as serving sees it: its vocabularies come from purchases, and nobody had bought it yet."""
@@ -115,7 +122,10 @@ def dot_scores(q: np.ndarray, user_ids: np.ndarray, vectors: np.ndarray, item_id
     """Two-tower score of each (user_id, item_id) pair (raw ids; unknown items score 0)."""
     u = pd.Index(user_ids).get_indexer(pairs["user_id"])
     i = pd.Index(item_ids).get_indexer(pairs["item_id"])
-    scores = np.einsum("ij,ij->i", q[u], vectors[np.maximum(i, 0)]).astype(np.float32)
+    scores = np.zeros(len(u), dtype=np.float32)
+    for start in range(0, len(u), DOT_CHUNK):  # gathered vectors in chunks: 10M pairs x 64 dims is 5 GiB
+        part = slice(start, start + DOT_CHUNK)
+        scores[part] = np.einsum("ij,ij->i", q[u[part]], vectors[np.maximum(i[part], 0)])
     return np.where(i >= 0, scores, 0.0).astype(np.float32)
 
 
@@ -252,7 +262,7 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
                                 purchases, user_index, cfg.item_item)
     q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
     new = NewItems.as_of(pre_manifest["dataset"]["path"], period.before, period.cutoff, item_ids)
-    cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, hist.recent_items(period.before).to_dict(),
+    cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, own_recent(period.before, label_users),
                        repurchase, item_item=source, new=new, n_new=cfg.new_items)
     training = cands["user_id"].isin(train_users).to_numpy()
     rows, facts = labelled_rows(cfg, period, bought[bought["user_id"].isin(train_users)], cands[training], q,
@@ -322,9 +332,8 @@ class RankingData:
 
         # The label periods: the retriever's validation period (window 0), then earlier ones; every
         # feature of a window describes only what came before it.
-        raw = pd.read_parquet(pre / "splits" / "train.parquet")
-        windows = label_periods(raw, pre_manifest["split"]["how"], retrieval_manifest["config"]["valid_days"],
-                                cfg.label_windows)
+        windows = label_periods(pd.read_parquet(pre / "splits" / "train.parquet"), pre_manifest["split"]["how"],
+                                retrieval_manifest["config"]["valid_days"], cfg.label_windows)
         first = windows[0]
         users, items = features_as_of(pre, first.before, first.cutoff)
         schema = ranking_schema(pre)
@@ -356,7 +365,7 @@ class RankingData:
         towers = Towers.load(run)
         q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
         new = NewItems.as_of(pre_manifest["dataset"]["path"], first.before, first.cutoff, item_ids)
-        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, hist.recent_items(first.before).to_dict(),
+        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, own_recent(first.before, label_users),
                            repurchase, item_item=source, new=new, n_new=cfg.new_items)
         cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, first.before, first.cutoff)
         _, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set), cfg.valid_k, cfg.seed)

@@ -25,6 +25,7 @@ from workflows.purchases import PurchaseHistory
 # the cube (20k: 3.2 GB, ~4 min per fit, and `funnel train ranking` fits once per lambda tried)
 MAX_ITEMS = 10_000
 NEIGHBOURS = 200
+BLOCK_ROWS = 1024  # rows of the dense items x items matrices worked on at once
 CHUNK_CELLS = 1 << 24  # users x items scored densely at once (64 MiB of float32)
 
 
@@ -40,20 +41,38 @@ def ease_weights(x: sp.spmatrix, lam: float) -> np.ndarray:
         upper, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
     if info != 0:  # not positive definite (lam <= 0 on a singular Gram)
         raise np.linalg.LinAlgError(f"EASE: the Gram matrix + {lam} I is not positive definite (lapack info {info})")
-    p = np.triu(upper) + np.triu(upper, 1).T
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return b
+    # in place, a block of rows at a time: the inverse's lower triangle from its upper one, then
+    # B = -P / diag(P) (whole-matrix expressions would hold three more items x items copies)
+    n = len(upper)
+    for start in range(0, n, BLOCK_ROWS):
+        end = min(start + BLOCK_ROWS, n)
+        upper[start:end, :start] = upper[:start, start:end].T
+        block = upper[start:end, start:end]
+        block[np.tril_indices(end - start, -1)] = block.T[np.tril_indices(end - start, -1)]
+    diag = np.diag(upper).copy()
+    for start in range(0, n, BLOCK_ROWS):
+        upper[start:start + BLOCK_ROWS] /= -diag[None, :]
+    np.fill_diagonal(upper, 0.0)
+    return upper
 
 
 def prune_rows(dense: np.ndarray, keep: int) -> sp.csr_matrix:
-    """Each row's ``keep`` largest positive entries as a CSR matrix (the rest dropped)."""
+    """Each row's ``keep`` largest positive entries as a CSR matrix (the rest dropped); a block of
+    rows at a time, so the argpartition's positions never span the whole matrix."""
     keep = min(keep, dense.shape[1])
-    top = np.argpartition(-dense, keep - 1, axis=1)[:, :keep] if keep else np.zeros((len(dense), 0), dtype=np.int64)
-    vals = np.take_along_axis(dense, top, axis=1)
-    rows = np.repeat(np.arange(len(dense)), top.shape[1])
-    ok = vals.reshape(-1) > 0
-    return sp.csr_matrix((vals.reshape(-1)[ok].astype(np.float32), (rows[ok], top.reshape(-1)[ok])), shape=dense.shape)
+    parts_rows, parts_cols, parts_vals = [], [], []
+    for start in range(0, len(dense), BLOCK_ROWS):
+        block = dense[start:start + BLOCK_ROWS]
+        top = np.argpartition(-block, keep - 1, axis=1)[:, :keep] if keep else np.zeros((len(block), 0), dtype=np.int64)
+        vals = np.take_along_axis(block, top, axis=1).reshape(-1)
+        ok = vals > 0
+        parts_rows.append(np.repeat(np.arange(start, start + len(block)), top.shape[1])[ok])
+        parts_cols.append(top.reshape(-1)[ok])
+        parts_vals.append(vals[ok].astype(np.float32))
+    if not parts_rows:
+        return sp.csr_matrix(dense.shape, dtype=np.float32)
+    return sp.csr_matrix((np.concatenate(parts_vals), (np.concatenate(parts_rows), np.concatenate(parts_cols))),
+                         shape=dense.shape)
 
 
 def user_matrix(history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | None = None) -> sp.csr_matrix:

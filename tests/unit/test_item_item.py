@@ -6,7 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from workflows.candidates import blend, standardise
-from workflows.item_item import ItemItem, ease_weights, sparse_top, user_matrix
+from workflows import item_item
+from workflows.item_item import ItemItem, ease_weights, prune_rows, sparse_top, user_matrix
 from workflows.purchases import PurchaseHistory
 
 T0 = pd.Timestamp("2024-01-01")
@@ -28,7 +29,9 @@ def random_history(seed: int, users: int = 70, items: int = 9, p: float = 0.3):
     return history_of(pairs, names_u, names_i), dense.astype(np.float64)
 
 
-def test_ease_weights_solve_the_ridge_regression_of_each_item_on_the_others():
+@pytest.mark.parametrize("block", [1024, 3])  # 3: the in-place symmetrising and pruning cross block edges
+def test_ease_weights_solve_the_ridge_regression_of_each_item_on_the_others(monkeypatch, block):
+    monkeypatch.setattr(item_item, "BLOCK_ROWS", block)
     rng = np.random.default_rng(0)
     x = sp.csr_matrix((rng.random((60, 8)) < 0.3).astype(np.float32))
     lam = 3.0
@@ -287,3 +290,15 @@ def test_serving_shortlist_only_where_the_ranker_is_used():
     assert serving_shortlist({**ranking, "config": {}}) == ({}, 0)  # runs before the shortlist: all ranked
     assert serving_shortlist(ranking, override=80) == (first, 80) and serving_shortlist(ranking, 0) == ({}, 0)
     assert serving_shortlist(None) == ({}, 0)
+
+
+@pytest.mark.parametrize("block", [1024, 4])
+def test_prune_rows_keeps_each_rows_largest_positive_entries(monkeypatch, block):
+    monkeypatch.setattr(item_item, "BLOCK_ROWS", block)
+    dense = np.random.default_rng(3).normal(size=(11, 9))
+    got = prune_rows(dense, 3).toarray()
+    for r, row in enumerate(dense):
+        top = np.argsort(-row)[:3]
+        want = np.zeros(9)
+        want[top] = np.where(row[top] > 0, row[top], 0.0)
+        assert np.allclose(got[r], want.astype(np.float32))

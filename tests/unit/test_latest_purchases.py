@@ -1,0 +1,41 @@
+"""``latest_purchases``: one row per (user, item) with its count and latest time, latest first,
+checked against a plain-Python computation over random rows with many ties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workflows.history import latest_purchases
+
+
+def _by_hand(rows: pd.DataFrame) -> list[tuple]:
+    seen: dict[tuple, list] = {}
+    for pos, (u, i, t) in enumerate(zip(rows["user_id"], rows["item_id"], rows["timestamp"])):
+        entry = seen.setdefault((u, i), [0, t, pos])
+        entry[0] += 1
+        if t > entry[1]:  # the latest time; among equal times the earliest row
+            entry[1], entry[2] = t, pos
+    # latest first; pairs whose latest purchase has the same time: the earlier input row first
+    ordered = sorted(seen.items(), key=lambda kv: (-kv[1][1].value, kv[1][2]))
+    return [(u, i, n, t) for (u, i), (n, t, _) in ordered]
+
+
+def test_latest_purchases_equals_a_plain_python_count_and_order():
+    rng = np.random.default_rng(0)
+    n = 3000
+    rows = pd.DataFrame({"user_id": rng.choice([f"user-{k:03d}" for k in range(40)], n),
+                         "item_id": rng.integers(1_000_000, 1_000_030, n),
+                         "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 50, n), unit="D"),
+                         "price": rng.random(n)})
+    got = latest_purchases(rows)
+    assert list(got.columns) == ["user_id", "item_id", "n", "last"]
+    assert list(got.itertuples(index=False, name=None)) == _by_hand(rows)
+    assert got["n"].sum() == n
+
+
+def test_latest_purchases_of_no_rows_is_empty():
+    empty = pd.DataFrame({"user_id": pd.Series([], dtype=object), "item_id": pd.Series([], dtype=np.int64),
+                          "timestamp": pd.Series([], dtype="datetime64[ns]")})
+    got = latest_purchases(empty)
+    assert got.empty and list(got.columns) == ["user_id", "item_id", "n", "last"]
