@@ -34,6 +34,7 @@ from merlin.io import Dataset
 from funnel.core.artifacts import RANKING_MANIFEST, read_retrieval_manifest, write_manifest
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir
+from funnel.core.memory import release_free_memory
 from funnel.core.metrics import recalls_at_k
 from models import distribute, optimizers
 from models.config import RankingConfig
@@ -136,14 +137,18 @@ def validation(cfg: RankingConfig, data: RankingData, model) -> Callable[[], dic
     return validate
 
 
-def save_item_item(cfg: RankingConfig, run: Path, lam: float) -> None:
-    """``RUN/item_item.npz``: EASE with the tuned ``lam`` on all of train as of the cutoff (what serving scores)."""
+def fit_item_item(cfg: RankingConfig, lam: float) -> ItemItem:
+    """EASE with the tuned ``lam`` on all of train as of the cutoff: what serving scores."""
     pre = Path(cfg.pre)
     raw = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
     users = pd.Index(pd.read_parquet(pre / "catalogue" / "users.parquet", columns=["user_id_raw"])["user_id_raw"])
     items = pd.Index(pd.read_parquet(pre / "catalogue" / "items.parquet", columns=["item_id_raw"])["item_id_raw"])
     history = PurchaseHistory.build(raw, users, items, raw["timestamp"].max())
-    model = ItemItem.fit(history, lam, cfg.item_item_neighbours, cfg.item_item_max_items)
+    return ItemItem.fit(history, lam, cfg.item_item_neighbours, cfg.item_item_max_items)
+
+
+def save_item_item(model: ItemItem, run: Path) -> None:
+    """``RUN/item_item.npz``, written whole or not at all."""
     with tempfile.TemporaryDirectory(dir=run) as tmp:
         model.save(Path(tmp) / "item_item.npz")
         os.replace(Path(tmp) / "item_item.npz", run / "item_item.npz")
@@ -164,6 +169,11 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     data = RankingData.build(cfg, retrieval_manifest, on_step)
     key, gate_key = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
     build_seconds = time.perf_counter() - start
+    release_free_memory()  # the build's frames are gone: the served EASE fit and training reuse their pages
+    # the served item-item source (the tuned lambda on everything before the cutoff), fitted before
+    # the DLRM exists, so its dense items x items work does not add to the model's memory
+    served_item_item = fit_item_item(cfg, data.item_item["lambda"]) if data.item_item else None
+    release_free_memory()
     cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
 
     strategy = distribute.choose_strategy(cfg.devices)
@@ -198,9 +208,9 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     blend_facts = {**data.blend, "with_ranker": share_facts, f"gate_recall@{cfg.valid_k}_by_score": orders,
                    f"gate_recall@{cfg.valid_k}_by_shortlist": by_shortlist}
     item_item = None
-    if data.item_item:  # the served source: the same lambda fitted on everything before the cutoff
+    if served_item_item is not None:  # the served source: the same lambda fitted on everything before the cutoff
         item_item = {**data.item_item, "fitted": True}
-        save_item_item(cfg, run, data.item_item["lambda"])
+        save_item_item(served_item_item, run)
     metrics = {"valid_auc": fit.best["valid_auc"], "valid_logloss": fit.best["valid_logloss"], key: fit.best[key],
                gate_key: float(fused_recall.mean()) if len(fused_recall) else 0.0,
                f"{gate_key}_ranker_alone": float(ranker_recall.mean()) if len(ranker_recall) else 0.0,

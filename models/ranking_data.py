@@ -25,6 +25,7 @@ from merlin.io import Dataset
 from merlin.schema import ColumnSchema, Schema, Tags
 
 from funnel.core.artifacts import read_preprocess_manifest
+from funnel.core.memory import release_free_memory
 from funnel.core.topk import dot_top_k
 from models.config import RankingConfig
 from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retriever
@@ -361,6 +362,7 @@ class RankingData:
                                                      cfg.item_item_neighbours, cfg.item_item_max_items, cfg.item_item,
                                                      exclude_seen=not repurchase)
 
+        release_free_memory()  # EASE's dense matrices and the purchase frames are gone
         say("label period 1: candidates")
         towers = Towers.load(run)
         q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
