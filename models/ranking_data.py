@@ -90,12 +90,6 @@ def candidates(q: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, vector
     return cands
 
 
-def own_recent(history: pd.DataFrame, user_ids: np.ndarray) -> dict[Any, list]:
-    """user id -> the user's distinct items in ``history``, most recent first, for ``user_ids`` only
-    (the label users: at H&M size 50k of 1.37M, whose lists would take gigabytes)."""
-    return hist.recent_items(history[history["user_id"].isin(user_ids)]).to_dict()
-
-
 def hide_new_ids(rows: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Model rows with every id column of a new item (``NEW_ITEM`` > 0) set to the out-of-vocabulary
     code, as serving sees it: its vocabularies come from purchases, and nobody had bought it yet."""
@@ -263,8 +257,9 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
                                 purchases, user_index, cfg.item_item)
     q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
     new = NewItems.as_of(pre_manifest["dataset"]["path"], period.before, period.cutoff, item_ids)
-    cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, own_recent(period.before, label_users),
-                       repurchase, item_item=source, new=new, n_new=cfg.new_items)
+    recent = hist.recent_items(period.before, users=label_users).to_dict()
+    cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, recent, repurchase, item_item=source,
+                       new=new, n_new=cfg.new_items)
     training = cands["user_id"].isin(train_users).to_numpy()
     rows, facts = labelled_rows(cfg, period, bought[bought["user_id"].isin(train_users)], cands[training], q,
                                 label_users, vectors, items, users, source, shares, new, schema, rng)
@@ -367,8 +362,9 @@ class RankingData:
         towers = Towers.load(run)
         q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
         new = NewItems.as_of(pre_manifest["dataset"]["path"], first.before, first.cutoff, item_ids)
-        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, own_recent(first.before, label_users),
-                           repurchase, item_item=source, new=new, n_new=cfg.new_items)
+        recent = hist.recent_items(first.before, users=label_users).to_dict()
+        cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, recent, repurchase, item_item=source,
+                       new=new, n_new=cfg.new_items)
         cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, first.before, first.cutoff)
         _, blend_facts = tune_blend(cands, tuning.groupby("user_id")["item_id"].apply(set), cfg.valid_k, cfg.seed)
         rows, window_facts = labelled_rows(cfg, first, bought, cands, q, label_users, vectors, items, users, source,

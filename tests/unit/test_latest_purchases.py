@@ -39,3 +39,15 @@ def test_latest_purchases_of_no_rows_is_empty():
                           "timestamp": pd.Series([], dtype="datetime64[ns]")})
     got = latest_purchases(empty)
     assert got.empty and list(got.columns) == ["user_id", "item_id", "n", "last"]
+
+
+def test_recent_items_for_some_users_equal_those_of_all_users():
+    from workflows.history import recent_items
+
+    rng = np.random.default_rng(1)
+    rows = pd.DataFrame({"user_id": rng.choice(["a", "b", "c", "d"], 200), "item_id": rng.integers(0, 15, 200),
+                         "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 9, 200), unit="D")})
+    every = recent_items(rows)
+    some = recent_items(rows, users=["b", "d", "zz"])
+    assert sorted(some.index) == ["b", "d"]
+    assert some.to_dict() == {u: every[u] for u in ("b", "d")}
