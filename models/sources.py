@@ -62,8 +62,8 @@ def tune_item_item(history: PurchaseHistory, users: pd.Index, truth: pd.Series, 
     tried: dict[str, float] = {}
     best: tuple[float, ItemItemSource] | None = None
     user_ids = truth.index.to_numpy()
-    for lam in lams:
-        source = ItemItemSource(ItemItem.fit(history, lam, neighbours, max_items), history, users, n)
+    for lam, model in zip(lams, ItemItem.fit_each(history, lams, neighbours, max_items)):
+        source = ItemItemSource(model, history, users, n)
         recall = float(np.mean(recalls_at_k(source.top(user_ids, exclude_seen, n=k).tolist(), list(truth), k)))
         tried[f"{lam:g}"] = round(recall, 5)
         if best is None or recall > best[0]:

@@ -69,6 +69,22 @@ def test_fit_scores_are_the_users_items_times_the_ease_weights():
     assert np.allclose(model.scores(history, rows), want, atol=1e-5)
 
 
+def test_fitting_several_lambdas_at_once_gives_each_lambdas_own_weights():
+    """One Gram matrix for every lambda: each model equals EASE at its lambda from the dense
+    matrix (the numpy inverse, as in the ridge test), positive weights kept."""
+    history, dense = random_history(4)
+    lams = [1.0, 5.0, 40.0]
+    models = list(ItemItem.fit_each(history, lams, neighbours=9))
+    assert [m.lam for m in models] == lams
+    for lam, model in zip(lams, models):
+        gram = dense.T @ dense + lam * np.eye(dense.shape[1])
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)[None, :]
+        np.fill_diagonal(b, 0.0)
+        assert np.allclose(model.weights.toarray(), np.where(b > 0, b, 0.0), atol=1e-5)
+    assert not np.allclose(models[0].weights.toarray(), models[2].weights.toarray())
+
+
 def test_pruning_keeps_each_items_strongest_neighbours():
     history, dense = random_history(3, items=12, p=0.4)
     b = ease_weights(sp.csr_matrix(dense), 2.0)
