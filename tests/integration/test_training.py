@@ -122,7 +122,9 @@ def test_ranker_manifest_and_learning(ranked_run):
     gate, gate_retrieval = m["metrics"]["gate_recall@12"], m["metrics"]["gate_recall@12_blend_order"]
     low, high = m["metrics"]["gate_lift_ci95"]
     assert 0 < gate_retrieval <= 1 and d["gate_users"] > 0 and low <= gate - gate_retrieval <= high
-    assert m["use_ranker"] == (low > 0)
+    share = m["blend"]["with_ranker"]["weights"]["ranker_score"]
+    assert m["use_ranker"] == (low > 0 and m["metrics"]["gate_lift_latest_period"] > 0 and share > 0)
+    assert m["gate_reason"]
     assert all("valid_recall@12" in h for h in m["history"])
     pre = json.loads((ranked_run / "retrieval.json").read_text())
     split_cutoff = pd.Timestamp(json.loads((pd.io.common.Path(pre["data"]["pre"]) / "preprocess.json").read_text())

@@ -55,6 +55,27 @@ def test_the_gate_needs_a_confident_gain():
     assert gate_decision(retrieval, retrieval, seed=0)["use"] is False  # no gain, no ranker
 
 
+def test_the_gate_also_needs_a_gain_in_the_latest_label_period():
+    """A confident gain over every label period is not enough when the latest period, the one whose
+    candidates come from the served retriever, shows none; nor is a ranker the blend gives no share."""
+    from models.ranking import gate_decision, gate_verdict
+
+    rng = np.random.default_rng(0)
+    blend = rng.random(400)
+    earlier = blend[100:] + 0.1 + rng.normal(0, 0.05, size=300)  # the ranker wins the earlier periods
+    latest = blend[:100] - 0.02 + rng.normal(0, 0.05, size=100)  # and loses the latest one
+    overall = gate_decision(np.concatenate([latest, earlier]), blend, seed=0)
+    assert overall["use"] is True  # the pooled lists alone would switch it on
+    alone = gate_decision(latest, blend[:100], seed=0)
+    assert alone["lift"] < 0
+    use, reason = gate_verdict(overall, alone, ranker_share=0.5)
+    assert use is False and "latest label period" in reason
+    wins = gate_decision(blend[:100] + 0.05, blend[:100], seed=0)
+    assert gate_verdict(overall, wins, ranker_share=0.5) == (True, "confident gain over the blend order")
+    assert gate_verdict(overall, wins, ranker_share=0.0)[0] is False
+    assert gate_verdict(gate_decision(blend, blend, seed=0), wins, ranker_share=0.5)[0] is False
+
+
 def test_affinity_is_the_share_of_the_users_items_with_the_items_values():
     """workflows.purchases.affinity (training and serving) against a Python loop over raw rows:
     distinct items bought before `now`, a single-valued feature and a multi-hot one."""
