@@ -382,6 +382,7 @@ class RankingData:
                 part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers,
                                                               schema, shares, repurchase, item_item_facts.get("lambda"),
                                                               rng)
+                window.release()  # its history: 1.2 GB at H&M size
                 fit_parts.append(part)
                 facts_by_window.append(part_facts)
                 judged.append(lists)

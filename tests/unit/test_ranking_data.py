@@ -111,6 +111,11 @@ def test_label_periods_each_see_only_what_came_before():
     for p in periods:
         assert p.before["timestamp"].max() < p.label["timestamp"].min() and p.cutoff > p.before["timestamp"].max()
         assert len(p.before) + len(p.label) + sum(len(q.label) for q in periods if q.cutoff > p.cutoff) == len(raw)
+    earlier = periods[1]
+    kept = earlier.before["item_id"].tolist()
+    earlier.release()  # its copy is dropped; asked again, the same rows come back
+    assert earlier.before["item_id"].tolist() == kept == [1, 2]
+    assert periods[0].before["item_id"].tolist() == [1, 2, 3]
 
 
 def test_gate_bootstrap_resamples_users_not_their_lists():
