@@ -14,6 +14,9 @@ import tensorflow as tf
 from merlin.io import Dataset
 
 from funnel.core.errors import FunnelError
+from models import list_columns
+
+list_columns.install()  # the merlin Loader flattens list features (genres) without a Python loop per value
 
 
 def configure_tensorflow(seed: int, threads: int = 0) -> str:
