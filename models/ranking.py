@@ -197,6 +197,9 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
 
     strategy = distribute.choose_strategy(cfg.devices)
+    # the DLRM's initial weights from the seed alone, whatever the data build drew before (loading
+    # towers, training the earlier periods' retriever): on MovieLens-100k the draw decided the gate
+    tf.keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, data, strategy)
     train_ds = Dataset(data.fit_rows[data.schema.column_names], schema=data.schema, cpu=True)
     fit = fit_best(model, train_ds, len(data.fit_rows), cfg.epochs, cfg.batch_size, strategy,
