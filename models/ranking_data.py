@@ -378,9 +378,15 @@ class RankingData:
                                            shares, new, schema, rng)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
         fit_parts, facts_by_window = [rows[~is_valid]], [window_facts]
+        valid_rows, latest_rows = rows[is_valid], len(rows)
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
         judged = [JudgedLists.of(cands, cands["user_id"].isin(valid_users).to_numpy(), bought, users, items, first,
                                  shares, schema)]
+        by_source = cands["source"].value_counts().to_dict()
+        # what only the latest period needs goes before the earlier ones are built (at H&M size period 2
+        # peaked at 9.3 GiB beside the latest period's candidates, rows, EASE source and towers)
+        rows = cands = source = purchases = recent = q = towers = users = None
+        release_free_memory()
         if towers_before is not None:
             for k, window in enumerate(windows[1:], start=2):
                 say(f"label period {k}: candidates")
@@ -391,22 +397,24 @@ class RankingData:
                 fit_parts.append(part)
                 facts_by_window.append(part_facts)
                 judged.append(lists)
+        earlier_rows = sum(len(p) for p in fit_parts[1:])
         fit_rows = pd.concat(fit_parts, ignore_index=True)
+        fit_parts.clear()  # two copies of the training rows at most (concatenated, then shuffled), not three
         valid_cands, valid_full, valid_truth, list_users = JudgedLists.keyed(judged)
         facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],
                  "label_period_start": str(first.cutoff), "label_users": int(len(label_users)),
-                 "rows": int(len(rows)) + sum(len(p) for p in fit_parts[1:]),
+                 "rows": int(latest_rows + earlier_rows),
                  "positives": int(sum(f["positives"] for f in facts_by_window)),
                  "hard_negatives": int(sum(f["hard_negatives"] for f in facts_by_window)),
                  "random_negatives": int(sum(f["random_negatives"] for f in facts_by_window)),
                  "candidates_per_user": window_facts["candidates_per_user"],
                  "label_recall_of_candidates": window_facts["label_recall_of_candidates"],
-                 "candidates_by_source": cands["source"].value_counts().to_dict(), "affinity_columns": shares,
+                 "candidates_by_source": by_source, "affinity_columns": shares,
                  "new_items": int(len(new.rows)),
                  "label_windows": facts_by_window}
         if len(windows) > 1:
             facts["earlier_retriever"] = earlier
         return cls(schema=schema, fit_rows=fit_rows.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True),
-                   valid_rows=rows[is_valid], valid_full=valid_full, valid_cands=valid_cands, valid_truth=valid_truth,
+                   valid_rows=valid_rows, valid_full=valid_full, valid_cands=valid_cands, valid_truth=valid_truth,
                    list_users=list_users, gate_lists=list_users.index[list_users.isin(gate_users)].to_numpy(),
                    facts=facts, blend=blend_facts, item_item=item_item_facts)
