@@ -6,8 +6,12 @@ them into model inputs. Serving reads the same tables, so no feature is computed
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from workflows.codes import IdCodes, grown
 
 USER_HISTORY = ["user_n_purchases", "user_days_since_last", "user_days_active", "user_mean_price"]
 ITEM_HISTORY = [
@@ -18,82 +22,161 @@ ITEM_HISTORY = [
 NOT_FEATURES = {"in_stock", "title", "prod_name", "detail_desc", "imdb_url"}
 
 
-def _days(delta: pd.Series) -> pd.Series:
-    return (delta / pd.Timedelta(days=1)).astype(np.float32)
-
-
 def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes (order of first appearance) and the distinct values: one hash pass over the ids."""
     codes, uniques = pd.factorize(values, sort=False)
     return codes.astype(np.int64), np.asarray(uniques)
 
 
-def _per_group(codes: np.ndarray, n: int, values: np.ndarray, how: str) -> np.ndarray:
-    series = pd.Series(values).groupby(codes, sort=True)
-    return getattr(series, how)().reindex(np.arange(n)).to_numpy()
+_DAY_NS = 86_400e9
+_ITEM_BITS = 31  # a (user, item) pair as one int64: user code << 31 | item code
+
+
+class HistoryStats:
+    """Per-user and per-item aggregates of purchases, added a part at a time.
+
+    Memory is O(users + items) plus the distinct (user, item) pairs, which are kept as int64 keys in
+    ``buckets`` groups by user (files under ``scratch`` when given, so a pass over 31.8M rows holds
+    one group at a time). ``user_table``/``item_table`` return the feature tables as of ``cutoff``;
+    a pass gives the same tables as one call on all the rows.
+    """
+
+    def __init__(self, users: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp,
+                 buckets: int = 1, scratch: Path | None = None) -> None:
+        self.users, self.items = users, items
+        self.user_codes, self.item_codes = IdCodes(users["user_id"]), IdCodes(items["item_id"])
+        self.cutoff = pd.Timestamp(cutoff).value
+        self.buckets, self.scratch = max(1, int(buckets)), scratch
+        self._pairs: list[list[np.ndarray]] = [[] for _ in range(self.buckets)]
+        self.user = self._state(0)
+        self.item = self._state(0)
+        self.item["last7"] = np.zeros(0, np.int64)
+        self.has_price = False
+
+    @staticmethod
+    def _state(n: int) -> dict[str, np.ndarray]:
+        return {"n": np.zeros(n, np.int64), "first": np.full(n, np.iinfo(np.int64).max),
+                "last": np.full(n, np.iinfo(np.int64).min), "price_sum": np.zeros(n), "price_n": np.zeros(n, np.int64)}
+
+    @staticmethod
+    def _add(state: dict[str, np.ndarray], codes: np.ndarray, n: int, seconds: np.ndarray,
+             price: np.ndarray | None) -> None:
+        fills = {"n": 0, "first": np.iinfo(np.int64).max, "last": np.iinfo(np.int64).min, "price_sum": 0.0,
+                 "price_n": 0, "last7": 0}
+        for key in state:
+            state[key] = grown(state[key], n, fills[key])
+        state["n"] += np.bincount(codes, minlength=n)
+        times = pd.Series(seconds).groupby(codes, sort=False).agg(["min", "max"])
+        at = times.index.to_numpy()
+        state["first"][at] = np.minimum(state["first"][at], times["min"].to_numpy())
+        state["last"][at] = np.maximum(state["last"][at], times["max"].to_numpy())
+        if price is not None:
+            ok = ~np.isnan(price)
+            state["price_sum"] += np.bincount(codes[ok], weights=price[ok], minlength=n)
+            state["price_n"] += np.bincount(codes[ok], minlength=n)
+
+    def add(self, part: pd.DataFrame) -> None:
+        """Count a part of the purchases (user_id, item_id, timestamp [, price])."""
+        users, items = self.user_codes(part["user_id"]), self.item_codes(part["item_id"])
+        if len(self.item_codes) >= 1 << _ITEM_BITS:
+            raise ValueError(f"more than {1 << _ITEM_BITS} items")
+        seconds = part["timestamp"].astype("datetime64[ns]").astype(np.int64).to_numpy()
+        price = part["price"].to_numpy(np.float64) if "price" in part.columns else None
+        self.has_price |= price is not None
+        self._add(self.user, users, len(self.user_codes), seconds, price)
+        self._add(self.item, items, len(self.item_codes), seconds, price)
+        self.item["last7"] += np.bincount(items[seconds >= self.cutoff - 7 * _DAY_NS], minlength=len(self.item_codes))
+        keys = (users << _ITEM_BITS) | items
+        group = users % self.buckets
+        for b in range(self.buckets):
+            chosen = keys[group == b] if self.buckets > 1 else keys
+            if self.scratch is None:
+                self._pairs[b].append(chosen)
+            else:
+                with open(self.scratch / f"pairs_{b}.bin", "ab") as handle:
+                    handle.write(chosen.tobytes())
+
+    def _distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per user its distinct items, per item its distinct buyers."""
+        n_users, n_items = len(self.user_codes), len(self.item_codes)
+        per_user, per_item = np.zeros(n_users, np.int64), np.zeros(n_items, np.int64)
+        for b in range(self.buckets):
+            if self.scratch is None:
+                keys = np.concatenate(self._pairs[b]) if self._pairs[b] else np.zeros(0, np.int64)
+            else:
+                file = self.scratch / f"pairs_{b}.bin"
+                keys = np.fromfile(file, dtype=np.int64) if file.exists() else np.zeros(0, np.int64)
+            keys = np.unique(keys)
+            per_user += np.bincount(keys >> _ITEM_BITS, minlength=n_users)
+            per_item += np.bincount(keys & ((1 << _ITEM_BITS) - 1), minlength=n_items)
+        return per_user, per_item
+
+    def _mean_price(self, state) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(state["price_n"] > 0, state["price_sum"] / np.maximum(state["price_n"], 1),
+                            np.nan).astype(np.float32)
+
+    def user_table(self, distinct: np.ndarray | None = None) -> pd.DataFrame:
+        """users.parquet joined with history aggregates; users without history keep nulls."""
+        n = len(self.users)
+        s = {k: grown(v, n, 0)[:n] for k, v in self.user.items()}
+        seen = s["n"] > 0
+        distinct = self._distinct()[0] if distinct is None else distinct
+
+        def masked(values) -> np.ndarray:
+            return np.where(seen, values, np.nan).astype(np.float32)
+
+        agg = {"user_n_purchases": masked(s["n"]),
+               "user_days_since_last": masked((self.cutoff - s["last"]) / _DAY_NS),
+               "user_days_active": masked((s["last"] - s["first"]) / _DAY_NS)}
+        if self.has_price:
+            agg["user_mean_price"] = masked(self._mean_price(s))
+        # habit: the share of a user's purchases that repeat an item they bought before
+        agg["user_repeat_share"] = masked((s["n"] - grown(distinct, n, 0)[:n]) / np.maximum(s["n"], 1))
+        return plain_dtypes(self.users.reset_index(drop=True).assign(**agg))
+
+    def item_table(self, distinct: np.ndarray | None = None) -> pd.DataFrame:
+        """items.parquet joined with popularity, recency and price aggregates as of ``cutoff``.
+
+        ``in_stock`` (the stock at the end of the data, after the cutoff) is not carried: stock comes
+        from the dataset where it is needed (exports, the online store), as of the time asked for.
+        """
+        n = len(self.items)
+        s = {k: grown(v, n, 0)[:n] for k, v in self.item.items()}
+        seen = s["n"] > 0
+        distinct = self._distinct()[1] if distinct is None else distinct
+
+        def masked(values) -> np.ndarray:
+            return np.where(seen, values, np.nan).astype(np.float32)
+
+        agg = {"item_n_purchases": s["n"].astype(np.float32),
+               "item_n_buyers": grown(distinct, n, 0)[:n].astype(np.float32),
+               "item_days_since_last": masked((self.cutoff - s["last"]) / _DAY_NS),
+               "item_days_since_first": masked((self.cutoff - s["first"]) / _DAY_NS),
+               "item_n_purchases_last7": s["last7"].astype(np.float32)}
+        if self.has_price:
+            agg["item_mean_price"] = masked(self._mean_price(s))
+        items = self.items.drop(columns=[c for c in ("in_stock",) if c in self.items]).reset_index(drop=True)
+        return plain_dtypes(items.assign(**agg))
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``user_table()`` and ``item_table()``, the distinct pairs counted once."""
+        per_user, per_item = self._distinct()
+        return self.user_table(per_user), self.item_table(per_item)
 
 
 def user_table(train: pd.DataFrame, users: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
-    """users.parquet joined with history aggregates; users without history keep nulls.
-
-    Grouped on integer codes of the ids (string ids are hashed once, not once per aggregate).
-    """
-    codes, ids = _codes(train["user_id"])
-    n = len(ids)
-    seconds = train["timestamp"].astype("datetime64[ns]").astype(np.int64).to_numpy()
-    last = _per_group(codes, n, seconds, "max")
-    first = _per_group(codes, n, seconds, "min")
-    day = 86_400e9
-    agg = pd.DataFrame(
-        {
-            "user_n_purchases": np.bincount(codes, minlength=n).astype(np.float32),
-            "user_days_since_last": ((pd.Timestamp(cutoff).value - last) / day).astype(np.float32),
-            "user_days_active": ((last - first) / day).astype(np.float32),
-        },
-        index=pd.Index(ids, name="user_id"),
-    )
-    if "price" in train.columns:
-        agg["user_mean_price"] = _per_group(codes, n, train["price"].to_numpy(np.float64), "mean").astype(np.float32)
-    # habit: the share of a user's purchases that repeat an item they bought before
-    items, _ = _codes(train["item_id"])
-    pair = codes * (int(items.max(initial=0)) + 1) + items  # (user, item) as one integer
-    repeat = pd.Series(pair).duplicated().to_numpy()  # per user, the count does not depend on the order
-    agg["user_repeat_share"] = (np.bincount(codes, weights=repeat, minlength=n)
-                                / np.maximum(np.bincount(codes, minlength=n), 1)).astype(np.float32)
-    return plain_dtypes(users.merge(agg.reset_index(), on="user_id", how="left"))
+    """users.parquet joined with history aggregates (``HistoryStats`` over all of ``train`` at once)."""
+    stats = HistoryStats(users, pd.DataFrame({"item_id": pd.unique(train["item_id"])}), cutoff)
+    stats.add(train)
+    return stats.user_table()
 
 
 def item_table(train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
-    """items.parquet joined with popularity, recency and price aggregates as of ``cutoff``.
-
-    ``in_stock`` (the stock at the end of the data, after the cutoff) is not carried: stock comes
-    from the dataset where it is needed (exports, the online store), as of the time asked for.
-    """
-    codes, ids = _codes(train["item_id"])
-    n = len(ids)
-    users, _ = _codes(train["user_id"])
-    seconds = train["timestamp"].astype("datetime64[ns]").astype(np.int64).to_numpy()
-    cut = pd.Timestamp(cutoff).value
-    day = 86_400e9
-    buyers = np.bincount(codes[pd.Series(users * n + codes).drop_duplicates().index.to_numpy()], minlength=n)
-    recent = seconds >= cut - 7 * day
-    agg = pd.DataFrame(
-        {
-            "item_n_purchases": np.bincount(codes, minlength=n).astype(np.float32),
-            "item_n_buyers": buyers.astype(np.float32),
-            "item_days_since_last": ((cut - _per_group(codes, n, seconds, "max")) / day).astype(np.float32),
-            "item_days_since_first": ((cut - _per_group(codes, n, seconds, "min")) / day).astype(np.float32),
-        },
-        index=pd.Index(ids, name="item_id"),
-    )
-    agg["item_n_purchases_last7"] = np.bincount(codes[recent], minlength=n).astype(np.float32)
-    if "price" in train.columns:
-        agg["item_mean_price"] = _per_group(codes, n, train["price"].to_numpy(np.float64), "mean").astype(np.float32)
-    items = items.drop(columns=[c for c in ("in_stock",) if c in items])
-    out = plain_dtypes(items.merge(agg.reset_index(), on="item_id", how="left"))
-    for col in ("item_n_purchases", "item_n_buyers", "item_n_purchases_last7"):
-        out[col] = out[col].fillna(0).astype(np.float32)
-    return out
+    """items.parquet joined with popularity, recency and price aggregates as of ``cutoff``."""
+    stats = HistoryStats(pd.DataFrame({"user_id": pd.unique(train["user_id"])}), items, cutoff)
+    stats.add(train)
+    return stats.item_table()
 
 
 def latest_purchases(interactions: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,11 @@ Output directory (written to a temporary directory, renamed on success)::
     PRE/catalogue/{items,users}.parquet    every known item/user encoded, with *_raw ids
     PRE/preprocess.json                    config, sizes, timings, checksums
 
+The interactions are never held whole: the split and the history aggregates are passes over
+``interactions.parquet`` a batch at a time (``workflows.passes``), and the transform reads the split
+files one row group per task (on the Dask workers when ``--workers``/``--scheduler`` is given, which
+then need the output folder's file system). The driver holds the feature tables, O(users + items).
+
 The ranker's rows are built at training time from the retriever's candidates
 (``models.ranking_data``); its schema comes from the saved workflow, so no labelled folder with
 random negatives is written here.
@@ -27,22 +32,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from merlin.io import Dataset
 
 from funnel.core.artifacts import PREPROCESS_MANIFEST, write_manifest
 from funnel.core.config import as_dict
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir, sha256_files
-from funnel.data.canonical import read_dataset
+from funnel.data.canonical import INTERACTIONS, read_dataset
 from workflows import CONTEXT_SUBGRAPH, ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
+from workflows.codes import grown, parquet_batches
 from workflows.compute import dask_client, resolve_device
 from workflows.config import PreprocessConfig, Split
 from workflows.graph import build_workflow, infer_spec
-from workflows.splits import split
-from workflows.tables import (encoded_tables, fit_on_tables, join_rows, parts, row_positions, vocabulary,
-                              weighted_vocabulary)
+from workflows.passes import history_pass, split_files
+from workflows.tables import (encoded_tables, fit_on_tables, join_rows, lacking_ids, row_positions,
+                              vocabulary_of_counts, weighted_vocabulary)
 
-# Rows per transformed parquet part (the unit of Dask parallelism and of the join's memory).
+# Rows per transformed parquet part (a row group of the split files; the unit of Dask parallelism
+# and of the join's memory).
 PART_ROWS = 100_000
 
 
@@ -50,26 +58,39 @@ def _unix_seconds(ts: pd.Series) -> pd.Series:
     return (ts.astype("datetime64[ns]").astype(np.int64) // 1_000_000_000).astype(np.int64)
 
 
-def _write_rows(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], keys: dict[str, str], schema,
-               folder: Path) -> None:
-    """The transformed rows in parts of ``PART_ROWS``, with the workflow's schema (merlin's writer).
+def _encode_part(path: str, group: int | None, shared: tuple, keys: dict[str, str], columns: list[str]) -> pd.DataFrame:
+    """The workflow's output for one row group of a split file (``group`` None: no rows)."""
+    encoded, indexes, raw_columns = shared
+    file = pq.ParquetFile(path)
+    raw = (file.read_row_group(group, columns=raw_columns) if group is not None
+           else file.schema_arrow.empty_table().select(raw_columns)).to_pandas()
+    positions = row_positions(raw, indexes, keys)
+    passthrough = {c: (_unix_seconds(raw["timestamp"]) if c == TIME else raw[c]).to_numpy()
+                   for c in columns if not any(c in e.columns for e in encoded.values())}
+    return join_rows(positions, passthrough, encoded, columns)
 
-    Each part is joined when the writer asks for it (a delayed task: on the Dask workers when a
-    cluster is in use), so at most a few parts are in memory besides the raw rows.
+
+def _write_rows(split_file: Path, encoded: dict[str, pd.DataFrame], keys: dict[str, str], schema,
+                folder: Path) -> None:
+    """The transformed rows of a split file, one part per row group, with the workflow's schema
+    (merlin's writer).
+
+    Each part is read and joined when the writer asks for it (a delayed task: on the Dask workers
+    when a cluster is in use), so at most a few parts are in memory.
     """
     import dask
     import dask.dataframe as dd
 
     columns = schema.column_names
-    positions = row_positions(rows, encoded, keys)
-    passthrough = {c: rows[c].to_numpy() for c in columns if not any(c in e.columns for e in encoded.values())}
-    shared = dask.delayed(encoded, name=f"encoded-tables-{uuid.uuid4().hex}", traverse=False)  # no hashing
-    make = dask.delayed(join_rows, pure=False)
-    meta = join_rows({n: p[:0] for n, p in positions.items()}, {c: v[:0] for c, v in passthrough.items()},
-                     encoded, columns)
-    ddf = dd.from_delayed([make({n: p[part] for n, p in positions.items()},
-                                {c: v[part] for c, v in passthrough.items()}, shared, columns)
-                           for part in parts(len(rows), PART_ROWS)], meta=meta, verify_meta=False)
+    raw_columns = list(dict.fromkeys([*keys.values(), "timestamp"]))
+    indexes = {name: pd.Index(encoded[name][f"{key}_raw"]) for name, key in keys.items()}
+    shared = dask.delayed((encoded, indexes, raw_columns), name=f"encoded-tables-{uuid.uuid4().hex}",
+                          traverse=False)  # no hashing
+    make = dask.delayed(_encode_part, pure=False)
+    meta = _encode_part(str(split_file), None, (encoded, indexes, raw_columns), keys, columns)
+    groups = list(range(pq.ParquetFile(split_file).metadata.num_row_groups)) or [None]
+    ddf = dd.from_delayed([make(str(split_file), g, shared, keys, columns) for g in groups], meta=meta,
+                          verify_meta=False)
     Dataset(ddf, schema=schema, cpu=True).to_parquet(str(folder), output_files=ddf.npartitions)
 
 
@@ -90,62 +111,60 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         clock = now
         step(name)
 
-    interactions = ds.interactions()
-    result = split(interactions, cfg.split, cfg.test_days)
-    train, test = result.train, result.test
-    tick("split")
-
-    users = history.user_table(train, ds.users(), result.cutoff)
-    items = history.item_table(train, ds.items(), result.cutoff)
-    buckets_u = {"user_mean_price": history.price_boundaries(users["user_mean_price"])} if "price" in train else {}
-    buckets_i = {"item_mean_price": history.price_boundaries(items["item_mean_price"])} if "price" in train else {}
-    user_spec = infer_spec(users, "user_id", buckets_u)
-    item_spec = infer_spec(items, "item_id", buckets_i)
-    context = [c for c in ("channel",) if c in train.columns]
-    tick("features")
-
     with atomic_output_dir(cfg.out) as out, dask_client(device, cfg.workers, cfg.scheduler) as client:
         (out / "splits").mkdir()
-        cols = list(interactions.columns)  # user_id, item_id, timestamp first, then price, channel, ...
-        train[cols].to_parquet(out / "splits" / "train.parquet", index=False)
-        test[cols].to_parquet(out / "splits" / "test.parquet", index=False)
+        splits = split_files(ds.path / INTERACTIONS, out / "splits", str(cfg.split), cfg.test_days, PART_ROWS)
+        tick("split")
+
+        context = [c for c in ("channel",) if c in splits.columns]
+        stage = out / "_stage"  # Categorify's vocabularies until Workflow.save copies them; pair counts
+        seen = history_pass(splits, ds.users(), ds.items(), context, stage / "pairs")
+        users, items, stats = seen.users, seen.items, seen.stats
+        buckets_u = {"user_mean_price": history.price_boundaries(users["user_mean_price"])} if stats.has_price else {}
+        buckets_i = {"item_mean_price": history.price_boundaries(items["item_mean_price"])} if stats.has_price else {}
+        user_spec = infer_spec(users, "user_id", buckets_u)
+        item_spec = infer_spec(items, "item_id", buckets_i)
         (out / "features").mkdir()
         users.to_parquet(out / "features" / "users.parquet", index=False)
         items.to_parquet(out / "features" / "items.parquet", index=False)
+        tick("features")
 
         user_in = users[user_spec.inputs]
         item_in = items[item_spec.inputs]
-        stage = out / "_stage"  # Categorify's vocabularies until Workflow.save copies them
-        stage.mkdir()
-        rows = ["user_id", "item_id", *context, TIME]
-        train_rows = train.assign(**{TIME: _unix_seconds(train["timestamp"])})[rows]
-        test_rows = test.assign(**{TIME: _unix_seconds(test["timestamp"])})[rows]
+        bought = {"user_id": grown(stats.user["n"], len(stats.user_codes), 0),
+                  "item_id": grown(stats.item["n"], len(stats.item_codes), 0)}
+        codes = {"user_id": stats.user_codes, "item_id": stats.item_codes}
         # ids, context and categorical features are counted over the training purchases (a
         # feature value of a user counts once per purchase of that user); normalisation is per entity
-        vocabs = {key: vocabulary(train[key], cfg.id_freq_threshold) for key in ("user_id", "item_id")}
-        vocabs.update({col: vocabulary(train[col]) for col in context})
+        vocabs = {key: vocabulary_of_counts(pd.Series(bought[key], index=pd.Index(codes[key].ids(), name=key)),
+                                            cfg.id_freq_threshold) for key in ("user_id", "item_id")}
+        vocabs.update({col: vocabulary_of_counts(seen.context[col]) for col in context})
         for table, spec in ((user_in, user_spec), (item_in, item_spec)):
-            weights = table[spec.key].map(train[spec.key].value_counts()).fillna(0).to_numpy(np.int64)
+            weights = bought[spec.key][:len(table)]
             vocabs.update({col: weighted_vocabulary(table[col], weights, cfg.feature_freq_threshold)
                            for col in (*spec.categorical, *spec.multi_hot)})
         keys = {USER_SUBGRAPH: "user_id", ITEM_SUBGRAPH: "item_id", **({CONTEXT_SUBGRAPH: context[0]} if context else {})}
         tables = {USER_SUBGRAPH: user_in, ITEM_SUBGRAPH: item_in,
                   **({CONTEXT_SUBGRAPH: vocabs[context[0]].to_frame()} if context else {})}
+        lacking = {USER_SUBGRAPH: stats.user_codes.extra.to_numpy(), ITEM_SUBGRAPH: stats.item_codes.extra.to_numpy(),
+                   **({CONTEXT_SUBGRAPH: lacking_ids(vocabs[context[0]], seen.context_seen[context[0]])}
+                      if context else {})}
         tick("vocabularies")
 
         workflow = build_workflow(user_spec, item_spec, context, cfg.id_freq_threshold, cfg.feature_freq_threshold,
                                   vocab_dir=str(stage), vocabs=vocabs)
-        fit_tables = {USER_SUBGRAPH: user_in[user_in["user_id"].isin(train["user_id"].unique())],
-                      ITEM_SUBGRAPH: item_in[item_in["item_id"].isin(train["item_id"].unique())]}
-        sample = train_rows.head(100).merge(user_in, on="user_id", how="left").merge(item_in, on="item_id",
-                                                                                      how="left")
+        fit_tables = {USER_SUBGRAPH: user_in[bought["user_id"][:len(user_in)] > 0],
+                      ITEM_SUBGRAPH: item_in[bought["item_id"][:len(item_in)] > 0]}
+        head = next(parquet_batches(splits.train, ["user_id", "item_id", *context, "timestamp"], 100))
+        sample = (head.head(100).assign(**{TIME: _unix_seconds(head["timestamp"])})[["user_id", "item_id", *context, TIME]]
+                  .merge(user_in, on="user_id", how="left").merge(item_in, on="item_id", how="left"))
         fit_on_tables(workflow, fit_tables, sample.assign(**{TARGET: np.int8(1)}), device)
         tick("fit")
 
-        encoded = encoded_tables(workflow, keys, tables, [train_rows, test_rows], device)
+        encoded = encoded_tables(workflow, keys, tables, lacking, device)
         schema = workflow.output_schema.excluding_by_name([TARGET])
-        for name, frame in (("train", train_rows), ("test", test_rows)):
-            _write_rows(frame, encoded, keys, schema, out / "retrieval" / name)
+        for name, file in (("train", splits.train), ("test", splits.test)):
+            _write_rows(file, encoded, keys, schema, out / "retrieval" / name)
         tick("transform_retrieval")
 
         (out / "catalogue").mkdir()
@@ -157,6 +176,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         shutil.rmtree(stage)
         tick("save")
 
+        n_users, n_items = bought["user_id"], bought["item_id"]
         manifest = {
             "config": as_dict(cfg),
             "device": device,
@@ -164,21 +184,19 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
             "dataset": {"name": ds.name, "path": str(Path(cfg.data).resolve()), "repurchase": ds.repurchase,
                         "content_checksum": ds.meta.get("content_checksum")},
             "split": {"how": str(cfg.split), "test_days": cfg.test_days if cfg.split == Split.TIME else None,
-                      "cutoff": str(result.cutoff)},
+                      "cutoff": str(splits.cutoff)},
             "rows": {
-                "interactions": int(len(interactions)),
-                "train": int(len(train)),
-                "test": int(len(test)),
+                "interactions": splits.rows["train"] + splits.rows["test"],
+                "train": splits.rows["train"],
+                "test": splits.rows["test"],
             },
-            "users": {"total": int(len(users)), "train": int(train["user_id"].nunique()),
-                      "test": int(test["user_id"].nunique()),
-                      "test_cold": int((~test["user_id"].drop_duplicates().isin(train["user_id"])).sum())},
-            "items": {"total": int(len(items)), "train": int(train["item_id"].nunique()),
-                      "test": int(test["item_id"].nunique()),
-                      "test_cold": int((~test["item_id"].drop_duplicates().isin(train["item_id"])).sum())},
+            "users": {"total": int(len(users)), "train": int((n_users > 0).sum()),
+                      "test": int(len(seen.test_users)), "test_cold": int((n_users[seen.test_users] == 0).sum())},
+            "items": {"total": int(len(items)), "train": int((n_items > 0).sum()),
+                      "test": int(len(seen.test_items)), "test_cold": int((n_items[seen.test_items] == 0).sum())},
             "features": {"user": asdict(user_spec), "item": asdict(item_spec), "context": context},
             "timings_s": timings,
-            "rows_per_s": round(len(interactions) / max(sum(timings.values()), 1e-9)),
+            "rows_per_s": round((splits.rows["train"] + splits.rows["test"]) / max(sum(timings.values()), 1e-9)),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "workflow_checksum": sha256_files([out / "workflow" / "workflow.pkl"]),
         }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from funnel.core.errors import FunnelError
+from workflows.codes import IdCodes, grown
 from workflows.config import Split
 
 
@@ -21,33 +23,83 @@ class SplitResult:
     cutoff: pd.Timestamp  # features are computed as of this time (time: test start; user-last: end of train)
 
 
+@dataclass
+class SplitRule:
+    """Which rows are test, decided from a first pass over the interactions (``split_rule``).
+
+    ``time``: rows at or after ``cutoff`` (the start of the last ``test_days`` calendar days).
+    ``user-last``: rows at their user's latest timestamp, for users with an earlier one too
+    (``codes`` codes the users, ``first``/``last`` hold their earliest and latest timestamps, ns).
+    """
+
+    how: str
+    cutoff: pd.Timestamp | None = None
+    codes: IdCodes | None = None
+    first: np.ndarray | None = None
+    last: np.ndarray | None = None
+
+    def is_test(self, part: pd.DataFrame) -> np.ndarray:
+        seconds = _ns(part["timestamp"])
+        if self.how == "time":
+            return seconds >= self.cutoff.value
+        codes = self.codes(part["user_id"])
+        return (seconds == self.last[codes]) & (self.first[codes] < self.last[codes])
+
+
+def _ns(ts: pd.Series) -> np.ndarray:
+    return ts.astype("datetime64[ns]").to_numpy().view(np.int64)
+
+
+def split_rule(parts: Iterable[pd.DataFrame], how: Split | str = Split.TIME, test_days: int = 7) -> SplitRule:
+    """The rule of a split, from one pass over ``parts`` of the interactions (``timestamp``, and
+    ``user_id`` for ``user-last``): memory O(users), not O(rows)."""
+    if how not in SPLITS:
+        raise FunnelError(f"split: unknown split {how!r} (choose from {', '.join(SPLITS)})")
+    if how == "time" and test_days < 1:
+        raise FunnelError("split: --test-days must be >= 1")
+    low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    codes = IdCodes(pd.Index([], dtype=object)) if how == "user-last" else None
+    first, last = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = 0
+    for part in parts:
+        if not len(part):
+            continue
+        rows += len(part)
+        seconds = _ns(part["timestamp"])
+        low, high = min(low, int(seconds.min())), max(high, int(seconds.max()))
+        if codes is not None:
+            users = codes(part["user_id"])
+            first = grown(first, len(codes), np.iinfo(np.int64).max)
+            last = grown(last, len(codes), np.iinfo(np.int64).min)
+            times = pd.Series(seconds).groupby(users, sort=False).agg(["min", "max"])
+            at = times.index.to_numpy()
+            first[at] = np.minimum(first[at], times["min"].to_numpy())
+            last[at] = np.maximum(last[at], times["max"].to_numpy())
+    if not rows:
+        raise FunnelError("split: no interactions")
+    if how == "time":
+        cutoff = pd.Timestamp(high).normalize() - pd.Timedelta(days=test_days - 1)
+        if low >= cutoff.value:
+            raise FunnelError(f"split: the data spans fewer than {test_days + 1} days; nothing left to train on")
+        return SplitRule("time", cutoff=cutoff)
+    if not (first < last).any():
+        raise FunnelError("split: no user has more than one basket; user-last leaves no test set")
+    return SplitRule("user-last", codes=codes, first=first, last=last)
+
+
 def split(interactions: pd.DataFrame, how: Split | str = Split.TIME, test_days: int = 7) -> SplitResult:
     """Split interactions.
 
     ``time``: the last ``test_days`` calendar days are test (as in the H&M competition).
     ``user-last``: per user, the interactions at the user's latest timestamp are the test
     basket; users with a single basket (one distinct timestamp) stay wholly in train.
+    The cutoff of ``user-last`` is one second after the latest training row (features describe all of train).
     """
-    if interactions.empty:
-        raise FunnelError("split: no interactions")
-    ts = interactions["timestamp"]
-    if how == "time":
-        if test_days < 1:
-            raise FunnelError("split: --test-days must be >= 1")
-        cutoff = ts.max().normalize() - pd.Timedelta(days=test_days - 1)
-        is_test = ts >= cutoff
-        if is_test.all():
-            raise FunnelError(f"split: the data spans fewer than {test_days + 1} days; nothing left to train on")
-    elif how == "user-last":
-        last = ts.groupby(interactions["user_id"], sort=False).transform("max")
-        first = ts.groupby(interactions["user_id"], sort=False).transform("min")
-        is_test = (ts == last) & (first < last)
-        if not is_test.any():
-            raise FunnelError("split: no user has more than one basket; user-last leaves no test set")
-        cutoff = ts[~is_test].max() + pd.Timedelta(seconds=1)  # features describe all of train
-    else:
-        raise FunnelError(f"split: unknown split {how!r} (choose from {', '.join(SPLITS)})")
-    return SplitResult(interactions[~is_test], interactions[is_test], cutoff)
+    rule = split_rule([interactions], how, test_days)
+    is_test = rule.is_test(interactions)
+    train = interactions[~is_test]
+    cutoff = rule.cutoff if how == "time" else train["timestamp"].max() + pd.Timedelta(seconds=1)
+    return SplitResult(train, interactions[is_test], cutoff)
 
 
 def label_windows(frame: pd.DataFrame, split: Split | str, valid_days: int, windows: int) -> np.ndarray:

@@ -16,8 +16,6 @@ NVTabular's own ``workflow.transform`` of the joined raw rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 from merlin.dag.ops.subgraph import Subgraph
@@ -28,10 +26,14 @@ from workflows.io import encode_table
 
 def vocabulary(values: pd.Series, threshold: int = 1) -> pd.Series:
     """The values seen at least ``threshold`` times, most frequent first (ties by value): a Categorify vocab."""
-    counts = values.dropna().value_counts()
-    counts = counts[counts >= threshold]
+    return vocabulary_of_counts(values.dropna().value_counts(), threshold).rename(values.name)
+
+
+def vocabulary_of_counts(counts: pd.Series, threshold: int = 1) -> pd.Series:
+    """``vocabulary`` from value -> times seen (values seen 0 times are left out)."""
+    counts = counts[(counts >= threshold) & (counts > 0)]
     order = np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))
-    return pd.Series(counts.index.to_numpy()[order], name=values.name)
+    return pd.Series(counts.index.to_numpy()[order], name=counts.index.name)
 
 
 def weighted_vocabulary(values: pd.Series, weights: np.ndarray, threshold: int = 1) -> pd.Series:
@@ -79,8 +81,9 @@ def fit_on_tables(workflow, tables: dict[str, pd.DataFrame], sample: pd.DataFram
 
 
 def encoded_tables(workflow, names_keys: dict[str, str], tables: dict[str, pd.DataFrame],
-                   rows: list[pd.DataFrame], device: str) -> dict[str, pd.DataFrame]:
-    """Each sub-workflow applied to its whole table, plus rows for ids of ``rows`` the table lacks.
+                   lacking: dict[str, np.ndarray], device: str) -> dict[str, pd.DataFrame]:
+    """Each sub-workflow applied to its whole table, plus rows for ``lacking[name]``: ids of the
+    interaction rows that the table lacks (in order of first appearance).
 
     A row whose user (or item, or context value) is missing from the table gets what a left join
     would have given NVTabular: the id with every other input null.
@@ -88,9 +91,7 @@ def encoded_tables(workflow, names_keys: dict[str, str], tables: dict[str, pd.Da
     out = {}
     for name, key in names_keys.items():
         table = tables[name]
-        seen = pd.Index(table[key])
-        missing = pd.unique(np.concatenate([r[key].to_numpy() for r in rows]))
-        missing = missing[seen.get_indexer(missing) < 0]
+        missing = np.asarray(lacking.get(name, []))
         if len(missing):
             extra = pd.DataFrame({key: missing.astype(table[key].dtype)})
             table = pd.concat([table, extra], ignore_index=True)
@@ -99,11 +100,18 @@ def encoded_tables(workflow, names_keys: dict[str, str], tables: dict[str, pd.Da
     return out
 
 
-def row_positions(rows: pd.DataFrame, encoded: dict[str, pd.DataFrame], keys: dict[str, str]) -> dict[str, np.ndarray]:
-    """For each encoded table, the position of every row's key in it (one hash lookup over all rows)."""
+def lacking_ids(table_ids: pd.Series, row_ids: np.ndarray) -> np.ndarray:
+    """The distinct ``row_ids`` (first appearance order) that ``table_ids`` lacks."""
+    distinct = pd.unique(row_ids)
+    return distinct[pd.Index(table_ids).get_indexer(distinct) < 0]
+
+
+def row_positions(rows: pd.DataFrame, indexes: dict[str, pd.Index], keys: dict[str, str]) -> dict[str, np.ndarray]:
+    """For each encoded table, the position of every row's key in it: ``indexes[name]`` is the
+    table's ``{key}_raw`` column as an index (built once, reused by every part)."""
     out = {}
     for name, key in keys.items():
-        position = pd.Index(encoded[name][f"{key}_raw"]).get_indexer(rows[key])
+        position = indexes[name].get_indexer(rows[key])
         if (position < 0).any():  # encoded_tables added every id of the rows
             raise ValueError(f"{key} {rows[key].to_numpy()[position < 0][0]!r} has no encoded row")
         out[name] = position.astype(np.int32)
@@ -121,9 +129,3 @@ def join_rows(positions: dict[str, np.ndarray], passthrough: dict[str, np.ndarra
             if col in columns and col not in pieces:
                 pieces[col] = table[col].to_numpy()[position]
     return pd.DataFrame({col: pieces[col] for col in columns})
-
-
-def parts(n_rows: int, part_rows: int) -> Iterator[slice]:
-    """Consecutive slices of ``part_rows`` rows (at least one, possibly empty)."""
-    for i in range(max(1, int(np.ceil(n_rows / part_rows)))):
-        yield slice(i * part_rows, (i + 1) * part_rows)

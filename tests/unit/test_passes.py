@@ -1,0 +1,132 @@
+"""Preprocessing a batch at a time (workflows/passes.py): the same splits, tables and encoded rows
+as plain pandas on the whole frame, whatever the batch size."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from workflows.codes import IdCodes
+from workflows.history import HistoryStats
+from workflows.io import read_parquet_dir
+from workflows.passes import history_pass, split_files
+
+
+def _interactions(tmp_path, n=5000, seed=4):
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "user_id": rng.choice([f"u{i:03d}" for i in range(300)], n),
+        "item_id": rng.integers(0, 120, n),
+        "timestamp": (pd.Timestamp("2024-03-01") + pd.to_timedelta(rng.integers(0, 40, n), unit="D")
+                      + pd.to_timedelta(rng.integers(0, 3, n) * 3600, unit="s")),
+        "price": np.where(rng.random(n) < 0.05, np.nan, rng.random(n)).astype(np.float32),
+        "channel": rng.integers(1, 3, n).astype(np.int8),
+    })
+    path = tmp_path / "interactions.parquet"
+    frame.to_parquet(path, index=False, row_group_size=700)
+    return frame, path
+
+
+def _reference_split(frame, how):
+    """The split written out longhand: last 7 calendar days, or each user's last timestamp."""
+    if how == "time":
+        cutoff = frame["timestamp"].max().normalize() - pd.Timedelta(days=6)
+        test = frame["timestamp"] >= cutoff
+    else:
+        last = frame.groupby("user_id")["timestamp"].transform("max")
+        first = frame.groupby("user_id")["timestamp"].transform("min")
+        test = (frame["timestamp"] == last) & (first < last)
+        cutoff = frame.loc[~test, "timestamp"].max() + pd.Timedelta(seconds=1)
+    return frame[~test].reset_index(drop=True), frame[test].reset_index(drop=True), cutoff
+
+
+@pytest.mark.parametrize("how", ["time", "user-last"])
+def test_split_files_in_small_batches_equal_the_whole_frame_split(tmp_path, how):
+    frame, path = _interactions(tmp_path)
+    out = tmp_path / "splits"
+    out.mkdir()
+    got = split_files(path, out, how, 7, part_rows=250, batch_rows=333)
+    train, test, cutoff = _reference_split(frame, how)
+    pd.testing.assert_frame_equal(pd.read_parquet(got.train), train)
+    pd.testing.assert_frame_equal(pd.read_parquet(got.test), test)
+    assert got.cutoff == cutoff and got.rows == {"train": len(train), "test": len(test)}
+    groups = pq.ParquetFile(got.train).metadata
+    assert max(groups.row_group(i).num_rows for i in range(groups.num_row_groups)) <= 250
+
+
+def test_history_pass_in_groups_equals_plain_groupbys(tmp_path, monkeypatch):
+    frame, path = _interactions(tmp_path)
+    out = tmp_path / "splits"
+    out.mkdir()
+    splits = split_files(path, out, "time", 7, part_rows=250, batch_rows=333)
+    monkeypatch.setattr("workflows.passes.PAIRS_PER_GROUP", 1000)  # several pair groups, on disk
+    users = pd.DataFrame({"user_id": [f"u{i:03d}" for i in range(290)] + ["nobody"]})  # 10 buyers missing
+    items = pd.DataFrame({"item_id": np.arange(130), "in_stock": True})
+    got = history_pass(splits, users, items, ["channel"], tmp_path / "scratch", batch_rows=401)
+    assert got.stats.buckets > 1 and not list((tmp_path / "scratch").glob("pairs_*"))
+
+    train, test, cutoff = _reference_split(frame, "time")
+    g = train.groupby("user_id")
+    u = got.users.set_index("user_id")
+    assert u.loc["nobody"].isna().all()
+    known = [x for x in g.size().index if x in u.index]
+    np.testing.assert_array_equal(u.loc[known, "user_n_purchases"], g.size()[known])
+    np.testing.assert_allclose(u.loc[known, "user_repeat_share"],
+                               (1 - g["item_id"].nunique() / g.size())[known], rtol=1e-6)
+    np.testing.assert_allclose(u.loc[known, "user_days_since_last"],
+                               ((cutoff - g["timestamp"].max()) / pd.Timedelta(days=1))[known], rtol=1e-6)
+    np.testing.assert_allclose(u.loc[known, "user_mean_price"], g["price"].mean()[known], rtol=1e-6)
+    gi = train.groupby("item_id")
+    i = got.items.set_index("item_id")
+    assert "in_stock" not in i.columns
+    np.testing.assert_array_equal(i.loc[gi.size().index, "item_n_buyers"], gi["user_id"].nunique())
+    week = train[train["timestamp"] >= cutoff - pd.Timedelta(days=7)].groupby("item_id").size()
+    np.testing.assert_array_equal(i["item_n_purchases_last7"], week.reindex(i.index).fillna(0))
+    assert (i.loc[~i.index.isin(train["item_id"]), "item_n_purchases"] == 0).all()
+    # ids the user table lacks, in order of first appearance (train, then test)
+    lacking = pd.unique(pd.concat([train["user_id"], test["user_id"]]))
+    assert list(got.stats.user_codes.extra) == [x for x in lacking if x not in set(users["user_id"])]
+    assert got.context["channel"].to_dict() == train["channel"].value_counts().to_dict()
+    assert len(got.test_users) == test["user_id"].nunique()
+
+
+def test_id_codes_extend_past_the_table_in_order_of_appearance():
+    codes = IdCodes(pd.Index(["a", "b"]))
+    assert list(codes(["b", "x", "a", "y", "x"])) == [1, 2, 0, 3, 2]
+    assert list(codes(["y", "z"])) == [3, 4] and list(codes.ids()) == ["a", "b", "x", "y", "z"]
+    with pytest.raises(ValueError, match="duplicate"):
+        IdCodes(pd.Index(["a", "a"]))
+
+
+def test_history_stats_added_in_parts_equal_one_call(tmp_path):
+    frame, _ = _interactions(tmp_path)
+    users = pd.DataFrame({"user_id": sorted(frame["user_id"].unique())})
+    items = pd.DataFrame({"item_id": sorted(frame["item_id"].unique())})
+    cutoff = frame["timestamp"].max()
+    whole = HistoryStats(users, items, cutoff)
+    whole.add(frame)
+    parts = HistoryStats(users, items, cutoff, buckets=3, scratch=tmp_path)
+    for chunk in np.array_split(np.arange(len(frame)), 7):
+        parts.add(frame.iloc[chunk])
+    for a, b in zip(whole.tables(), parts.tables()):
+        pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+
+
+def test_preprocess_in_small_batches_writes_the_same_output(synth_dir, pre_dir, tmp_path, monkeypatch):
+    """A pass of 20k-row batches and on-disk pair groups gives the fixture's output file for file."""
+    from workflows.preprocess import PreprocessConfig, preprocess
+
+    monkeypatch.setattr("workflows.codes.BATCH_ROWS", 20_000)
+    monkeypatch.setattr("workflows.passes.PAIRS_PER_GROUP", 15_000)
+    preprocess(PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="cpu"))
+    for rel in ("splits/train.parquet", "splits/test.parquet", "features/users.parquet", "features/items.parquet",
+                "catalogue/users.parquet", "catalogue/items.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(pre_dir / rel), pd.read_parquet(tmp_path / "pre" / rel),
+                                      rtol=1e-6, obj=rel)
+    for rel in ("retrieval/train", "retrieval/test"):
+        pd.testing.assert_frame_equal(read_parquet_dir(pre_dir / rel), read_parquet_dir(tmp_path / "pre" / rel),
+                                      obj=rel)
+    a, b = (json.loads((p / "preprocess.json").read_text()) for p in (pre_dir, tmp_path / "pre"))
+    assert {k: a[k] for k in ("split", "rows", "users", "items")} == {k: b[k] for k in ("split", "rows", "users", "items")}

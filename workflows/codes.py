@@ -1,0 +1,57 @@
+"""Integer codes for raw ids, stable across the parts of a pass over the interactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+
+# Rows per batch of a pass over an interactions file: the unit of the driver's memory.
+BATCH_ROWS = 1_000_000
+
+
+class IdCodes:
+    """Codes for ids: an id of ``known`` (a feature table's id column, no duplicates) is coded by its
+    position there; ids the table lacks get the next codes, in order of first appearance."""
+
+    def __init__(self, known) -> None:
+        self.known = pd.Index(known)
+        if not self.known.is_unique:
+            raise ValueError(f"{self.known.name or 'ids'}: duplicate ids in the feature table")
+        self.extra = pd.Index([], dtype=self.known.dtype)
+
+    def __len__(self) -> int:
+        return len(self.known) + len(self.extra)
+
+    def __call__(self, values) -> np.ndarray:
+        values = np.asarray(values)
+        codes = self.known.get_indexer(values).astype(np.int64)
+        missing = codes < 0
+        if missing.any():
+            unknown = values[missing]
+            extra = self.extra.get_indexer(unknown)
+            if (extra < 0).any():
+                self.extra = self.extra.append(pd.Index(pd.unique(unknown[extra < 0])))
+                extra = self.extra.get_indexer(unknown)
+            codes[missing] = len(self.known) + extra
+        return codes
+
+    def ids(self) -> np.ndarray:
+        """Every coded id, by code."""
+        return np.concatenate([self.known.to_numpy(), self.extra.to_numpy()])
+
+
+def grown(values: np.ndarray, n: int, fill) -> np.ndarray:
+    """``values`` extended to length ``n`` with ``fill`` (unchanged when long enough)."""
+    if len(values) >= n:
+        return values
+    return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
+
+
+def parquet_batches(path, columns: list[str] | None = None, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """A parquet file as pandas frames of at most ``rows`` rows, in file order."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+        yield batch.to_pandas()
