@@ -46,7 +46,8 @@ from workflows import OOV_INDEX
 from workflows.graph import item_id_columns
 from workflows.io import features_as_of, parquet_parts
 from workflows.shuffle import ShuffledRows, shuffle_parts
-from workflows.splits import label_windows
+from workflows.codes import ColumnReader, parquet_batches
+from workflows.splits import file_label_windows, label_windows
 
 TIME_COLUMN = "timestamp"
 
@@ -91,38 +92,58 @@ class RetrievalData:
             raise FunnelError(f"{pre}: made by an older funnel preprocess (no timestamp column); run it again")
         schema = full_schema.select_by_tag(Tags.USER) + full_schema.select_by_tag(Tags.ITEM)
         split = pre_manifest["split"]["how"]
-        raw_train = pd.read_parquet(pre / "splits" / "train.parquet")
+        split_file = pre / "splits" / "train.parquet"
         # on raw ids (out-of-vocabulary users share one code); with ``windows_back``, the training split
-        # ends that many label windows early: those windows are neither trained on nor validated on
-        window = label_windows(raw_train, split, cfg.valid_days, cfg.windows_back + 1)
+        # ends that many label windows early: those windows are neither trained on nor validated on.
+        # The split is read a batch at a time; per row only its window is held.
+        window, latest_before = file_label_windows(split_file, split, cfg.valid_days, cfg.windows_back + 1)
         held, keep = window == cfg.windows_back, window < 0
-        seconds = raw_train[TIME_COLUMN].astype("datetime64[ns]").astype(np.int64).to_numpy() // 1_000_000_000
+        if not keep.any():
+            raise FunnelError(f"{pre}: nothing left to train on before the validation period; lower valid_days "
+                              "(and label_windows)")
         cardinality = int(schema["item_id"].int_domain.max) + 1
         item_counts = np.zeros(cardinality, dtype=np.int64)
 
         def fit_parts():  # the encoded rows before the validation cutoff, one stored part at a time
             offset = 0
+            times = ColumnReader(split_file, TIME_COLUMN)
             for path in parquet_parts(pre / "retrieval" / "train"):
                 part = pd.read_parquet(path, columns=[*schema.column_names, TIME_COLUMN])
                 end = offset + len(part)
-                if end > len(seconds) or not np.array_equal(part[TIME_COLUMN].to_numpy(), seconds[offset:end]):
+                seconds = times.take(len(part))
+                if end > len(window) or not np.array_equal(part[TIME_COLUMN].to_numpy(), seconds // 10**9):
                     break
                 mine = keep[offset:end]
                 item_counts[:] += np.bincount(part["item_id"].to_numpy()[mine], minlength=cardinality)
                 offset = end
                 yield part.loc[mine, schema.column_names]
-            if offset != len(seconds):
+            if offset != len(window):
                 raise FunnelError(f"{pre}: retrieval/train does not match splits/train.parquet row for row; "
                                   "run `funnel preprocess` again")
 
+        held_parts = []
+
+        def before_parts():  # the rows before the validation period; the validation rows kept aside
+            offset = 0
+            for part in parquet_batches(split_file):
+                mine = window[offset:offset + len(part)]
+                offset += len(part)
+                held_parts.append(part.loc[mine == cfg.windows_back, ["user_id", "item_id"]])
+                yield part[mine < 0]
+
         # validation sees features as of its own start: nothing from the validation period itself
-        before = raw_train[keep]
-        users, items = features_as_of(pre, before, before["timestamp"].max() + pd.Timedelta(seconds=1))
-        truth = raw_train[held].groupby("user_id")["item_id"].apply(set)
+        users, items = features_as_of(pre, before_parts(), latest_before + pd.Timedelta(seconds=1))
+        truth = pd.concat(held_parts, ignore_index=True).groupby("user_id")["item_id"].apply(set)
+        del held_parts
         valid_users = truth.index.to_numpy()
         if len(valid_users) > cfg.valid_users:
             valid_users = np.random.default_rng(cfg.seed).choice(valid_users, cfg.valid_users, replace=False)
-        mine = before[before["user_id"].isin(valid_users)]  # seen items: only the validation users'
+        mine, offset = [], 0  # seen items: only the validation users'
+        for part in parquet_batches(split_file, ["user_id", "item_id"]):
+            chosen = (window[offset:offset + len(part)] < 0) & part["user_id"].isin(valid_users).to_numpy()
+            offset += len(part)
+            mine.append(part[chosen])
+        mine = pd.concat(mine, ignore_index=True)
 
         # last, so nothing after it can fail and leave the folder behind
         folder = Path(tempfile.mkdtemp(prefix="funnel-fit-rows-"))

@@ -55,3 +55,27 @@ def parquet_batches(path, columns: list[str] | None = None, rows: int = BATCH_RO
     """A parquet file as pandas frames of at most ``rows`` rows, in file order."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
         yield batch.to_pandas()
+
+
+class ColumnReader:
+    """One column of a parquet file handed out ``take(n)`` values at a time, in file order (a datetime
+    column as int64 nanoseconds): to walk a file in step with parts of other sizes."""
+
+    def __init__(self, path, column: str, rows: int | None = None) -> None:
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=rows or BATCH_ROWS, columns=[column])
+        self._buffer = np.zeros(0, np.int64)
+
+    def take(self, n: int) -> np.ndarray:
+        pieces, have = [self._buffer], len(self._buffer)
+        while have < n:
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            values = batch.column(0).to_pandas()
+            if pd.api.types.is_datetime64_any_dtype(values):
+                values = values.astype("datetime64[ns]").to_numpy().view(np.int64)
+            pieces.append(np.asarray(values))
+            have += len(pieces[-1])
+        values = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        self._buffer = values[n:]
+        return values[:n]

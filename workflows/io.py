@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -56,15 +57,19 @@ def load_workflow(pre: str | Path):
     return nvt.Workflow.load(str(pre / "workflow"))
 
 
-def features_as_of(pre: Path, history: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Encoded user and item feature tables computed from ``history`` as of ``cutoff``.
+def features_as_of(pre: Path, history: pd.DataFrame | Iterable[pd.DataFrame],
+                   cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Encoded user and item feature tables computed from ``history`` (a frame, or frames passed a
+    part at a time) as of ``cutoff``.
 
     Uses the saved workflow's sub-workflows, so the encoding is exactly the one serving uses.
     """
     ds = read_dataset(read_preprocess_manifest(pre)["dataset"]["path"])
     workflow = load_workflow(pre)
-    users = hist.user_table(history, ds.users(), cutoff)
-    items = hist.item_table(history, ds.items(), cutoff)
+    stats = hist.HistoryStats(ds.users(), ds.items(), cutoff)
+    for part in [history] if isinstance(history, pd.DataFrame) else history:
+        stats.add(part)
+    users, items = stats.tables()
     user_sub, item_sub = workflow.get_subworkflow(USER_SUBGRAPH), workflow.get_subworkflow(ITEM_SUBGRAPH)
     users = encode_table(user_sub, users[user_sub.input_schema.column_names], "user_id", "cpu")
     items = encode_table(item_sub, items[item_sub.input_schema.column_names], "item_id", "cpu")

@@ -123,3 +123,36 @@ def label_windows(frame: pd.DataFrame, split: Split | str, valid_days: int, wind
     for k in range(windows - 1, -1, -1):  # later windows overwrite: each row ends in the latest one holding it
         out[(ts > latest - (k + 1) * valid_days * day).to_numpy()] = k
     return out
+
+
+def file_label_windows(path, split: Split | str, valid_days: int, windows: int,
+                       batch_rows: int | None = None) -> tuple[np.ndarray, pd.Timestamp]:
+    """``label_windows`` of a split file's rows (int8), read a column batch at a time: no frame of the
+    rows is held (``user-last`` holds an integer user code and a time per row while it ranks them).
+    Also returns the latest time before every window (the features' cutoff, less a second)."""
+    from workflows import codes as batching
+
+    batch_rows = batch_rows or batching.BATCH_ROWS
+    if split == "user-last":
+        users = IdCodes(pd.Index([], dtype=object))
+        parts = list(batching.parquet_batches(path, ["user_id", "timestamp"], batch_rows))
+        frame = pd.DataFrame({"user_id": np.concatenate([users(p["user_id"]) for p in parts] or [np.zeros(0, np.int64)]),
+                              "timestamp": np.concatenate([_ns(p["timestamp"]) for p in parts]
+                                                          or [np.zeros(0, np.int64)]).view("datetime64[ns]")})
+        del parts
+        window = label_windows(frame, split, valid_days, windows).astype(np.int8)
+        before = frame["timestamp"].to_numpy()[window < 0]
+        return window, pd.Timestamp(before.max()) if len(before) else pd.NaT
+    latest = max((int(_ns(p["timestamp"]).max()) for p in batching.parquet_batches(path, ["timestamp"], batch_rows)
+                  if len(p)), default=None)
+    out, before = [], np.iinfo(np.int64).min
+    for part in batching.parquet_batches(path, ["timestamp"], batch_rows):
+        seconds = _ns(part["timestamp"])
+        window = np.full(len(part), -1, dtype=np.int8)
+        for k in range(windows - 1, -1, -1):
+            window[seconds > latest - (k + 1) * valid_days * 86_400 * 10**9] = k
+        if (window < 0).any():
+            before = max(before, int(seconds[window < 0].max()))
+        out.append(window)
+    window = np.concatenate(out) if out else np.zeros(0, np.int8)
+    return window, pd.Timestamp(before) if before > np.iinfo(np.int64).min else pd.NaT

@@ -130,3 +130,25 @@ def test_preprocess_in_small_batches_writes_the_same_output(synth_dir, pre_dir, 
                                       obj=rel)
     a, b = (json.loads((p / "preprocess.json").read_text()) for p in (pre_dir, tmp_path / "pre"))
     assert {k: a[k] for k in ("split", "rows", "users", "items")} == {k: b[k] for k in ("split", "rows", "users", "items")}
+
+
+@pytest.mark.parametrize("how", ["time", "user-last"])
+def test_label_windows_of_a_file_read_in_batches_equal_the_frames(tmp_path, how):
+    from workflows.splits import file_label_windows, label_windows
+
+    frame, path = _interactions(tmp_path)
+    for windows in (1, 3):
+        expected = label_windows(frame, how, 5, windows)
+        got, before = file_label_windows(path, how, 5, windows, batch_rows=333)
+        np.testing.assert_array_equal(got, expected)
+        assert before == frame["timestamp"][expected < 0].max()
+
+
+def test_column_reader_hands_out_a_column_in_steps_of_any_size(tmp_path):
+    from workflows.codes import ColumnReader
+
+    frame, path = _interactions(tmp_path)
+    reader = ColumnReader(path, "timestamp", rows=333)
+    got = [reader.take(n) for n in (1, 500, 0, 2000, 10_000)]
+    np.testing.assert_array_equal(np.concatenate(got), frame["timestamp"].to_numpy().view(np.int64))
+    assert [len(g) for g in got] == [1, 500, 0, 2000, len(frame) - 2501]
