@@ -1,6 +1,7 @@
 """Benchmark: synthetic generation and preprocessing throughput and peak memory on this host.
 
     python bench/data.py --sizes 1e6 1e7 hm [--device cpu] [--workers N] [--keep DIR]
+    python bench/data.py --sizes 1e6 3e6 1e7 --users 83333 --items 10000   # rows grow, users do not
 
 A size is a number of interactions (users = 1/12 of it, items 1% of it, at least 10k) or ``hm``:
 `funnel data synth --preset hm`, the H&M Kaggle data's shape (1.37M users, 105k items, ~31.8M rows).
@@ -45,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["1e6"], help="target interactions, or hm (the H&M preset)")
     parser.add_argument("--items", type=int, default=None, help="catalogue size (default: 1% of interactions, >= 10k)")
+    parser.add_argument("--users", type=int, default=None,
+                        help="a fixed number of users (rows then grow with each user's activity, not with users)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--keep", help="keep generated data under this folder")
@@ -64,10 +67,15 @@ def main() -> None:
             gen_cmd = funnel + ["data", "synth", "--out", str(data), "--preset", "hm"]
         else:
             size = int(float(name))
-            users = max(100, int(size * USERS_PER_INTERACTION))
+            users = args.users or max(100, int(size * USERS_PER_INTERACTION))
             items = args.items or max(10_000, size // 100)
             data, pre = base / f"data-{size}", base / f"pre-{size}"
             gen_cmd = funnel + ["data", "synth", "--out", str(data), "--users", str(users), "--items", str(items)]
+            if args.users:  # the generator's expected rows: users * days * activity * basket size
+                from funnel.data.synth_config import SynthConfig
+
+                base_cfg = SynthConfig()
+                gen_cmd += ["--activity", f"{size / (users * base_cfg.days * base_cfg.basket_size):.6g}"]
         gen = run(gen_cmd)
         rows = json.loads((data / "dataset.json").read_text())["rows"]["interactions"]
         pre_cmd = funnel + ["preprocess", str(data), "--out", str(pre), "--device", args.device]
@@ -87,7 +95,7 @@ def main() -> None:
             shutil.rmtree(data)
             shutil.rmtree(pre)
     doc = {"host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
-           "device": args.device, "workers": args.workers, "results": results}
+           "device": args.device, "workers": args.workers, "fixed_users": args.users, "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -170,8 +170,20 @@ def optimizer(doc: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"quality": quality, "notify": notify, "notify_oracle": notify_oracle, "batching_ranker": batching_ranker,
-             "optimizer": optimizer}
+def data(doc: dict) -> str:
+    """bench/data.py: generation and preprocessing per size (wall seconds, rows/s, peak RSS)."""
+    lines = ["| interactions | users | stage | seconds | rows/s | peak RSS MiB |", "|---:|---:|---|---:|---:|---:|"]
+    for r in doc["results"]:
+        label = f"{r['interactions']:,}" + (" (hm)" if r["target"] == "hm" else "")
+        for stage in ("generate", "preprocess"):
+            s = r[stage]
+            lines.append(f"| {label} | {r['users']:,} | {stage} | {s['seconds']:,.1f} | {s['rows_per_s']:,} | "
+                         f"{s['peak_rss_mib']:,} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"data": data, "data_fixed_users": data, "quality": quality, "notify": notify,
+             "notify_oracle": notify_oracle, "batching_ranker": batching_ranker, "optimizer": optimizer}
 
 
 def render(readme: str) -> str:

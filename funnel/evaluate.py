@@ -48,7 +48,7 @@ from funnel.core.artifacts import (ensemble_dir, read_preprocess_manifest, read_
 from funnel.core.topk import dot_top_k
 from funnel.data.synth import Oracle
 from models.ranking import auc_logloss, score_pairs
-from models.ranking_data import assemble, candidates, rank_candidates, ranking_schema, with_z_scores
+from models.ranking_rows import assemble, candidates, rank_candidates, ranking_schema, with_z_scores
 from models.sources import ItemItemSource, blend_order
 from models.tf_helpers import encode_rows, load_tower
 from workflows import TARGET

@@ -39,7 +39,8 @@ from funnel.core.metrics import recalls_at_k
 from models import distribute, optimizers
 from models.config import RankingConfig
 from models.fit import fit_best, run_manifest
-from models.ranking_data import RankingData, rank_candidates
+from models.ranking_data import RankingData
+from models.ranking_rows import rank_candidates
 from models.sources import blend_order, tune_ranker_share
 from workflows.candidates import BLEND_SCORES, RANKER_SCORE, logit
 from models.tf_helpers import configure_tensorflow, precision

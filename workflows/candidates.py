@@ -3,7 +3,7 @@
 Candidates are ``(users, width)`` arrays of item rows, ``-1``-padded. Sources are concatenated
 in priority order and a duplicate keeps its first source (a retrieved item the user bought
 before stays a ``retrieval`` candidate). ``ensemble.ops.retrieve.RetrieveCandidates`` and
-``models.ranking_data.candidates`` both build their lists with :func:`merge_sources`.
+``models.ranking_rows.candidates`` both build their lists with :func:`merge_sources`.
 
 Candidates are ordered by :func:`blend`: a weighted sum of the candidate scores every source
 provides (``BLEND_SCORES``), each standardised over the user's candidates, plus the ranker's

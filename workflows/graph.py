@@ -26,7 +26,7 @@ ID_LIKE = re.compile(r"(_id|_code|_no|zip|postal)$|^(zip|postal)", re.IGNORECASE
 def item_id_columns(schema) -> list[str]:
     """The item schema's categorical columns that name an identity (ids and codes, ``ID_LIKE``): their
     vocabularies are counted over purchases, so an item nobody bought has the out-of-vocabulary code
-    in every one of them (``models.tf_helpers.IdDropout``, ``models.ranking_data.hide_new_ids``)."""
+    in every one of them (``models.tf_helpers.IdDropout``, ``models.ranking_rows.hide_new_ids``)."""
     items = schema.select_by_tag(Tags.ITEM).select_by_tag(Tags.CATEGORICAL)
     return [name for name in items.column_names if ID_LIKE.search(name)]
 

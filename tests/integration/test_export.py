@@ -159,12 +159,12 @@ def test_export_config_errors(ranked_run, tmp_path):
 
 def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_dir, tmp_path, known_users):
     """The ranker is trained on the candidate lists the served graph builds: for the same users, history
-    and towers, models.ranking_data.candidates gives the served graph's list, source for source."""
+    and towers, models.ranking_rows.candidates gives the served graph's list, source for source."""
     from merlin.io import Dataset
     from merlin.schema import Tags
 
     from funnel.core.artifacts import read_preprocess_manifest
-    from models.ranking_data import candidates
+    from models.ranking_rows import candidates
     from workflows.candidates import NewItems
     from models.sources import ItemItemSource
     from models.tf_helpers import encode_rows, load_tower

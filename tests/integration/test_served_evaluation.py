@@ -75,7 +75,7 @@ def served_with_ranker(ml_run, ml_pre_dir, tmp_path, shortlist: int):
     from ensemble.build import ExportConfig, export
     from ensemble.runtime import Recommender
     from models.ranking import score_pairs
-    from models.ranking_data import assemble, ranking_schema
+    from models.ranking_rows import assemble, ranking_schema
     from models.tf_helpers import encode_rows, load_tower
     from workflows import TARGET
 

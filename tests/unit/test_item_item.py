@@ -201,9 +201,9 @@ def test_blend_with_the_ranker_adds_its_standardised_logit():
 
 
 def test_z_scores_of_other_rows_use_the_users_candidate_moments():
-    """models.ranking_data.with_z_scores: a training row (a random negative too) is placed among its
+    """models.ranking_rows.with_z_scores: a training row (a random negative too) is placed among its
     user's candidates by their mean and spread, as serving standardises the candidates it ranks."""
-    from models.ranking_data import with_z_scores
+    from models.ranking_rows import with_z_scores
 
     rng = np.random.default_rng(10)
     cands = pd.DataFrame({"user_id": rng.choice(["a", "b", "c"], 30), "retrieval_score": rng.normal(2, 3, 30),

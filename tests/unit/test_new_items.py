@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from funnel.data.canonical import Dataset
-from models.ranking_data import candidates
+from models.ranking_rows import candidates
 from models.sources import tune_blend
 from workflows.candidates import FRESH_DAYS, NEW_DAYS, NEW_ITEM, NewItems, top_new
 

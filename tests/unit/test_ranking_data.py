@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from models.ranking import auc_logloss
-from models.ranking_data import candidates, pair_history
+from models.ranking_rows import candidates, pair_history
 
 
 def test_auc_and_logloss_hand_computed():
@@ -79,7 +79,7 @@ def test_the_gate_also_needs_a_gain_in_the_latest_label_period():
 def test_affinity_is_the_share_of_the_users_items_with_the_items_values():
     """workflows.purchases.affinity (training and serving) against a Python loop over raw rows:
     distinct items bought before `now`, a single-valued feature and a multi-hot one."""
-    from models.ranking_data import affinity_history
+    from models.ranking_rows import affinity_history
 
     ts = pd.Timestamp("2020-01-01")
     history = pd.DataFrame({"user_id": ["a", "a", "a", "a", "b", "b", "c"], "item_id": [1, 1, 2, 3, 3, 4, 9],

@@ -77,7 +77,7 @@ def test_schema_tags_for_merlin_models(pre_dir):
     from merlin.io import Dataset
     from merlin.schema import Tags
 
-    from models.ranking_data import ranking_schema
+    from models.ranking_rows import ranking_schema
 
     schema = ranking_schema(pre_dir)  # the retriever's transformed features + pair features + the workflow's target
     assert schema.select_by_tag(Tags.USER_ID).column_names == ["user_id"]
