@@ -6,6 +6,7 @@ them into model inputs. Serving reads the same tables, so no feature is computed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,16 +117,17 @@ class HistoryStats:
             return np.where(state["price_n"] > 0, state["price_sum"] / np.maximum(state["price_n"], 1),
                             np.nan).astype(np.float32)
 
+    @staticmethod
+    def _aligned(state: dict[str, np.ndarray], n: int) -> tuple[int, dict[str, np.ndarray], Callable]:
+        """The state of a table's ``n`` rows, and a float32 cast that nulls rows without purchases."""
+        s = {k: grown(v, n, 0)[:n] for k, v in state.items()}
+        seen = s["n"] > 0
+        return n, s, lambda values: np.where(seen, values, np.nan).astype(np.float32)
+
     def user_table(self, distinct: np.ndarray | None = None) -> pd.DataFrame:
         """users.parquet joined with history aggregates; users without history keep nulls."""
-        n = len(self.users)
-        s = {k: grown(v, n, 0)[:n] for k, v in self.user.items()}
-        seen = s["n"] > 0
+        n, s, masked = self._aligned(self.user, len(self.users))
         distinct = self._distinct()[0] if distinct is None else distinct
-
-        def masked(values) -> np.ndarray:
-            return np.where(seen, values, np.nan).astype(np.float32)
-
         agg = {"user_n_purchases": masked(s["n"]),
                "user_days_since_last": masked((self.cutoff - s["last"]) / _DAY_NS),
                "user_days_active": masked((s["last"] - s["first"]) / _DAY_NS)}
@@ -141,14 +143,8 @@ class HistoryStats:
         ``in_stock`` (the stock at the end of the data, after the cutoff) is not carried: stock comes
         from the dataset where it is needed (exports, the online store), as of the time asked for.
         """
-        n = len(self.items)
-        s = {k: grown(v, n, 0)[:n] for k, v in self.item.items()}
-        seen = s["n"] > 0
+        n, s, masked = self._aligned(self.item, len(self.items))
         distinct = self._distinct()[1] if distinct is None else distinct
-
-        def masked(values) -> np.ndarray:
-            return np.where(seen, values, np.nan).astype(np.float32)
-
         agg = {"item_n_purchases": s["n"].astype(np.float32),
                "item_n_buyers": grown(distinct, n, 0)[:n].astype(np.float32),
                "item_days_since_last": masked((self.cutoff - s["last"]) / _DAY_NS),
