@@ -89,6 +89,7 @@ def main() -> None:
                          "peak_rss_mib": gen["peak_rss_mib"], "command": " ".join(gen_cmd[2:])},
             "preprocess": {"seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),
                            "peak_rss_mib": prep["peak_rss_mib"], "steps_s": manifest["timings_s"],
+                           "steps_peak_rss_mb": manifest.get("peak_rss_mb_by_step"),
                            "command": " ".join(pre_cmd[2:])},
         })
         if not args.keep:

@@ -102,12 +102,14 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
     device = resolve_device(cfg.device)
     ds = read_dataset(cfg.data)
     timings: dict[str, float] = {}
+    peaks: dict[str, int] = {}  # the process's peak RSS (MB) by the end of each step
     clock = time.perf_counter()
 
     def tick(name: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
+        peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         clock = now
         step(name)
 
@@ -198,6 +200,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
             "timings_s": timings,
             "rows_per_s": round((splits.rows["train"] + splits.rows["test"]) / max(sum(timings.values()), 1e-9)),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_rss_mb_by_step": peaks,
             "workflow_checksum": sha256_files([out / "workflow" / "workflow.pkl"]),
         }
         manifest["timings_s"]["total"] = round(sum(timings.values()), 3)
