@@ -36,6 +36,7 @@ from workflows import history as hist
 from workflows.io import features_as_of
 from workflows.item_item import ItemItem
 from workflows.candidates import NEW_ITEM, Z_SCORES, NewItems
+from workflows.codes import isin
 from workflows.negatives import popularity_draws
 from workflows.purchases import PurchaseHistory
 
@@ -86,9 +87,9 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
     candidate lists in this period are returned to be judged."""
     users, items = features_as_of(pre, period.before, period.cutoff)
     label_users = period.label["user_id"].unique()
-    label_users = label_users[np.isin(label_users, users["user_id_raw"])]
-    judged_users = label_users[np.isin(label_users, held_out)]
-    train_users = label_users[~np.isin(label_users, held_out)]
+    label_users = label_users[isin(label_users, users["user_id_raw"])]
+    judged_users = label_users[isin(label_users, held_out)]
+    train_users = label_users[~isin(label_users, held_out)]
     if len(train_users) > cfg.max_users:
         train_users = rng.choice(train_users, cfg.max_users, replace=False)
     label_users = np.concatenate([train_users, judged_users])

@@ -21,6 +21,7 @@ import pandas as pd
 
 from funnel.core.topk import dot_top_k
 from funnel.data.canonical import read_dataset
+from workflows.codes import isin
 
 RETRIEVAL, REPURCHASE, TRENDING, ITEM_ITEM, NEW = 0, 1, 2, 3, 4
 SOURCE_NAMES = ("retrieval", "repurchase", "trending", "item-item", "new")
@@ -55,7 +56,7 @@ class NewItems:
         (then nothing is new)."""
         if days_on_sale is None:
             return cls.empty()
-        new = ~np.isin(item_ids, np.asarray(bought_items))
+        new = ~isin(item_ids, bought_items)
         if in_stock is not None:
             new &= np.asarray(in_stock, dtype=bool)
         days = np.asarray(days_on_sale, dtype=np.float64)

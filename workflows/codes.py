@@ -44,6 +44,12 @@ class IdCodes:
         return np.concatenate([self.known.to_numpy(), self.extra.to_numpy()])
 
 
+def isin(values, test) -> np.ndarray:
+    """``np.isin(values, test)`` by hashing. numpy compares every pair of elements when either side
+    holds Python objects (string ids): 150k label users x 1.37M users at H&M size ran for hours."""
+    return pd.Series(np.asarray(values)).isin(pd.Index(np.asarray(test))).to_numpy()
+
+
 def grown(values: np.ndarray, n: int, fill) -> np.ndarray:
     """``values`` extended to length ``n`` with ``fill`` (unchanged when long enough)."""
     if len(values) >= n:

@@ -152,3 +152,13 @@ def test_column_reader_hands_out_a_column_in_steps_of_any_size(tmp_path):
     got = [reader.take(n) for n in (1, 500, 0, 2000, 10_000)]
     np.testing.assert_array_equal(np.concatenate(got), frame["timestamp"].to_numpy().view(np.int64))
     assert [len(g) for g in got] == [1, 500, 0, 2000, len(frame) - 2501]
+
+
+def test_isin_by_hashing_equals_numpys_on_strings_and_numbers():
+    from workflows.codes import isin
+
+    rng = np.random.default_rng(0)
+    for make in (lambda n: rng.integers(0, 50, n), lambda n: np.array([f"u{i}" for i in rng.integers(0, 50, n)], dtype=object)):
+        values, test = make(200), make(30)  # duplicates on both sides
+        np.testing.assert_array_equal(isin(values, test), np.isin(values, test))
+    assert not isin(np.array(["a"], dtype=object), np.array([], dtype=object)).any()
