@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflows.codes import IdCodes, grown
+from workflows.codes import BATCH_ROWS, IdCodes, grown
 
 USER_HISTORY = ["user_n_purchases", "user_days_since_last", "user_days_active", "user_mean_price"]
 ITEM_HISTORY = [
@@ -60,7 +60,7 @@ class HistoryStats:
                 "last": np.full(n, np.iinfo(np.int64).min), "price_sum": np.zeros(n), "price_n": np.zeros(n, np.int64)}
 
     @staticmethod
-    def _add(state: dict[str, np.ndarray], codes: np.ndarray, n: int, seconds: np.ndarray,
+    def _count(state: dict[str, np.ndarray], codes: np.ndarray, n: int, seconds: np.ndarray,
              price: np.ndarray | None) -> None:
         fills = {"n": 0, "first": np.iinfo(np.int64).max, "last": np.iinfo(np.int64).min, "price_sum": 0.0,
                  "price_n": 0, "last7": 0}
@@ -77,15 +77,21 @@ class HistoryStats:
             state["price_n"] += np.bincount(codes[ok], minlength=n)
 
     def add(self, part: pd.DataFrame) -> None:
-        """Count a part of the purchases (user_id, item_id, timestamp [, price])."""
+        """Count a part of the purchases (user_id, item_id, timestamp [, price]), ``BATCH_ROWS`` rows
+        at a time (a whole 31M-row history at once took ~1.5 GB of per-row temporaries)."""
+        self.has_price |= "price" in part.columns
+        for start in range(0, len(part), BATCH_ROWS):
+            self._add(part.iloc[start:start + BATCH_ROWS])
+
+    def _add(self, part: pd.DataFrame) -> None:
         users, items = self.user_codes(part["user_id"]), self.item_codes(part["item_id"])
         if len(self.item_codes) >= 1 << _ITEM_BITS:
             raise ValueError(f"more than {1 << _ITEM_BITS} items")
         seconds = part["timestamp"].astype("datetime64[ns]").astype(np.int64).to_numpy()
         price = part["price"].to_numpy(np.float64) if "price" in part.columns else None
         self.has_price |= price is not None
-        self._add(self.user, users, len(self.user_codes), seconds, price)
-        self._add(self.item, items, len(self.item_codes), seconds, price)
+        self._count(self.user, users, len(self.user_codes), seconds, price)
+        self._count(self.item, items, len(self.item_codes), seconds, price)
         self.item["last7"] += np.bincount(items[seconds >= self.cutoff - 7 * _DAY_NS], minlength=len(self.item_codes))
         keys = (users << _ITEM_BITS) | items
         group = users % self.buckets

@@ -70,16 +70,11 @@ def features_as_of(pre: Path, history: pd.DataFrame | Iterable[pd.DataFrame],
     """
     ds = read_dataset(read_preprocess_manifest(pre)["dataset"]["path"])
     workflow = load_workflow(pre)
-    if isinstance(history, pd.DataFrame):
-        stats = hist.HistoryStats(ds.users(), ds.items(), cutoff)
-        stats.add(history)
+    with tempfile.TemporaryDirectory(prefix="funnel-pairs-") as scratch:  # distinct (user, item) pairs wait on disk
+        stats = hist.HistoryStats(ds.users(), ds.items(), cutoff, buckets=PAIR_GROUPS, scratch=Path(scratch))
+        for part in [history] if isinstance(history, pd.DataFrame) else history:
+            stats.add(part)
         users, items = stats.tables()
-    else:  # parts of a history of unknown length: its distinct (user, item) pairs wait on disk
-        with tempfile.TemporaryDirectory(prefix="funnel-pairs-") as scratch:
-            stats = hist.HistoryStats(ds.users(), ds.items(), cutoff, buckets=PAIR_GROUPS, scratch=Path(scratch))
-            for part in history:
-                stats.add(part)
-            users, items = stats.tables()
     user_sub, item_sub = workflow.get_subworkflow(USER_SUBGRAPH), workflow.get_subworkflow(ITEM_SUBGRAPH)
     users = encode_table(user_sub, users[user_sub.input_schema.column_names], "user_id", "cpu")
     items = encode_table(item_sub, items[item_sub.input_schema.column_names], "item_id", "cpu")
