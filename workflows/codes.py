@@ -18,7 +18,7 @@ class IdCodes:
     position there; ids the table lacks get the next codes, in order of first appearance."""
 
     def __init__(self, known) -> None:
-        self.known = pd.Index(known)
+        self.known = known if isinstance(known, pd.Index) else pd.Index(known)  # an Index keeps its hash table
         if not self.known.is_unique:
             raise ValueError(f"{self.known.name or 'ids'}: duplicate ids in the feature table")
         self.extra = pd.Index([], dtype=self.known.dtype)

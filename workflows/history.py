@@ -7,6 +7,7 @@ them into model inputs. Serving reads the same tables, so no feature is computed
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,28 @@ def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 _DAY_NS = 86_400e9
 _ITEM_BITS = 31  # a (user, item) pair as one int64: user code << 31 | item code
+# Each counter's value before any purchase.
+_FILLS = {"n": 0, "first": np.iinfo(np.int64).max, "last": np.iinfo(np.int64).min, "price_sum": 0.0,
+          "price_n": 0, "last7": 0}
+
+
+@dataclass
+class HistoryShare:
+    """The counts of a pass over some of the rows, without the id tables (``HistoryStats.share``).
+
+    Arrays are indexed by the pass's codes: the tables' ids first (``known_*`` of them), then the ids
+    they lack in order of first appearance (``*_extra``). ``pairs`` holds each group's (user, item)
+    keys, in memory or as the file they were appended to.
+    """
+
+    user: dict[str, np.ndarray]
+    item: dict[str, np.ndarray]
+    user_extra: np.ndarray
+    item_extra: np.ndarray
+    known_users: int
+    known_items: int
+    has_price: bool
+    pairs: list[np.ndarray] | list[Path]
 
 
 class HistoryStats:
@@ -42,13 +65,14 @@ class HistoryStats:
     a pass gives the same tables as one call on all the rows.
     """
 
-    def __init__(self, users: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp,
-                 buckets: int = 1, scratch: Path | None = None) -> None:
+    def __init__(self, users: pd.DataFrame | None, items: pd.DataFrame | None, cutoff: pd.Timestamp,
+                 buckets: int = 1, scratch: Path | None = None, codes: tuple[IdCodes, IdCodes] | None = None) -> None:
         self.users, self.items = users, items
-        self.user_codes, self.item_codes = IdCodes(users["user_id"]), IdCodes(items["item_id"])
+        self.user_codes, self.item_codes = codes or (IdCodes(users["user_id"]), IdCodes(items["item_id"]))
         self.cutoff = pd.Timestamp(cutoff).value
         self.buckets, self.scratch = max(1, int(buckets)), scratch
         self._pairs: list[list[np.ndarray]] = [[] for _ in range(self.buckets)]
+        self._pair_files: list[list[Path]] = [[] for _ in range(self.buckets)]  # merged parts' groups
         self.user = self._state(0)
         self.item = self._state(0)
         self.item["last7"] = np.zeros(0, np.int64)
@@ -62,10 +86,8 @@ class HistoryStats:
     @staticmethod
     def _count(state: dict[str, np.ndarray], codes: np.ndarray, n: int, seconds: np.ndarray,
              price: np.ndarray | None) -> None:
-        fills = {"n": 0, "first": np.iinfo(np.int64).max, "last": np.iinfo(np.int64).min, "price_sum": 0.0,
-                 "price_n": 0, "last7": 0}
         for key in state:
-            state[key] = grown(state[key], n, fills[key])
+            state[key] = grown(state[key], n, _FILLS[key])
         state["n"] += np.bincount(codes, minlength=n)
         times = pd.Series(seconds).groupby(codes, sort=False).agg(["min", "max"])
         at = times.index.to_numpy()
@@ -93,8 +115,11 @@ class HistoryStats:
         self._count(self.user, users, len(self.user_codes), seconds, price)
         self._count(self.item, items, len(self.item_codes), seconds, price)
         self.item["last7"] += np.bincount(items[seconds >= self.cutoff - 7 * _DAY_NS], minlength=len(self.item_codes))
-        keys = (users << _ITEM_BITS) | items
-        group = users % self.buckets
+        self._store_pairs((users << _ITEM_BITS) | items)
+
+    def _store_pairs(self, keys: np.ndarray) -> None:
+        """(user, item) keys into their groups (by user code): in memory, or appended to files."""
+        group = (keys >> _ITEM_BITS) % self.buckets
         for b in range(self.buckets):
             chosen = keys[group == b] if self.buckets > 1 else keys
             if self.scratch is None:
@@ -103,17 +128,59 @@ class HistoryStats:
                 with open(self.scratch / f"pairs_{b}.bin", "ab") as handle:
                     handle.write(chosen.tobytes())
 
+    def _group_keys(self, b: int) -> np.ndarray:
+        """Every (user, item) key of group ``b``, duplicates included."""
+        pieces = list(self._pairs[b])
+        files = list(self._pair_files[b])
+        if self.scratch is not None:
+            files.append(self.scratch / f"pairs_{b}.bin")
+        pieces += [np.fromfile(file, dtype=np.int64) for file in files if file.exists()]
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+
+    def share(self) -> "HistoryShare":
+        """The counts of this pass without the id tables: what a Dask worker hands back (``merge``)."""
+        pairs = ([self.scratch / f"pairs_{b}.bin" for b in range(self.buckets)] if self.scratch is not None
+                 else [np.concatenate(p) if p else np.zeros(0, np.int64) for p in self._pairs])
+        return HistoryShare(self.user, self.item, self.user_codes.extra.to_numpy(), self.item_codes.extra.to_numpy(),
+                            len(self.user_codes.known), len(self.item_codes.known), self.has_price, pairs)
+
+    def merge(self, share: "HistoryShare") -> None:
+        """Add the counts of another pass over other rows with the same id tables (``share()``, e.g. a
+        Dask worker's row groups). Shares merged in the order of their rows give the counts of one pass
+        over all the rows: ids the tables lack are coded in order of first appearance here too."""
+        if (share.known_users, share.known_items) != (len(self.user_codes.known), len(self.item_codes.known)):
+            raise ValueError("merge: the share was counted against other id tables")
+        self.has_price |= share.has_price
+        user_at = np.concatenate([np.arange(share.known_users), self.user_codes(share.user_extra)]).astype(np.int64)
+        item_at = np.concatenate([np.arange(share.known_items), self.item_codes(share.item_extra)]).astype(np.int64)
+        for mine, theirs, at, n in ((self.user, share.user, user_at, len(self.user_codes)),
+                                    (self.item, share.item, item_at, len(self.item_codes))):
+            for key, values in theirs.items():
+                mine[key] = grown(mine[key], n, _FILLS[key])
+                rows = at[:len(values)]  # one row each: plain fancy indexing adds correctly
+                if key == "first":
+                    mine[key][rows] = np.minimum(mine[key][rows], values)
+                elif key == "last":
+                    mine[key][rows] = np.maximum(mine[key][rows], values)
+                else:
+                    mine[key][rows] += values
+        same_codes = not len(share.user_extra) and not len(share.item_extra)
+        for b, pairs in enumerate(share.pairs):
+            if isinstance(pairs, Path):
+                if same_codes and self.buckets == len(share.pairs):
+                    self._pair_files[b].append(pairs)  # its groups are ours: read at counting time
+                    continue
+                pairs = np.fromfile(pairs, dtype=np.int64) if pairs.exists() else np.zeros(0, np.int64)
+            if not same_codes:
+                pairs = (user_at[pairs >> _ITEM_BITS] << _ITEM_BITS) | item_at[pairs & ((1 << _ITEM_BITS) - 1)]
+            self._store_pairs(pairs)
+
     def _distinct(self) -> tuple[np.ndarray, np.ndarray]:
         """Per user its distinct items, per item its distinct buyers."""
         n_users, n_items = len(self.user_codes), len(self.item_codes)
         per_user, per_item = np.zeros(n_users, np.int64), np.zeros(n_items, np.int64)
         for b in range(self.buckets):
-            if self.scratch is None:
-                keys = np.concatenate(self._pairs[b]) if self._pairs[b] else np.zeros(0, np.int64)
-            else:
-                file = self.scratch / f"pairs_{b}.bin"
-                keys = np.fromfile(file, dtype=np.int64) if file.exists() else np.zeros(0, np.int64)
-            keys = np.unique(keys)
+            keys = np.unique(self._group_keys(b))
             per_user += np.bincount(keys >> _ITEM_BITS, minlength=n_users)
             per_item += np.bincount(keys & ((1 << _ITEM_BITS) - 1), minlength=n_items)
         return per_user, per_item

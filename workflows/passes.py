@@ -9,6 +9,7 @@ the transform later reads, one task each).
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workflows import codes
-from workflows.codes import parquet_batches
+from workflows.codes import IdCodes, parquet_batches
 from workflows.history import HistoryStats
 from workflows.splits import SplitRule, split_rule
 
@@ -82,10 +83,67 @@ def split_files(source: Path, out: Path, how: str, test_days: int, part_rows: in
     return SplitFiles(paths["train"], paths["test"], rule, cutoff, rows, list(file.schema_arrow.names))
 
 
+def row_group_chunks(path, rows: int) -> list[list[int]]:
+    """A parquet file's row groups in consecutive runs of about ``rows`` rows (one group at least):
+    the tasks of a pass on Dask workers."""
+    meta = pq.ParquetFile(path).metadata
+    chunks: list[list[int]] = []
+    have = 0
+    for group in range(meta.num_row_groups):
+        n = meta.row_group(group).num_rows
+        if not chunks or (have + n > rows and chunks[-1]):
+            chunks.append([])
+            have = 0
+        chunks[-1].append(group)
+        have += n
+    return chunks
+
+
+def _count_groups(path: str, groups: list[int], columns: list[str], context: list[str], user_ids: pd.Index,
+                  item_ids: pd.Index, cutoff: pd.Timestamp, buckets: int, scratch: Path | None) -> tuple:
+    """A Dask task: the history counts of some row groups of the training split (``HistoryShare``), and
+    the context columns' value counts and distinct values there."""
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)  # a retried task starts afresh
+        scratch.mkdir(parents=True)
+    # the id tables are scattered to each worker once: their hash tables are built once per worker
+    stats = HistoryStats(None, None, cutoff, buckets, scratch, codes=(IdCodes(user_ids), IdCodes(item_ids)))
+    frame = pq.ParquetFile(path).read_row_groups(groups, columns=columns).to_pandas()
+    stats.add(frame)
+    return (stats.share(), {col: frame[col].value_counts() for col in context},
+            {col: pd.unique(frame[col]) for col in context})
+
+
+def _distinct_of_groups(path: str, groups: list[int], columns: list[str]) -> dict[str, np.ndarray]:
+    """A Dask task: each column's distinct values in some row groups, in order of first appearance."""
+    frame = pq.ParquetFile(path).read_row_groups(groups, columns=columns).to_pandas()
+    return {col: pd.unique(frame[col]) for col in columns}
+
+
+def _in_order(client, tasks: list[tuple]):
+    """Results of ``client.submit(*task)`` for each task, in the tasks' order (all run at once; each
+    result is released once handed over, so the driver holds one at a time)."""
+    futures = [client.submit(*task, pure=False) for task in tasks]
+    try:
+        for i, future in enumerate(futures):
+            yield future.result()
+            futures[i] = None
+            future.release()
+    finally:
+        for future in futures:
+            if future is not None:
+                future.cancel()
+
+
 def history_pass(splits: SplitFiles, users: pd.DataFrame, items: pd.DataFrame, context: list[str],
-                 scratch: Path, batch_rows: int | None = None) -> HistoryPass:
+                 scratch: Path, batch_rows: int | None = None, client=None) -> HistoryPass:
     """The user and item feature tables as of the cutoff, from one pass over the training split
-    (and one over the test split for the ids it adds)."""
+    (and one over the test split for the ids it adds).
+
+    With a Dask ``client`` the row groups are counted on the workers, about ``batch_rows`` rows a
+    task (they need ``scratch``'s file system), and the driver merges their counts in row order: the
+    same tables as the pass in the driver.
+    """
     batch_rows = batch_rows or codes.BATCH_ROWS
     groups = max(1, math.ceil(splits.rows["train"] / PAIRS_PER_GROUP))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -93,20 +151,40 @@ def history_pass(splits: SplitFiles, users: pd.DataFrame, items: pd.DataFrame, c
     columns = [c for c in ("user_id", "item_id", "timestamp", "price", *context) if c in splits.columns]
     counts = {col: pd.Series(dtype=np.int64) for col in context}
     seen: dict[str, list[np.ndarray]] = {col: [] for col in context}
-    for part in parquet_batches(splits.train, columns, batch_rows):
-        stats.add(part)
+
+    def count_context(value_counts: dict[str, pd.Series], distinct: dict[str, np.ndarray]) -> None:
         for col in context:
-            counts[col] = counts[col].add(part[col].value_counts(), fill_value=0).astype(np.int64)
-            seen[col].append(pd.unique(part[col]))
+            counts[col] = counts[col].add(value_counts[col], fill_value=0).astype(np.int64)
+            seen[col].append(distinct[col])
+
+    test_columns = ["user_id", "item_id", *context]
+    if client is None:
+        for part in parquet_batches(splits.train, columns, batch_rows):
+            stats.add(part)
+            count_context({c: part[c].value_counts() for c in context}, {c: pd.unique(part[c]) for c in context})
+        test_parts = ({c: pd.unique(part[c]) for c in test_columns}
+                      for part in parquet_batches(splits.test, test_columns, batch_rows))
+    else:
+        user_ids, item_ids = client.scatter([stats.user_codes.known, stats.item_codes.known], broadcast=True, hash=False)
+        tasks = [(_count_groups, str(splits.train), chunk, columns, context, user_ids, item_ids, splits.cutoff, groups,
+                  scratch / f"share_{i:05d}" if groups > 1 else None)
+                 for i, chunk in enumerate(row_group_chunks(splits.train, batch_rows))]
+        for share, value_counts, distinct in _in_order(client, tasks):
+            stats.merge(share)
+            count_context(value_counts, distinct)
+        test_parts = _in_order(client, [(_distinct_of_groups, str(splits.test), chunk, test_columns)
+                                        for chunk in row_group_chunks(splits.test, batch_rows)])
     test_users, test_items = [], []
-    for part in parquet_batches(splits.test, ["user_id", "item_id", *context], batch_rows):
-        test_users.append(np.unique(stats.user_codes(part["user_id"])))  # ids only in test get codes too
-        test_items.append(np.unique(stats.item_codes(part["item_id"])))
+    for distinct in test_parts:
+        test_users.append(np.unique(stats.user_codes(distinct["user_id"])))  # ids only in test get codes too
+        test_items.append(np.unique(stats.item_codes(distinct["item_id"])))
         for col in context:
-            seen[col].append(pd.unique(part[col]))
+            seen[col].append(distinct[col])
     user_table, item_table = stats.tables()
     for file in scratch.glob("pairs_*.bin"):
         file.unlink()
+    for folder in scratch.glob("share_*"):
+        shutil.rmtree(folder)
     for col in context:
         counts[col].index.name = col
     return HistoryPass(

@@ -120,8 +120,8 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
 
         context = [c for c in ("channel",) if c in splits.columns]
         stage = out / "_stage"  # Categorify's vocabularies until Workflow.save copies them; pair counts
-        seen = history_pass(splits, ds.users(), ds.items(), context, stage / "pairs")
-        users, items, stats = seen.users, seen.items, seen.stats
+        aggregates = history_pass(splits, ds.users(), ds.items(), context, stage / "pairs", client=client)
+        users, items, stats = aggregates.users, aggregates.items, aggregates.stats
         buckets_u = {"user_mean_price": history.price_boundaries(users["user_mean_price"])} if stats.has_price else {}
         buckets_i = {"item_mean_price": history.price_boundaries(items["item_mean_price"])} if stats.has_price else {}
         user_spec = infer_spec(users, "user_id", buckets_u)
@@ -140,7 +140,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         # feature value of a user counts once per purchase of that user); normalisation is per entity
         vocabs = {key: vocabulary_of_counts(pd.Series(bought[key], index=pd.Index(codes[key].ids(), name=key)),
                                             cfg.id_freq_threshold) for key in ("user_id", "item_id")}
-        vocabs.update({col: vocabulary_of_counts(seen.context[col]) for col in context})
+        vocabs.update({col: vocabulary_of_counts(aggregates.context[col]) for col in context})
         for table, spec in ((user_in, user_spec), (item_in, item_spec)):
             weights = bought[spec.key][:len(table)]
             vocabs.update({col: weighted_vocabulary(table[col], weights, cfg.feature_freq_threshold)
@@ -149,7 +149,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         tables = {USER_SUBGRAPH: user_in, ITEM_SUBGRAPH: item_in,
                   **({CONTEXT_SUBGRAPH: vocabs[context[0]].to_frame()} if context else {})}
         lacking = {USER_SUBGRAPH: stats.user_codes.extra.to_numpy(), ITEM_SUBGRAPH: stats.item_codes.extra.to_numpy(),
-                   **({CONTEXT_SUBGRAPH: lacking_ids(vocabs[context[0]], seen.context_seen[context[0]])}
+                   **({CONTEXT_SUBGRAPH: lacking_ids(vocabs[context[0]], aggregates.context_seen[context[0]])}
                       if context else {})}
         tick("vocabularies")
 
@@ -193,9 +193,9 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
                 "test": splits.rows["test"],
             },
             "users": {"total": int(len(users)), "train": int((n_users > 0).sum()),
-                      "test": int(len(seen.test_users)), "test_cold": int((n_users[seen.test_users] == 0).sum())},
+                      "test": int(len(aggregates.test_users)), "test_cold": int((n_users[aggregates.test_users] == 0).sum())},
             "items": {"total": int(len(items)), "train": int((n_items > 0).sum()),
-                      "test": int(len(seen.test_items)), "test_cold": int((n_items[seen.test_items] == 0).sum())},
+                      "test": int(len(aggregates.test_items)), "test_cold": int((n_items[aggregates.test_items] == 0).sum())},
             "features": {"user": asdict(user_spec), "item": asdict(item_spec), "context": context},
             "timings_s": timings,
             "rows_per_s": round((splits.rows["train"] + splits.rows["test"]) / max(sum(timings.values()), 1e-9)),

@@ -135,11 +135,12 @@ def file_label_windows(path, split: Split | str, valid_days: int, windows: int,
     batch_rows = batch_rows or batching.BATCH_ROWS
     if split == "user-last":
         users = IdCodes(pd.Index([], dtype=object))
-        parts = list(batching.parquet_batches(path, ["user_id", "timestamp"], batch_rows))
-        frame = pd.DataFrame({"user_id": np.concatenate([users(p["user_id"]) for p in parts] or [np.zeros(0, np.int64)]),
-                              "timestamp": np.concatenate([_ns(p["timestamp"]) for p in parts]
-                                                          or [np.zeros(0, np.int64)]).view("datetime64[ns]")})
-        del parts
+        codes, times = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for part in batching.parquet_batches(path, ["user_id", "timestamp"], batch_rows):
+            codes.append(users(part["user_id"]))  # coded batch by batch: no batch's raw ids kept
+            times.append(_ns(part["timestamp"]))
+        frame = pd.DataFrame({"user_id": np.concatenate(codes), "timestamp": np.concatenate(times).view("datetime64[ns]")})
+        del codes, times
         window = label_windows(frame, split, valid_days, windows).astype(np.int8)
         before = frame["timestamp"].to_numpy()[window < 0]
         return window, pd.Timestamp(before.max()) if len(before) else pd.NaT

@@ -1,5 +1,9 @@
-"""NVTabular on a real 2-worker Dask LocalCluster gives the same output as one process."""
+"""Preprocessing on a real 2-worker Dask LocalCluster (the history pass and the transform on the
+workers) gives the same output as one process."""
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,11 +30,54 @@ def test_two_worker_cluster_matches_single_process(synth_dir, pre_dir, tmp_path)
         a = pd.read_parquet(pre_dir / "workflow" / "categories" / f"unique.{name}.parquet")
         b = pd.read_parquet(tmp_path / "pre" / "workflow" / "categories" / f"unique.{name}.parquet")
         pd.testing.assert_frame_equal(a, b)
-    for name in ("items", "users"):
-        pd.testing.assert_frame_equal(
-            pd.read_parquet(pre_dir / "catalogue" / f"{name}.parquet"),
-            pd.read_parquet(tmp_path / "pre" / "catalogue" / f"{name}.parquet"),
-        )
+    for rel in ("catalogue/items.parquet", "catalogue/users.parquet", "features/items.parquet",
+                "features/users.parquet", "splits/train.parquet", "splits/test.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(pre_dir / rel), pd.read_parquet(tmp_path / "pre" / rel), obj=rel)
+    single = json.loads((pre_dir / "preprocess.json").read_text())
+    assert {k: manifest[k] for k in ("rows", "users", "items")} == {k: single[k] for k in ("rows", "users", "items")}
+
+
+@pytest.mark.integration
+def test_history_pass_on_two_workers_equals_the_pass_in_the_driver(tmp_path, monkeypatch):
+    """The aggregates counted on the workers (several tasks, pair groups on disk, ids the tables lack)
+    and merged in the driver == the pass in the driver."""
+    from distributed import Client, LocalCluster
+
+    from workflows.passes import history_pass, split_files
+
+    rng = np.random.default_rng(7)
+    n = 6000
+    frame = pd.DataFrame({
+        "user_id": rng.choice([f"u{i:03d}" for i in range(400)], n),
+        "item_id": rng.integers(0, 150, n),
+        "timestamp": pd.Timestamp("2024-03-01") + pd.to_timedelta(rng.integers(0, 40 * 86400, n), unit="s"),
+        "price": rng.random(n).astype(np.float32),
+        "channel": rng.integers(1, 3, n).astype(np.int8),
+    })
+    frame.to_parquet(tmp_path / "interactions.parquet", index=False)
+    (tmp_path / "splits").mkdir()
+    splits = split_files(tmp_path / "interactions.parquet", tmp_path / "splits", "time", 7, part_rows=300)
+    users = pd.DataFrame({"user_id": [f"u{i:03d}" for i in range(0, 400, 3)]})
+    items = pd.DataFrame({"item_id": np.arange(0, 150, 2)})
+    monkeypatch.setattr("workflows.passes.PAIRS_PER_GROUP", 1000)
+    alone = history_pass(splits, users, items, ["channel"], tmp_path / "a", batch_rows=700)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, host="127.0.0.1") as cluster, \
+            Client(cluster) as client:
+        spread = history_pass(splits, users, items, ["channel"], tmp_path / "b", batch_rows=700, client=client)
+    assert spread.stats.buckets > 1 and not list((tmp_path / "b").iterdir())
+    pd.testing.assert_frame_equal(alone.users, spread.users)
+    pd.testing.assert_frame_equal(alone.items, spread.items)
+    assert list(alone.stats.user_codes.extra) == list(spread.stats.user_codes.extra)
+    assert list(alone.stats.item_codes.extra) == list(spread.stats.item_codes.extra)
+    pd.testing.assert_series_equal(alone.context["channel"].sort_index(), spread.context["channel"].sort_index())
+    np.testing.assert_array_equal(alone.context_seen["channel"], spread.context_seen["channel"])
+    np.testing.assert_array_equal(alone.test_users, spread.test_users)
+    np.testing.assert_array_equal(alone.test_items, spread.test_items)
+    # and against plain pandas: the workers' counts are the purchases
+    train = frame[frame["timestamp"] < splits.cutoff]
+    got = spread.users.set_index("user_id")["user_n_purchases"].dropna()
+    expected = train.groupby("user_id").size()
+    assert got.to_dict() == expected[expected.index.isin(users["user_id"])].astype(np.float32).to_dict()
 
 
 @pytest.mark.integration

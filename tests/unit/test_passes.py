@@ -114,6 +114,42 @@ def test_history_stats_added_in_parts_equal_one_call(tmp_path):
         pd.testing.assert_frame_equal(a, b, rtol=1e-6)
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+@pytest.mark.parametrize("lacking", [False, True])
+def test_history_shares_merged_in_row_order_equal_one_pass(tmp_path, on_disk, lacking):
+    """What Dask workers hand back: counts of separate row ranges, each coding the ids the tables lack
+    on its own, merged in order == one pass (codes of lacking ids included)."""
+    frame, _ = _interactions(tmp_path)
+    step = 2 if lacking else 1  # every other buyer and every third item lacking from the tables
+    users = pd.DataFrame({"user_id": [f"u{i:03d}" for i in range(0, 300, step)]})
+    items = pd.DataFrame({"item_id": np.arange(0, 120, 3 if lacking else 1)})
+    cutoff = frame["timestamp"].max()
+    scratch = (lambda name: (tmp_path / name).mkdir() or tmp_path / name) if on_disk else (lambda name: None)
+    whole = HistoryStats(users, items, cutoff, buckets=3, scratch=scratch("whole"))
+    whole.add(frame)
+    merged = HistoryStats(users, items, cutoff, buckets=3, scratch=scratch("merged"))
+    for i, chunk in enumerate(np.array_split(np.arange(len(frame)), 5)):
+        part = HistoryStats(None, None, cutoff, buckets=3, scratch=scratch(f"part{i}"),
+                            codes=(IdCodes(users["user_id"]), IdCodes(items["item_id"])))
+        part.add(frame.iloc[chunk])
+        merged.merge(part.share())
+    assert list(merged.user_codes.extra) == list(whole.user_codes.extra)
+    assert list(merged.item_codes.extra) == list(whole.item_codes.extra)
+    for a, b in zip(whole.tables(), merged.tables()):
+        pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="other id tables"):
+        merged.merge(HistoryStats(users.head(3), items, cutoff).share())
+
+
+def test_row_group_chunks_cover_the_file_in_order(tmp_path):
+    from workflows.passes import row_group_chunks
+
+    _, path = _interactions(tmp_path)  # 5000 rows in groups of 700
+    chunks = row_group_chunks(path, 1500)
+    assert chunks == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert row_group_chunks(path, 10) == [[g] for g in range(8)]
+
+
 def test_preprocess_in_small_batches_writes_the_same_output(synth_dir, pre_dir, tmp_path, monkeypatch):
     """A pass of 20k-row batches and on-disk pair groups gives the fixture's output file for file."""
     from workflows.preprocess import PreprocessConfig, preprocess
