@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from merlin.schema import Schema
 
 from funnel.core.artifacts import read_preprocess_manifest
@@ -36,7 +35,7 @@ from workflows import history as hist
 from workflows.io import features_as_of
 from workflows.item_item import ItemItem
 from workflows.candidates import NEW_ITEM, Z_SCORES, NewItems
-from workflows.codes import isin
+from workflows.codes import isin, parquet_schema
 from workflows.negatives import popularity_draws
 from workflows.purchases import PurchaseHistory
 
@@ -176,7 +175,7 @@ class RankingData:
         # The label periods: the retriever's validation period (window 0), then earlier ones; every
         # feature of a window describes only what came before it.
         split_file = pre / "splits" / "train.parquet"
-        needed = [c for c in ("user_id", "item_id", "timestamp", "price") if c in pq.read_schema(split_file).names]
+        needed = [c for c in ("user_id", "item_id", "timestamp", "price") if c in parquet_schema(split_file).names]
         windows = label_periods(pd.read_parquet(split_file, columns=needed), pre_manifest["split"]["how"],
                                 retrieval_manifest["config"]["valid_days"], cfg.label_windows)
         first = windows[0]

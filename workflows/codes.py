@@ -1,11 +1,14 @@
-"""Integer codes for raw ids, stable across the parts of a pass over the interactions."""
+"""Integer codes for raw ids, stable across the parts of a pass over the interactions; reading
+parquet files and folders in batches and row-group runs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -57,10 +60,47 @@ def grown(values: np.ndarray, n: int, fill) -> np.ndarray:
     return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
 
 
-def parquet_batches(path, columns: list[str] | None = None, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
-    """A parquet file as pandas frames of at most ``rows`` rows, in file order."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
-        yield batch.to_pandas()
+def parquet_parts(path) -> list[Path]:
+    """The files of a parquet file or folder: a split written by Dask workers is a folder of part
+    files whose names sort in row order."""
+    path = Path(path)
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def parquet_schema(path) -> pa.Schema:
+    """The arrow schema of a parquet file or folder."""
+    return pq.read_schema(parquet_parts(path)[0])
+
+
+def row_groups(path) -> list[tuple[Path, int]]:
+    """Every row group of a parquet file or folder, in row order: (file, group)."""
+    return [(file, group) for file in parquet_parts(path) for group in range(pq.ParquetFile(file).num_row_groups)]
+
+
+def row_group_chunks(path, rows: int) -> list[tuple[Path, list[int]]]:
+    """A parquet file's (or folder's) row groups in consecutive runs of about ``rows`` rows, a run
+    within one file and one group at least: the tasks of a pass on Dask workers."""
+    chunks: list[tuple[Path, list[int]]] = []
+    for file in parquet_parts(path):
+        meta = pq.ParquetFile(file).metadata
+        have = 0
+        for group in range(meta.num_row_groups):
+            n = meta.row_group(group).num_rows
+            if not chunks or chunks[-1][0] != file or (have + n > rows and chunks[-1][1]):
+                chunks.append((file, []))
+                have = 0
+            chunks[-1][1].append(group)
+            have += n
+    return chunks
+
+
+def parquet_batches(path, columns: list[str] | None = None, rows: int = BATCH_ROWS,
+                    groups: list[int] | None = None) -> Iterator[pd.DataFrame]:
+    """A parquet file or folder as pandas frames of at most ``rows`` rows, in row order (of a file,
+    only its row ``groups`` when given)."""
+    for file in parquet_parts(path):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=rows, columns=columns, row_groups=groups):
+            yield batch.to_pandas()
 
 
 class ColumnReader:
@@ -68,7 +108,8 @@ class ColumnReader:
     column as int64 nanoseconds): to walk a file in step with parts of other sizes."""
 
     def __init__(self, path, column: str, rows: int | None = None) -> None:
-        self._batches = pq.ParquetFile(path).iter_batches(batch_size=rows or BATCH_ROWS, columns=[column])
+        self._batches = (batch for file in parquet_parts(path)
+                         for batch in pq.ParquetFile(file).iter_batches(batch_size=rows or BATCH_ROWS, columns=[column]))
         self._buffer = np.zeros(0, np.int64)
 
     def take(self, n: int) -> np.ndarray:

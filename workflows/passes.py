@@ -4,6 +4,10 @@ Nothing here holds the interactions whole: the driver's memory is O(users + item
 batch (``codes.BATCH_ROWS`` rows), so H&M's 31.8M rows pass like 1M. The split files are written as
 they are read, in the input's row order, in row groups of at most ``part_rows`` rows (the parts
 the transform later reads, one task each).
+
+With a Dask client each pass runs on the workers, a run of row groups (about ``batch_rows`` rows) a
+task, all at once; the driver merges what they hand back in row order (``SplitSpan.merge``,
+``HistoryStats.merge``), so the result is the single pass's, file for file.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workflows import codes
-from workflows.codes import IdCodes, parquet_batches
+from workflows.codes import IdCodes, parquet_batches, row_group_chunks
 from workflows.history import HistoryStats
-from workflows.splits import SplitRule, split_rule
+from workflows.splits import SplitRule, SplitSpan, check_split, split_rule
 
 # Distinct (user, item) pairs per group when counting them (int64 keys: ~32 MB a group).
 PAIRS_PER_GROUP = 4_000_000
@@ -52,20 +56,16 @@ class HistoryPass:
     test_items: np.ndarray | None = None
 
 
-def split_files(source: Path, out: Path, how: str, test_days: int, part_rows: int,
-                batch_rows: int | None = None) -> SplitFiles:
-    """Split ``source`` (interactions.parquet) into ``out/train.parquet`` and ``out/test.parquet``,
-    reading ``batch_rows`` rows at a time (default ``codes.BATCH_ROWS``)."""
-    batch_rows = batch_rows or codes.BATCH_ROWS
+def _split_rows(source: Path, groups: list[int] | None, rule: SplitRule, needed: list[str], batch_rows: int,
+                part_rows: int, paths: dict[str, Path]) -> tuple[dict[str, int], int]:
+    """Write the training and test rows of ``source`` (its row ``groups``, or all of it) to ``paths``
+    in row order, ``batch_rows`` rows at a time; the row counts and the latest training time (ns)."""
     file = pq.ParquetFile(source)
-    needed = ["user_id", "timestamp"] if how == "user-last" else ["timestamp"]
-    rule = split_rule(parquet_batches(source, needed, batch_rows), how, test_days)
     rows = {"train": 0, "test": 0}
     latest_train = np.iinfo(np.int64).min
-    paths = {"train": out / "train.parquet", "test": out / "test.parquet"}
     writers = {name: pq.ParquetWriter(path, file.schema_arrow) for name, path in paths.items()}
     try:
-        for batch in file.iter_batches(batch_size=batch_rows):
+        for batch in file.iter_batches(batch_size=batch_rows, row_groups=groups):
             table = pa.Table.from_batches([batch])
             is_test = rule.is_test(table.select(needed).to_pandas())
             for name, mask in (("train", ~is_test), ("test", is_test)):
@@ -79,28 +79,57 @@ def split_files(source: Path, out: Path, how: str, test_days: int, part_rows: in
     finally:
         for writer in writers.values():
             writer.close()
+    return rows, latest_train
+
+
+def _span_of_groups(source: Path, groups: list[int], needed: list[str], per_user: bool, batch_rows: int) -> SplitSpan:
+    """A Dask task: what the split rule needs from some row groups of the interactions."""
+    span = SplitSpan(per_user)
+    for part in parquet_batches(source, needed, batch_rows, groups):
+        span.add(part)
+    return span
+
+
+def split_files(source: Path, out: Path, how: str, test_days: int, part_rows: int,
+                batch_rows: int | None = None, client=None) -> SplitFiles:
+    """Split ``source`` (interactions.parquet) into ``out/train.parquet`` and ``out/test.parquet``,
+    reading ``batch_rows`` rows at a time (default ``codes.BATCH_ROWS``).
+
+    With a Dask ``client`` both passes (the rule's, then the writing) run on the workers, about
+    ``batch_rows`` rows of row groups a task, and each split is a folder of part files, one per task,
+    in row order (``codes.parquet_parts``; pandas and pyarrow read it like the file).
+    """
+    check_split(how, test_days)
+    batch_rows = batch_rows or codes.BATCH_ROWS
+    needed = ["user_id", "timestamp"] if how == "user-last" else ["timestamp"]
+    paths = {"train": out / "train.parquet", "test": out / "test.parquet"}
+    if client is None:
+        rule = split_rule(parquet_batches(source, needed, batch_rows), how, test_days)
+        rows, latest_train = _split_rows(source, None, rule, needed, batch_rows, part_rows, paths)
+    else:
+        chunks = row_group_chunks(source, batch_rows)
+        span = SplitSpan(per_user=how == "user-last")
+        for share in _in_order(client, [(_span_of_groups, file, groups, needed, how == "user-last", batch_rows)
+                                        for file, groups in chunks]):
+            span.merge(share)
+        rule = span.rule(how, test_days)
+        for path in paths.values():
+            path.mkdir()
+        shared_rule = client.scatter(rule, broadcast=True, hash=False)  # user-last: O(users), sent once
+        rows, latest_train = {"train": 0, "test": 0}, np.iinfo(np.int64).min
+        tasks = [(_split_rows, file, groups, shared_rule, needed, batch_rows, part_rows,
+                  {name: path / f"part.{i:06d}.parquet" for name, path in paths.items()})
+                 for i, (file, groups) in enumerate(chunks)]
+        for task_rows, task_latest in _in_order(client, tasks):
+            rows = {name: rows[name] + task_rows[name] for name in rows}
+            latest_train = max(latest_train, task_latest)
     cutoff = rule.cutoff if how == "time" else pd.Timestamp(latest_train) + pd.Timedelta(seconds=1)
-    return SplitFiles(paths["train"], paths["test"], rule, cutoff, rows, list(file.schema_arrow.names))
+    return SplitFiles(paths["train"], paths["test"], rule, cutoff, rows, list(pq.read_schema(source).names))
 
 
-def row_group_chunks(path, rows: int) -> list[list[int]]:
-    """A parquet file's row groups in consecutive runs of about ``rows`` rows (one group at least):
-    the tasks of a pass on Dask workers."""
-    meta = pq.ParquetFile(path).metadata
-    chunks: list[list[int]] = []
-    have = 0
-    for group in range(meta.num_row_groups):
-        n = meta.row_group(group).num_rows
-        if not chunks or (have + n > rows and chunks[-1]):
-            chunks.append([])
-            have = 0
-        chunks[-1].append(group)
-        have += n
-    return chunks
-
-
-def _count_groups(path: str, groups: list[int], columns: list[str], context: list[str], user_ids: pd.Index,
-                  item_ids: pd.Index, cutoff: pd.Timestamp, buckets: int, scratch: Path | None) -> tuple:
+def _count_groups(path: Path, groups: list[int], columns: list[str], context: list[str], user_ids: pd.Index,
+                  item_ids: pd.Index, cutoff: pd.Timestamp, buckets: int, scratch: Path | None,
+                  batch_rows: int) -> tuple:
     """A Dask task: the history counts of some row groups of the training split (``HistoryShare``), and
     the context columns' value counts and distinct values there."""
     if scratch is not None:
@@ -108,16 +137,23 @@ def _count_groups(path: str, groups: list[int], columns: list[str], context: lis
         scratch.mkdir(parents=True)
     # the id tables are scattered to each worker once: their hash tables are built once per worker
     stats = HistoryStats(None, None, cutoff, buckets, scratch, codes=(IdCodes(user_ids), IdCodes(item_ids)))
-    frame = pq.ParquetFile(path).read_row_groups(groups, columns=columns).to_pandas()
-    stats.add(frame)
-    return (stats.share(), {col: frame[col].value_counts() for col in context},
-            {col: pd.unique(frame[col]) for col in context})
+    counts: dict[str, pd.Series] = {col: pd.Series(dtype=np.int64) for col in context}
+    distinct: dict[str, list[np.ndarray]] = {col: [] for col in context}
+    for part in parquet_batches(path, columns, batch_rows, groups):
+        stats.add(part)
+        for col in context:
+            counts[col] = counts[col].add(part[col].value_counts(), fill_value=0).astype(np.int64)
+            distinct[col].append(pd.unique(part[col]))
+    return stats.share(), counts, {col: pd.unique(np.concatenate(v)) if v else np.array([]) for col, v in distinct.items()}
 
 
-def _distinct_of_groups(path: str, groups: list[int], columns: list[str]) -> dict[str, np.ndarray]:
+def _distinct_of_groups(path: Path, groups: list[int], columns: list[str], batch_rows: int) -> dict[str, np.ndarray]:
     """A Dask task: each column's distinct values in some row groups, in order of first appearance."""
-    frame = pq.ParquetFile(path).read_row_groups(groups, columns=columns).to_pandas()
-    return {col: pd.unique(frame[col]) for col in columns}
+    distinct: dict[str, list[np.ndarray]] = {col: [] for col in columns}
+    for part in parquet_batches(path, columns, batch_rows, groups):
+        for col in columns:
+            distinct[col].append(pd.unique(part[col]))
+    return {col: pd.unique(np.concatenate(v)) if v else np.array([]) for col, v in distinct.items()}
 
 
 def _in_order(client, tasks: list[tuple]):
@@ -166,14 +202,14 @@ def history_pass(splits: SplitFiles, users: pd.DataFrame, items: pd.DataFrame, c
                       for part in parquet_batches(splits.test, test_columns, batch_rows))
     else:
         user_ids, item_ids = client.scatter([stats.user_codes.known, stats.item_codes.known], broadcast=True, hash=False)
-        tasks = [(_count_groups, str(splits.train), chunk, columns, context, user_ids, item_ids, splits.cutoff, groups,
-                  scratch / f"share_{i:05d}" if groups > 1 else None)
-                 for i, chunk in enumerate(row_group_chunks(splits.train, batch_rows))]
+        tasks = [(_count_groups, file, chunk, columns, context, user_ids, item_ids, splits.cutoff, groups,
+                  scratch / f"share_{i:06d}" if groups > 1 else None, batch_rows)
+                 for i, (file, chunk) in enumerate(row_group_chunks(splits.train, batch_rows))]
         for share, value_counts, distinct in _in_order(client, tasks):
             stats.merge(share)
             count_context(value_counts, distinct)
-        test_parts = _in_order(client, [(_distinct_of_groups, str(splits.test), chunk, test_columns)
-                                        for chunk in row_group_chunks(splits.test, batch_rows)])
+        test_parts = _in_order(client, [(_distinct_of_groups, file, chunk, test_columns, batch_rows)
+                                        for file, chunk in row_group_chunks(splits.test, batch_rows)])
     test_users, test_items = [], []
     for distinct in test_parts:
         test_users.append(np.unique(stats.user_codes(distinct["user_id"])))  # ids only in test get codes too

@@ -11,8 +11,10 @@ Output directory (written to a temporary directory, renamed on success)::
 
 The interactions are never held whole: the split and the history aggregates are passes over
 ``interactions.parquet`` a batch at a time (``workflows.passes``), and the transform reads the split
-files one row group per task (on the Dask workers when ``--workers``/``--scheduler`` is given, which
-then need the output folder's file system). The driver holds the feature tables, O(users + items).
+files one row group per task. With ``--workers``/``--scheduler`` all three run on the Dask workers
+(which then need the output folder's file system; each split is then a folder of part files, one
+per task, read like the file): the driver merges the passes' counts, O(users + items), and holds the
+feature tables.
 
 The ranker's rows are built at training time from the retriever's candidates
 (``models.ranking_data``); its schema comes from the saved workflow, so no labelled folder with
@@ -41,7 +43,7 @@ from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir, sha256_files
 from funnel.data.canonical import INTERACTIONS, read_dataset
 from workflows import CONTEXT_SUBGRAPH, ITEM_SUBGRAPH, TARGET, TIME, USER_SUBGRAPH, history
-from workflows.codes import grown, parquet_batches
+from workflows.codes import grown, parquet_batches, parquet_parts, row_groups
 from workflows.compute import dask_client, resolve_device
 from workflows.config import PreprocessConfig, Split
 from workflows.graph import build_workflow, infer_spec
@@ -87,9 +89,10 @@ def _write_rows(split_file: Path, encoded: dict[str, pd.DataFrame], keys: dict[s
     shared = dask.delayed((encoded, indexes, raw_columns), name=f"encoded-tables-{uuid.uuid4().hex}",
                           traverse=False)  # no hashing
     make = dask.delayed(_encode_part, pure=False)
-    meta = _encode_part(str(split_file), None, (encoded, indexes, raw_columns), keys, columns)
-    groups = list(range(pq.ParquetFile(split_file).metadata.num_row_groups)) or [None]
-    ddf = dd.from_delayed([make(str(split_file), g, shared, keys, columns) for g in groups], meta=meta,
+    first_file = parquet_parts(split_file)[0]
+    meta = _encode_part(str(first_file), None, (encoded, indexes, raw_columns), keys, columns)
+    groups = row_groups(split_file) or [(first_file, None)]
+    ddf = dd.from_delayed([make(str(file), g, shared, keys, columns) for file, g in groups], meta=meta,
                           verify_meta=False)
     Dataset(ddf, schema=schema, cpu=True).to_parquet(str(folder), output_files=ddf.npartitions)
 
@@ -115,7 +118,8 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
 
     with atomic_output_dir(cfg.out) as out, dask_client(device, cfg.workers, cfg.scheduler) as client:
         (out / "splits").mkdir()
-        splits = split_files(ds.path / INTERACTIONS, out / "splits", str(cfg.split), cfg.test_days, PART_ROWS)
+        splits = split_files(ds.path / INTERACTIONS, out / "splits", str(cfg.split), cfg.test_days, PART_ROWS,
+                             client=client)
         tick("split")
 
         context = [c for c in ("channel",) if c in splits.columns]

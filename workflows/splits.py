@@ -50,41 +50,70 @@ def _ns(ts: pd.Series) -> np.ndarray:
     return ts.astype("datetime64[ns]").to_numpy().view(np.int64)
 
 
-def split_rule(parts: Iterable[pd.DataFrame], how: Split | str = Split.TIME, test_days: int = 7) -> SplitRule:
-    """The rule of a split, from one pass over ``parts`` of the interactions (``timestamp``, and
-    ``user_id`` for ``user-last``): memory O(users), not O(rows)."""
+class SplitSpan:
+    """What a pass over (some of) the interactions saw for a split rule: the rows, the earliest and
+    latest time and, for ``user-last``, each user's first and last time (ns, by the user's code in
+    order of first appearance). Spans of consecutive row ranges ``merge`` in order into the span of
+    one pass (Dask workers each count some row groups)."""
+
+    def __init__(self, per_user: bool) -> None:
+        self.rows = 0
+        self.low, self.high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        self.codes = IdCodes(pd.Index([], dtype=object)) if per_user else None
+        self.first, self.last = np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+    def _users(self, codes: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
+        self.first = grown(self.first, len(self.codes), np.iinfo(np.int64).max)
+        self.last = grown(self.last, len(self.codes), np.iinfo(np.int64).min)
+        self.first[codes] = np.minimum(self.first[codes], first)
+        self.last[codes] = np.maximum(self.last[codes], last)
+
+    def add(self, part: pd.DataFrame) -> None:
+        if not len(part):
+            return
+        self.rows += len(part)
+        seconds = _ns(part["timestamp"])
+        self.low, self.high = min(self.low, int(seconds.min())), max(self.high, int(seconds.max()))
+        if self.codes is not None:
+            times = pd.Series(seconds).groupby(self.codes(part["user_id"]), sort=False).agg(["min", "max"])
+            self._users(times.index.to_numpy(), times["min"].to_numpy(), times["max"].to_numpy())
+
+    def merge(self, other: "SplitSpan") -> None:
+        """Add the span of the rows after those seen so far."""
+        self.rows += other.rows
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+        if self.codes is not None and len(other.codes):
+            self._users(self.codes(other.codes.ids()), other.first, other.last)
+
+    def rule(self, how: Split | str, test_days: int) -> SplitRule:
+        if not self.rows:
+            raise FunnelError("split: no interactions")
+        if how == "time":
+            cutoff = pd.Timestamp(self.high).normalize() - pd.Timedelta(days=test_days - 1)
+            if self.low >= cutoff.value:
+                raise FunnelError(f"split: the data spans fewer than {test_days + 1} days; nothing left to train on")
+            return SplitRule("time", cutoff=cutoff)
+        if not (self.first < self.last).any():
+            raise FunnelError("split: no user has more than one basket; user-last leaves no test set")
+        return SplitRule("user-last", codes=self.codes, first=self.first, last=self.last)
+
+
+def check_split(how: Split | str, test_days: int) -> None:
+    """A clear error for an unknown split or a time split without test days."""
     if how not in SPLITS:
         raise FunnelError(f"split: unknown split {how!r} (choose from {', '.join(SPLITS)})")
     if how == "time" and test_days < 1:
         raise FunnelError("split: --test-days must be >= 1")
-    low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    codes = IdCodes(pd.Index([], dtype=object)) if how == "user-last" else None
-    first, last = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rows = 0
+
+
+def split_rule(parts: Iterable[pd.DataFrame], how: Split | str = Split.TIME, test_days: int = 7) -> SplitRule:
+    """The rule of a split, from one pass over ``parts`` of the interactions (``timestamp``, and
+    ``user_id`` for ``user-last``): memory O(users), not O(rows)."""
+    check_split(how, test_days)
+    span = SplitSpan(per_user=how == "user-last")
     for part in parts:
-        if not len(part):
-            continue
-        rows += len(part)
-        seconds = _ns(part["timestamp"])
-        low, high = min(low, int(seconds.min())), max(high, int(seconds.max()))
-        if codes is not None:
-            users = codes(part["user_id"])
-            first = grown(first, len(codes), np.iinfo(np.int64).max)
-            last = grown(last, len(codes), np.iinfo(np.int64).min)
-            times = pd.Series(seconds).groupby(users, sort=False).agg(["min", "max"])
-            at = times.index.to_numpy()
-            first[at] = np.minimum(first[at], times["min"].to_numpy())
-            last[at] = np.maximum(last[at], times["max"].to_numpy())
-    if not rows:
-        raise FunnelError("split: no interactions")
-    if how == "time":
-        cutoff = pd.Timestamp(high).normalize() - pd.Timedelta(days=test_days - 1)
-        if low >= cutoff.value:
-            raise FunnelError(f"split: the data spans fewer than {test_days + 1} days; nothing left to train on")
-        return SplitRule("time", cutoff=cutoff)
-    if not (first < last).any():
-        raise FunnelError("split: no user has more than one basket; user-last leaves no test set")
-    return SplitRule("user-last", codes=codes, first=first, last=last)
+        span.add(part)
+    return span.rule(how, test_days)
 
 
 def split(interactions: pd.DataFrame, how: Split | str = Split.TIME, test_days: int = 7) -> SplitResult:

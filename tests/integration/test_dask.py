@@ -35,12 +35,31 @@ def test_two_worker_cluster_matches_single_process(synth_dir, pre_dir, tmp_path)
         pd.testing.assert_frame_equal(pd.read_parquet(pre_dir / rel), pd.read_parquet(tmp_path / "pre" / rel), obj=rel)
     single = json.loads((pre_dir / "preprocess.json").read_text())
     assert {k: manifest[k] for k in ("rows", "users", "items")} == {k: single[k] for k in ("rows", "users", "items")}
+    assert (tmp_path / "pre" / "splits" / "train.parquet").is_dir()  # written by the workers, a part each
+    # the retriever's data, read from the split's parts, is the single process's
+    from models.config import RetrievalConfig
+    from models.retrieval import RetrievalData
+
+    loaded = [RetrievalData.load(RetrievalConfig(pre=str(p), out=str(tmp_path / "unused"), windows_back=1))
+              for p in (pre_dir, tmp_path / "pre")]
+    try:
+        a, b = loaded
+        for name in ("item_counts", "valid_users"):
+            np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+        pd.testing.assert_series_equal(a.truth, b.truth)
+        pd.testing.assert_series_equal(a.seen, b.seen)
+        rows = [pd.concat([pd.read_parquet(f) for f in d.fit_rows.files], ignore_index=True) for d in loaded]
+        pd.testing.assert_frame_equal(*rows)
+    finally:
+        for d in loaded:
+            d.close()
 
 
 @pytest.mark.integration
-def test_history_pass_on_two_workers_equals_the_pass_in_the_driver(tmp_path, monkeypatch):
-    """The aggregates counted on the workers (several tasks, pair groups on disk, ids the tables lack)
-    and merged in the driver == the pass in the driver."""
+def test_passes_on_two_workers_equal_the_passes_in_the_driver(tmp_path, monkeypatch):
+    """The split written by the workers (a folder of parts) and the aggregates counted on them
+    (several tasks, pair groups on disk, ids the tables lack), merged in the driver == the passes in
+    the driver."""
     from distributed import Client, LocalCluster
 
     from workflows.passes import history_pass, split_files
@@ -54,9 +73,11 @@ def test_history_pass_on_two_workers_equals_the_pass_in_the_driver(tmp_path, mon
         "price": rng.random(n).astype(np.float32),
         "channel": rng.integers(1, 3, n).astype(np.int8),
     })
-    frame.to_parquet(tmp_path / "interactions.parquet", index=False)
-    (tmp_path / "splits").mkdir()
-    splits = split_files(tmp_path / "interactions.parquet", tmp_path / "splits", "time", 7, part_rows=300)
+    source = tmp_path / "interactions.parquet"
+    frame.to_parquet(source, index=False, row_group_size=500)
+    for name in ("splits", "splits_user_last", "spread", "spread_user_last"):
+        (tmp_path / name).mkdir()
+    splits = split_files(source, tmp_path / "splits", "time", 7, part_rows=300)
     users = pd.DataFrame({"user_id": [f"u{i:03d}" for i in range(0, 400, 3)]})
     items = pd.DataFrame({"item_id": np.arange(0, 150, 2)})
     monkeypatch.setattr("workflows.passes.PAIRS_PER_GROUP", 1000)
@@ -64,6 +85,15 @@ def test_history_pass_on_two_workers_equals_the_pass_in_the_driver(tmp_path, mon
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, host="127.0.0.1") as cluster, \
             Client(cluster) as client:
         spread = history_pass(splits, users, items, ["channel"], tmp_path / "b", batch_rows=700, client=client)
+        for how, suffix in (("time", ""), ("user-last", "_user_last")):
+            single = splits if how == "time" else split_files(source, tmp_path / f"splits{suffix}", how, 7, 300)
+            split = split_files(source, tmp_path / f"spread{suffix}", how, 7, 300, batch_rows=1100, client=client)
+            assert split.train.is_dir() and len(list(split.train.glob("*.parquet"))) == 6  # 12 groups of 500, 2 a task
+            assert (split.rows, split.cutoff, split.columns) == (single.rows, single.cutoff, single.columns)
+            for name in ("train", "test"):
+                pd.testing.assert_frame_equal(pd.read_parquet(getattr(split, name)), pd.read_parquet(getattr(single, name)))
+        on_parts = history_pass(split, users, items, ["channel"], tmp_path / "c", batch_rows=700, client=client)
+    pd.testing.assert_frame_equal(on_parts.users, history_pass(single, users, items, ["channel"], tmp_path / "d").users)
     assert spread.stats.buckets > 1 and not list((tmp_path / "b").iterdir())
     pd.testing.assert_frame_equal(alone.users, spread.users)
     pd.testing.assert_frame_equal(alone.items, spread.items)

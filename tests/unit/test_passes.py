@@ -141,13 +141,44 @@ def test_history_shares_merged_in_row_order_equal_one_pass(tmp_path, on_disk, la
         merged.merge(HistoryStats(users.head(3), items, cutoff).share())
 
 
-def test_row_group_chunks_cover_the_file_in_order(tmp_path):
-    from workflows.passes import row_group_chunks
+def test_row_group_chunks_cover_files_and_folders_in_order(tmp_path):
+    from workflows.codes import parquet_batches, parquet_parts, row_group_chunks, row_groups
 
-    _, path = _interactions(tmp_path)  # 5000 rows in groups of 700
-    chunks = row_group_chunks(path, 1500)
-    assert chunks == [[0, 1], [2, 3], [4, 5], [6, 7]]
-    assert row_group_chunks(path, 10) == [[g] for g in range(8)]
+    frame, path = _interactions(tmp_path)  # 5000 rows in groups of 700
+    assert row_group_chunks(path, 1500) == [(path, [0, 1]), (path, [2, 3]), (path, [4, 5]), (path, [6, 7])]
+    assert row_group_chunks(path, 10) == [(path, [g]) for g in range(8)]
+    folder = tmp_path / "split.parquet"  # a folder of parts, as Dask workers write a split
+    folder.mkdir()
+    for i, rows in enumerate((slice(0, 1200), slice(1200, 1200), slice(1200, 5000))):
+        frame.iloc[rows].to_parquet(folder / f"part.{i:06d}.parquet", index=False, row_group_size=1000)
+    parts = parquet_parts(folder)
+    assert [p.name for p in parts] == ["part.000000.parquet", "part.000001.parquet", "part.000002.parquet"]
+    # (pandas writes an empty frame as one empty row group)
+    assert row_group_chunks(folder, 1500) == [(parts[0], [0, 1]), (parts[1], [0]), (parts[2], [0]), (parts[2], [1]),
+                                               (parts[2], [2]), (parts[2], [3])]
+    assert [(p.name[-9:-8], g) for p, g in row_groups(folder)] == [("0", 0), ("0", 1), ("1", 0), ("2", 0), ("2", 1),
+                                                                   ("2", 2), ("2", 3)]
+    pd.testing.assert_frame_equal(pd.concat(parquet_batches(folder, rows=333), ignore_index=True), frame)
+    pd.testing.assert_frame_equal(pd.read_parquet(folder), frame)  # pandas reads the folder in row order too
+    got = pd.concat(parquet_batches(parts[2], ["item_id"], 300, groups=[1, 2]), ignore_index=True)
+    np.testing.assert_array_equal(got["item_id"], frame["item_id"].iloc[2200:4200])
+
+
+@pytest.mark.parametrize("how", ["time", "user-last"])
+def test_split_spans_merged_in_row_order_give_the_rule_of_one_pass(tmp_path, how):
+    from workflows.splits import SplitSpan, split_rule
+
+    frame, _ = _interactions(tmp_path)
+    whole = split_rule([frame], how, 7)
+    merged = SplitSpan(per_user=how == "user-last")
+    for chunk in np.array_split(np.arange(len(frame)), 6):
+        span = SplitSpan(per_user=how == "user-last")
+        span.add(frame.iloc[chunk])
+        merged.merge(span)
+    rule = merged.rule(how, 7)
+    np.testing.assert_array_equal(rule.is_test(frame), whole.is_test(frame))
+    if how == "user-last":
+        assert list(rule.codes.ids()) == list(pd.unique(frame["user_id"]))
 
 
 def test_preprocess_in_small_batches_writes_the_same_output(synth_dir, pre_dir, tmp_path, monkeypatch):
