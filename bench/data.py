@@ -88,7 +88,9 @@ def main() -> None:
             "generate": {"seconds": gen["seconds"], "rows_per_s": round(rows / gen["seconds"]),
                          "peak_rss_mib": gen["peak_rss_mib"], "command": " ".join(gen_cmd[2:])},
             "preprocess": {"seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),
-                           "peak_rss_mib": prep["peak_rss_mib"], "steps_s": manifest["timings_s"],
+                           "peak_rss_mib": prep["peak_rss_mib"], "driver_peak_rss_mb": manifest["peak_rss_mb"],
+                           "worker_peak_rss_mb": manifest["dask"].get("worker_peak_rss_mb"),
+                           "steps_s": manifest["timings_s"],
                            "steps_peak_rss_mb": manifest.get("peak_rss_mb_by_step"),
                            "command": " ".join(pre_cmd[2:])},
         })

@@ -56,6 +56,11 @@ from workflows.tables import (encoded_tables, fit_on_tables, join_rows, lacking_
 PART_ROWS = 100_000
 
 
+def _peak_rss_mb() -> int:
+    """This process's peak resident memory (MB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _unix_seconds(ts: pd.Series) -> pd.Series:
     return (ts.astype("datetime64[ns]").astype(np.int64) // 1_000_000_000).astype(np.int64)
 
@@ -112,7 +117,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
-        peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        peaks[name] = _peak_rss_mb()
         clock = now
         step(name)
 
@@ -186,7 +191,9 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
         manifest = {
             "config": as_dict(cfg),
             "device": device,
-            "dask": {"workers": cfg.workers, "scheduler": cfg.scheduler, "client": bool(client)},
+            "dask": {"workers": cfg.workers, "scheduler": cfg.scheduler, "client": bool(client),
+                     # each worker's peak RSS (MB) since it started (a long-lived cluster's includes earlier work)
+                     **({"worker_peak_rss_mb": sorted(client.run(_peak_rss_mb).values())} if client else {})},
             "dataset": {"name": ds.name, "path": str(Path(cfg.data).resolve()), "repurchase": ds.repurchase,
                         "content_checksum": ds.meta.get("content_checksum")},
             "split": {"how": str(cfg.split), "test_days": cfg.test_days if cfg.split == Split.TIME else None,
@@ -203,7 +210,7 @@ def preprocess(cfg: PreprocessConfig, step: Callable[[str], None] | None = None)
             "features": {"user": asdict(user_spec), "item": asdict(item_spec), "context": context},
             "timings_s": timings,
             "rows_per_s": round((splits.rows["train"] + splits.rows["test"]) / max(sum(timings.values()), 1e-9)),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_rss_mb": _peak_rss_mb(),
             "peak_rss_mb_by_step": peaks,
             "workflow_checksum": sha256_files([out / "workflow" / "workflow.pkl"]),
         }

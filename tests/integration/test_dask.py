@@ -22,6 +22,7 @@ def test_two_worker_cluster_matches_single_process(synth_dir, pre_dir, tmp_path)
     cfg = PreprocessConfig(data=str(synth_dir), out=str(tmp_path / "pre"), device="cpu", workers=2)
     manifest = preprocess(cfg)
     assert manifest["dask"]["client"] is True
+    assert len(manifest["dask"]["worker_peak_rss_mb"]) == 2 and min(manifest["dask"]["worker_peak_rss_mb"]) > 50
     for sub in ("retrieval/train", "retrieval/test"):
         single = _sorted(read_parquet_dir(pre_dir / sub))
         cluster = _sorted(read_parquet_dir(tmp_path / "pre" / sub))
