@@ -1,6 +1,6 @@
 """Benchmark: synthetic generation and preprocessing throughput and peak memory on this host.
 
-    python bench/data.py --sizes 1e6 1e7 hm [--device cpu] [--workers N] [--keep DIR]
+    python bench/data.py --sizes 1e6 1e7 hm [--device cpu] [--workers 0 2] [--keep DIR]
     python bench/data.py --sizes 1e6 3e6 1e7 --users 83333 --items 10000   # rows grow, users do not
 
 A size is a number of interactions (users = 1/12 of it, items 1% of it, at least 10k) or ``hm``:
@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=None,
                         help="a fixed number of users (rows then grow with each user's activity, not with users)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0],
+                        help="preprocess the same data with each: 0 = one process, N = a local Dask cluster of N")
     parser.add_argument("--keep", help="keep generated data under this folder")
     parser.add_argument("--out", default="bench/results/data.json")
     parser.add_argument("--plot", default="docs/data.png", help="PNG of rows vs seconds and peak GiB ('' for none)")
@@ -78,25 +79,31 @@ def main() -> None:
                 gen_cmd += ["--activity", f"{size / (users * base_cfg.days * base_cfg.basket_size):.6g}"]
         gen = run(gen_cmd)
         rows = json.loads((data / "dataset.json").read_text())["rows"]["interactions"]
-        pre_cmd = funnel + ["preprocess", str(data), "--out", str(pre), "--device", args.device]
-        if args.workers:
-            pre_cmd += ["--workers", str(args.workers)]
-        prep = run(pre_cmd)
-        manifest = json.loads((pre / "preprocess.json").read_text())
+        by_workers = []
+        for workers in args.workers:  # the same data, one after the other
+            out = pre if workers == args.workers[0] else pre.with_name(f"{pre.name}-w{workers}")
+            pre_cmd = funnel + ["preprocess", str(data), "--out", str(out), "--device", args.device]
+            if workers:
+                pre_cmd += ["--workers", str(workers)]
+            prep = run(pre_cmd)
+            manifest = json.loads((out / "preprocess.json").read_text())
+            by_workers.append({"workers": workers, "seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),
+                               "peak_rss_mib": prep["peak_rss_mib"], "driver_peak_rss_mb": manifest["peak_rss_mb"],
+                               "worker_peak_rss_mb": manifest["dask"].get("worker_peak_rss_mb"),
+                               "steps_s": manifest["timings_s"],
+                               "steps_peak_rss_mb": manifest.get("peak_rss_mb_by_step"),
+                               "command": " ".join(pre_cmd[2:])})
+            if not args.keep:
+                shutil.rmtree(out)
         results.append({
             "target": name if name == "hm" else size, "interactions": rows, "users": users, "items": items,
             "generate": {"seconds": gen["seconds"], "rows_per_s": round(rows / gen["seconds"]),
                          "peak_rss_mib": gen["peak_rss_mib"], "command": " ".join(gen_cmd[2:])},
-            "preprocess": {"seconds": prep["seconds"], "rows_per_s": round(rows / prep["seconds"]),
-                           "peak_rss_mib": prep["peak_rss_mib"], "driver_peak_rss_mb": manifest["peak_rss_mb"],
-                           "worker_peak_rss_mb": manifest["dask"].get("worker_peak_rss_mb"),
-                           "steps_s": manifest["timings_s"],
-                           "steps_peak_rss_mb": manifest.get("peak_rss_mb_by_step"),
-                           "command": " ".join(pre_cmd[2:])},
+            "preprocess": by_workers[0],
+            **({"preprocess_by_workers": by_workers} if len(by_workers) > 1 else {}),
         })
         if not args.keep:
             shutil.rmtree(data)
-            shutil.rmtree(pre)
     doc = {"host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
            "device": args.device, "workers": args.workers, "fixed_users": args.users, "results": results}
     out = Path(args.out)
@@ -110,6 +117,10 @@ def main() -> None:
         for stage in ("generate", "preprocess"):
             s = r[stage]
             print(f"{r['interactions']:>12,} {stage:<10} {s['seconds']:>8.1f} {s['rows_per_s']:>10,} {s['peak_rss_mib']:>12,}")
+        for s in r.get("preprocess_by_workers", [])[1:]:
+            stage = f"w={s['workers']}"
+            print(f"{r['interactions']:>12,} {stage:<10} {s['seconds']:>8.1f} {s['rows_per_s']:>10,} {s['peak_rss_mib']:>12,}"
+                  f"  (driver {s['driver_peak_rss_mb']:,} MB, workers {s['worker_peak_rss_mb']})")
     print(json.dumps(doc))
     if args.plot:
         plot(results, Path(args.plot))
