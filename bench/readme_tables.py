@@ -182,7 +182,22 @@ def data(doc: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"data": data, "data_fixed_users": data, "quality": quality, "notify": notify,
+def data_workers(doc: dict) -> str:
+    """bench/data.py --workers 0 N: the same data preprocessed in one process and on a local cluster."""
+    lines = ["| interactions | preprocess | seconds | split / features / transform s | driver peak MiB | "
+             "workers' peak MiB |", "|---:|---|---:|---|---:|---|"]
+    for r in doc["results"]:
+        label = f"{r['interactions']:,}" + (" (hm)" if r["target"] == "hm" else "")
+        for s in r.get("preprocess_by_workers", [r["preprocess"]]):
+            steps = s["steps_s"]
+            how = f"{s['workers']} Dask workers" if s["workers"] else "one process"
+            workers = ", ".join(f"{m:,}" for m in s["worker_peak_rss_mb"]) if s["worker_peak_rss_mb"] else "-"
+            lines.append(f"| {label} | {how} | {s['seconds']:,.1f} | {steps['split']:.1f} / {steps['features']:.1f} / "
+                         f"{steps['transform_retrieval']:.1f} | {s['driver_peak_rss_mb']:,} | {workers} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"data": data, "data_fixed_users": data, "data_workers": data_workers, "quality": quality, "notify": notify,
              "notify_oracle": notify_oracle, "batching_ranker": batching_ranker, "optimizer": optimizer}
 
 
