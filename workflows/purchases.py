@@ -12,6 +12,7 @@ import pandas as pd
 from workflows.history import latest_purchases
 
 NEVER_DAYS = 365.0  # pair_days_since for items the user never bought
+ROWS_PER_RANGE = 4_000_000  # interaction rows per range of users when building a history
 
 
 @dataclass
@@ -37,19 +38,46 @@ class PurchaseHistory:
     @classmethod
     def build(cls, interactions: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index,
               as_of: pd.Timestamp) -> "PurchaseHistory":
-        """From raw (user_id, item_id, timestamp) rows; users/items outside the tables are dropped."""
-        mine = interactions["user_id"].isin(user_ids)  # first: the ranker's 50k label users of 1.37M
-        latest = latest_purchases(interactions if mine.all() else interactions[mine])
-        stats = pd.DataFrame({"u": user_ids.get_indexer(latest["user_id"]), "i": item_ids.get_indexer(latest["item_id"]),
-                              "n": latest["n"].to_numpy(), "last": latest["last"].to_numpy()})
-        stats = stats[(stats["u"] >= 0) & (stats["i"] >= 0)]
-        stats = stats.sort_values("u", kind="stable")  # within a user: latest_purchases' recency order
-        days = ((as_of - stats["last"]) / pd.Timedelta(days=1)).clip(lower=0)
-        counts = np.bincount(stats["u"].to_numpy(), minlength=len(user_ids))
+        """From raw (user_id, item_id, timestamp) rows; users/items outside the tables are dropped.
+
+        Users are taken in ranges of the user table holding about ``ROWS_PER_RANGE`` rows each, so the
+        per-row temporaries of ``latest_purchases`` (~60 B a row) exist for one range at a time: an
+        earlier label period's whole history at H&M size (30M rows) added 1.5 GB in one go.
+        A user's entries, and their order, do not depend on which other users share the range.
+        """
+        rows_user = user_ids.get_indexer(interactions["user_id"]).astype(np.int32)  # -1: not ours (the ranker: 50k of 1.37M)
+        n_ranges = max(1, -(-int((rows_user >= 0).sum()) // ROWS_PER_RANGE))
+        if n_ranges == 1:
+            bounds = np.array([0, len(user_ids)])
+        else:  # ranges of users with about equal rows
+            per_user = np.cumsum(np.bincount(rows_user[rows_user >= 0], minlength=len(user_ids)))
+            bounds = np.unique(np.concatenate([[0], np.searchsorted(per_user, per_user[-1] * np.arange(1, n_ranges)
+                                                                      / n_ranges), [len(user_ids)]]))
+        parts: dict[str, list[np.ndarray]] = {"u": [], "i": [], "n": [], "days": []}  # compact: 16 B an entry
+        for low, high in zip(bounds[:-1], bounds[1:]):
+            mine = (rows_user >= low) & (rows_user < high)
+            if not mine.any():
+                continue
+            latest = latest_purchases(interactions if mine.all() else interactions[mine])
+            del mine
+            items = item_ids.get_indexer(latest["item_id"])
+            keep = items >= 0
+            users = user_ids.get_indexer(latest["user_id"])[keep]
+            order = np.argsort(users, kind="stable")  # by user; within a user: latest_purchases' recency order
+            days = ((as_of - latest["last"]) / pd.Timedelta(days=1)).clip(lower=0).to_numpy(np.float32)[keep]
+            parts["u"].append(users[order].astype(np.int32))
+            parts["i"].append(items[keep][order].astype(np.int32))
+            parts["n"].append(latest["n"].to_numpy(np.float32)[keep][order])
+            parts["days"].append(days[order])
+            del latest, items, keep, users, order, days
+        del rows_user
+        empty = {"u": np.int32, "i": np.int32, "n": np.float32, "days": np.float32}
+        stats = {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in parts.items()}
+        parts.clear()
+        counts = np.bincount(stats["u"], minlength=len(user_ids))
         offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        return cls(offsets, stats["i"].to_numpy(np.int32), stats["n"].to_numpy(np.float32),
-                   days.to_numpy(np.float32), len(item_ids))
+        return cls(offsets, stats["i"], stats["n"], stats["days"], len(item_ids))
 
     def of(self, user_row: int) -> slice:
         if user_row < 0:

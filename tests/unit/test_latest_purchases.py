@@ -51,3 +51,27 @@ def test_recent_items_for_some_users_equal_those_of_all_users():
     some = recent_items(rows, users=["b", "d", "zz"])
     assert sorted(some.index) == ["b", "d"]
     assert some.to_dict() == {u: every[u] for u in ("b", "d")}
+
+
+def test_purchase_history_built_in_user_ranges_equals_the_plain_count(monkeypatch):
+    """``PurchaseHistory.build`` a few users at a time (as at H&M size) == the plain-Python count:
+    per known user, the known items most recent first, with counts and days since the last."""
+    from workflows.purchases import PurchaseHistory
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    rows = pd.DataFrame({"user_id": rng.choice([f"user-{k:03d}" for k in range(60)], n),
+                         "item_id": rng.integers(0, 40, n),
+                         "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 50, n), unit="D")})
+    users = pd.Index([f"user-{k:03d}" for k in range(0, 70, 2)])  # half the buyers unknown, some never buy
+    items = pd.Index(np.arange(0, 40, 3)[::-1])
+    as_of = pd.Timestamp("2024-03-01")
+    monkeypatch.setattr("workflows.purchases.ROWS_PER_RANGE", 300)  # ~7 ranges of users
+    got = PurchaseHistory.build(rows, users, items, as_of)
+    for row, user in enumerate(users):
+        mine = [(i, n_, t) for u, i, n_, t in _by_hand(rows) if u == user and i in set(items)]
+        entries = got.of(row)
+        assert list(got.items[entries]) == [items.get_loc(i) for i, _, _ in mine], user
+        assert list(got.counts[entries]) == [n_ for _, n_, _ in mine]
+        np.testing.assert_allclose(got.days_ago[entries], [(as_of - t) / pd.Timedelta(days=1) for _, _, t in mine])
+    assert got.offsets[-1] == sum(1 for u, i, _, _ in _by_hand(rows) if u in set(users) and i in set(items))
