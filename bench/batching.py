@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--shortlists", type=int, nargs="+", default=[-1],
                         help="ranker shortlists exported with each delay (-1: the run's own; 0: the ranker "
                              "scores every candidate), where the run's ranker is on")
+    parser.add_argument("--instances", type=int, nargs="+", default=[1],
+                        help="model instances (Triton replicas of the funnel model) exported with each delay")
     parser.add_argument("--out", default="bench/results/batching.json")
     parser.add_argument("--cudart", default=None, help="folder holding libcudart.so.12, for perf_analyzer")
     parser.add_argument("--seconds", type=float, default=10.0, help="perf_analyzer's measurement window")
@@ -92,14 +94,16 @@ def main() -> None:
     users = users.sample(min(2000, len(users)), random_state=0).tolist()
     results = []
     with tempfile.TemporaryDirectory(prefix="funnel-batching-") as work:
-        for delay, shortlist in ((d, n) for d in args.delays for n in args.shortlists):
-            repo = Path(work) / f"repo{delay}_{shortlist}"
+        for delay, shortlist, instances in ((d, n, i) for d in args.delays for n in args.shortlists
+                                            for i in args.instances):
+            name = f"{delay}_{shortlist}_{instances}"
+            repo = Path(work) / f"repo{name}"
             manifest = export(ExportConfig(run=args.run, out=str(repo), batch_delay_us=delay,
-                                           ranker_shortlist=shortlist))
-            with TritonServer(repo, grpc_port=0, log_path=Path(work) / f"triton{delay}_{shortlist}.log") as server:
+                                           ranker_shortlist=shortlist, instances=instances))
+            with TritonServer(repo, grpc_port=0, log_path=Path(work) / f"triton{name}.log") as server:
                 throughput(server.url, users, 1, 4, 200)  # warm-up
                 before = executions(server)
-                row = {"batch_delay_us": delay, "ranker": bool((manifest["models"]["ranker"] or {}).get("used")),
+                row = {"batch_delay_us": delay, "instances": instances, "ranker": bool((manifest["models"]["ranker"] or {}).get("used")),
                        "ranker_shortlist": manifest["models"]["ranker_shortlist"],
                        "single_c1": throughput(server.url, users, 1, 1, args.requests // 4),
                        "single_c16": throughput(server.url, users, 1, 16, args.requests),
@@ -112,7 +116,8 @@ def main() -> None:
                                                           seconds=args.seconds, cudart=args.cudart)
                 row["parity"] = parity(server.url, users[:400])
             results.append(row)
-            print(f"batch_delay_us {delay}, shortlist {shortlist}: {json.dumps(row)}", file=sys.stderr)
+            print(f"batch_delay_us {delay}, shortlist {shortlist}, instances {instances}: {json.dumps(row)}",
+                  file=sys.stderr)
     ranking = json.loads((Path(args.run) / "ranking.json").read_text()) if (Path(args.run) / "ranking.json").exists() else {}
     quality = {key: value for key, value in (ranking.get("blend") or {}).items() if key.endswith("_by_shortlist")}
     doc = {"run": args.run, "requests": args.requests, "perf_analyzer": why_not or "used",
@@ -121,7 +126,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
 
-    header = (f"{'batcher':>10} {'ranker':>9} {'c1 p50':>7} {'c1 p99':>7} {'c16 users/s':>12} {'c16 p50':>8} {'c16 p99':>8} "
+    header = (f"{'batcher':>10} {'inst':>4} {'ranker':>9} {'c1 p50':>7} {'c1 p99':>7} {'c16 users/s':>12} {'c16 p50':>8} {'c16 p99':>8} "
               f"{'64x4 users/s':>13} {'users/exec':>10} {'same lists':>10} {'PA c1 p99':>9} {'PA c16 users/s':>14} "
               f"{'PA c16 p99':>10}")
     print(header)
@@ -133,7 +138,7 @@ def main() -> None:
         pa = (f"{pa1['p99_ms']:>9.2f} {pa16['users_per_s']:>14,.0f} {pa16['p99_ms']:>10.2f}" if pa1 and pa16
               else f"{'-':>9} {'-':>14} {'-':>10}")
         ranker = "off" if not r.get("ranker") else (f"top {r['ranker_shortlist']}" if r.get("ranker_shortlist") else "all")
-        print(f"{name:>10} {ranker:>9} {c1['p50_ms']:>7.2f} {c1['p99_ms']:>7.2f} {c16['users_per_s']:>12,.0f} "
+        print(f"{name:>10} {r.get('instances', 1):>4} {ranker:>9} {c1['p50_ms']:>7.2f} {c1['p99_ms']:>7.2f} {c16['users_per_s']:>12,.0f} "
               f"{c16['p50_ms']:>8.2f} {c16['p99_ms']:>8.2f} {b64['users_per_s']:>13,.0f} "
               f"{r['users_per_execution']:>10.2f} {p['identical_item_lists']:>5}/{p['users']} {pa}")
     print(json.dumps(doc))

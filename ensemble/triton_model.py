@@ -15,6 +15,7 @@ from ensemble.experiment import ENV as EXPERIMENT_ENV
 from ensemble.experiment import Experiment
 from ensemble.prediction_log import PredictionLogger
 from ensemble.runtime import Recommender, RequestError
+from ensemble.threads import limit_threads
 
 LOG = logging.getLogger("funnel.triton")
 
@@ -28,9 +29,8 @@ class TritonPythonModel:
     """Loads the export's :class:`ensemble.runtime.Recommender`; one response per request, in order."""
 
     def initialize(self, args: dict) -> None:
-        import faiss
-
-        faiss.omp_set_num_threads(int(os.environ.get("FUNNEL_FAISS_THREADS", "1")))
+        threads = limit_threads()  # before TensorFlow runs: one thread per pool unless FUNNEL_THREADS says more
+        LOG.info("funnel model instance threads: %s", threads)
         path = _model_dir(args) / str(args["model_version"]) / "ensemble"
         self.recommender = Recommender(path)
         self.experiment = None

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 from ensemble.savedmodel import SavedModelRunner
+from ensemble.threads import limit_threads
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        limit_threads()  # one thread per pool (FUNNEL_THREADS), as in the funnel model
         repo = Path(args["model_repository"])
         model_dir = (repo.parent.parent if repo.suffix == ".py" else repo) / str(args["model_version"])
         self.runner = SavedModelRunner(model_dir / "model.savedmodel")

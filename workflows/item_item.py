@@ -98,9 +98,14 @@ def user_matrix(history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | 
     user = np.repeat(np.arange(len(rows)), lengths)
     pos = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
     items = history.items[pos] if len(pos) else np.zeros(0, dtype=np.int32)
-    if extra is not None and extra.size:
-        u, s = np.nonzero(extra >= 0)
-        user, items = np.concatenate([user, u]), np.concatenate([items, extra[u, s]])
+    if extra is None or not extra.size:  # a user's history entries are distinct items: CSR as it stands
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        x = sp.csr_matrix((np.ones(len(items), np.float32), items.astype(np.int64), indptr),
+                          shape=(len(rows), history.n_items))
+        x.sort_indices()
+        return x
+    u, s = np.nonzero(extra >= 0)
+    user, items = np.concatenate([user, u]), np.concatenate([items, extra[u, s]])
     x = sp.csr_matrix((np.ones(len(user), np.float32), (user, items)), shape=(len(rows), history.n_items))
     x.sum_duplicates()
     x.data[:] = 1.0

@@ -28,7 +28,12 @@ class UserFeatures(ServingOperator):
 
     def load(self, path: Path) -> None:
         table = pd.read_parquet(path / "users.parquet")
-        self._index = pd.Index(table["user_id_raw"].astype(str))
+        ids = table["user_id_raw"].astype(str)
+        if not ids.is_unique:
+            raise ValueError(f"{path / 'users.parquet'}: user {ids[ids.duplicated()].iloc[0]!r} appears twice")
+        # a dict, not a pandas Index: a request's few ids are looked up in microseconds (get_indexer
+        # costs ~0.1 ms whatever the number of ids, a tenth of a one-user call's non-model work)
+        self._rows = dict(zip(ids.tolist(), range(len(ids))))
         self._features = {name: table[name].to_numpy(self.feature_dtypes[name]) for name in self.feature_names}
 
     def new_columns(self, input_schema: Schema) -> list[ColumnSchema]:
@@ -37,7 +42,7 @@ class UserFeatures(ServingOperator):
     def compute(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raw = columns[USER_ID].reshape(-1)
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
-        rows = self._index.get_indexer(ids).astype(np.int64)
+        rows = np.fromiter((self._rows.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         known = rows >= 0
         out = {USER_ROW: rows}
         for name, values in self._features.items():

@@ -148,6 +148,19 @@ def test_saved_ranker_reproduces_the_trained_model(ranked_run):
     assert figures["logloss"] == pytest.approx(m["metrics"]["valid_logloss"], rel=1e-4)
     assert figures["auc"] == pytest.approx(m["metrics"]["valid_auc"], abs=1e-3)  # float ties may swap ranks
 
+    # serving calls the ranker's signature flat (tensors in placeholder order): the same scores as
+    # TensorFlow's own keyword call and as Keras
+    from ensemble.savedmodel import SavedModelRunner
+
+    flat = SavedModelRunner(ranked_run / "ranker")
+    assert flat._flat is not None  # the fast path is taken with this TensorFlow
+    keyword = SavedModelRunner(ranked_run / "ranker")
+    keyword._flat = None
+    rows = data.valid_rows.head(500)
+    columns = {name: rows[name].to_numpy() for name in flat.inputs}
+    np.testing.assert_array_equal(flat(columns), keyword(columns))
+    np.testing.assert_allclose(flat(columns).reshape(-1), scores[:500], rtol=1e-5, atol=1e-6)
+
 
 def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_users(pre_dir, retrieval_run):
     """``label_windows=3``: the ranker's rows come from three 7-day periods back from the training

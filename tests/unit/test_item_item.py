@@ -57,6 +57,12 @@ def test_user_matrix_is_the_binary_crosstab_of_the_history_plus_new_purchases():
             want[r] = dense[u]
     want[1, 4] = want[2, 5] = 1.0  # an unknown user with a purchase since; a duplicate counts once
     assert np.array_equal(got, want)
+    # without purchases since: built straight from the history's slices, in canonical CSR form
+    alone = user_matrix(history, rows)
+    want[1, 4] = 0.0
+    want[2] = dense[0]
+    assert np.array_equal(alone.toarray(), want)
+    assert alone.has_sorted_indices and alone.has_canonical_format and alone.dtype == np.float32
 
 
 def test_fit_scores_are_the_users_items_times_the_ease_weights():
