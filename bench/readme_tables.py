@@ -145,16 +145,16 @@ def notify_oracle(doc: dict) -> str:
 
 def batching_ranker(doc: dict) -> str:
     """bench/batching.py with the ranker on: each shortlist, the Python and (where it ran) the C++ load generator."""
-    lines = ["| ranker scores | batcher | c=1 p50 / p99 ms | c=16 users/s | c=16 p99 ms | "
+    lines = ["| ranker scores | batcher | model instances | c=1 p50 / p99 ms | c=16 users/s | c=16 p99 ms | "
              "c=16 users/s, perf_analyzer | c=16 p99 ms, perf_analyzer | 64-user requests, c=4: users/s | "
-             "same lists as alone |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "same lists as alone |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["results"]:
         ranker = "off" if not r.get("ranker") else (f"top {r['ranker_shortlist']}" if r.get("ranker_shortlist")
                                                     else "every candidate")
         batcher = "off" if r["batch_delay_us"] < 0 else f"{r['batch_delay_us']} us"
         c1, c16, b64, pa = r["single_c1"], r["single_c16"], r["batch64_c4"], r.get("single_c16_pa")
         pa_cells = f"{pa['users_per_s']:,.0f} | {pa['p99_ms']:.1f}" if pa else "- | -"
-        lines.append(f"| {ranker} | {batcher} | {c1['p50_ms']:.1f} / {c1['p99_ms']:.1f} | {c16['users_per_s']:,.0f} | "
+        lines.append(f"| {ranker} | {batcher} | {r.get('instances', 1)} | {c1['p50_ms']:.1f} / {c1['p99_ms']:.1f} | {c16['users_per_s']:,.0f} | "
                      f"{c16['p99_ms']:.1f} | {pa_cells} | {b64['users_per_s']:,.0f} | "
                      f"{r['parity']['identical_item_lists']}/{r['parity']['users']} |")
     return "\n".join(lines)
