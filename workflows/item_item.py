@@ -95,7 +95,6 @@ def user_matrix(history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | 
     safe = np.maximum(rows, 0)
     start, end = history.offsets[safe], history.offsets[safe + 1]
     lengths = np.where(rows >= 0, end - start, 0)
-    user = np.repeat(np.arange(len(rows)), lengths)
     pos = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
     items = history.items[pos] if len(pos) else np.zeros(0, dtype=np.int32)
     if extra is None or not extra.size:  # a user's history entries are distinct items: CSR as it stands
@@ -105,7 +104,8 @@ def user_matrix(history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | 
         x.sort_indices()
         return x
     u, s = np.nonzero(extra >= 0)
-    user, items = np.concatenate([user, u]), np.concatenate([items, extra[u, s]])
+    user = np.concatenate([np.repeat(np.arange(len(rows)), lengths), u])
+    items = np.concatenate([items, extra[u, s]])
     x = sp.csr_matrix((np.ones(len(user), np.float32), (user, items)), shape=(len(rows), history.n_items))
     x.sum_duplicates()
     x.data[:] = 1.0
