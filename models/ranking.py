@@ -49,11 +49,15 @@ from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 
 
-def score_pairs(ranker, frame: pd.DataFrame, schema, batch_size: int = 8192) -> np.ndarray:
-    """Ranker probabilities for model rows, in order."""
+def score_pairs(ranker, frame: pd.DataFrame, schema, batch_size: int = 8192, chunk_batches: int = 32) -> np.ndarray:
+    """Ranker probabilities for model rows, in order; ``chunk_batches`` batches at a time go through
+    the Loader (a whole copy of millions of held-out rows cost a GB at H&M size)."""
     inputs = schema.excluding_by_name([TARGET])
-    ds = Dataset(frame[inputs.column_names], schema=inputs, cpu=True)
-    parts = [np.asarray(ranker(batch, training=False)).reshape(-1) for batch, _ in mm.Loader(ds, batch_size, shuffle=False)]
+    chunk = batch_size * chunk_batches
+    parts = []
+    for start in range(0, len(frame), chunk):
+        ds = Dataset(frame.iloc[start:start + chunk][inputs.column_names], schema=inputs, cpu=True)
+        parts += [np.asarray(ranker(batch, training=False)).reshape(-1) for batch, _ in mm.Loader(ds, batch_size, shuffle=False)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
@@ -188,6 +192,16 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     retrieval_manifest = read_retrieval_manifest(run)
     start = time.perf_counter()
     data = RankingData.build(cfg, retrieval_manifest, on_step)
+    try:
+        return _train(cfg, data, device, run, start, on_epoch, on_rows)
+    finally:
+        data.close()  # the training rows on disk
+
+
+def _train(cfg: RankingConfig, data: RankingData, device: str, run: Path,
+           start: float, on_epoch: Callable[[dict], None] | None,
+           on_rows: Callable[[int, int, int], None] | None) -> dict[str, Any]:
+    """:func:`train` once the data is built."""
     key, gate_key = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
     build_seconds = time.perf_counter() - start
     release_free_memory()  # the build's frames are gone: the served EASE fit and training reuse their pages
@@ -202,8 +216,7 @@ def train(cfg: RankingConfig, on_epoch: Callable[[dict], None] | None = None,
     # towers, training the earlier periods' retriever): on MovieLens-100k the draw decided the gate
     tf.keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, data, strategy)
-    train_ds = Dataset(data.fit_rows[data.schema.column_names], schema=data.schema, cpu=True)
-    fit = fit_best(model, train_ds, len(data.fit_rows), cfg.epochs, cfg.batch_size, strategy,
+    fit = fit_best(model, data.train_dataset(), data.fit_rows.rows, cfg.epochs, cfg.batch_size, strategy,
                    validation(cfg, data, model), key, None, on_epoch, on_rows)
     with atomic_output_dir(run / "ranker") as out:
         model.save(str(out))

@@ -14,6 +14,8 @@ item-item scores, and those two scores standardised over the user's candidates.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from merlin.io import Dataset
 from merlin.schema import Schema
 
 from funnel.core.artifacts import read_preprocess_manifest
@@ -35,9 +38,10 @@ from workflows import history as hist
 from workflows.io import features_as_of
 from workflows.item_item import ItemItem
 from workflows.candidates import NEW_ITEM, Z_SCORES, NewItems
-from workflows.codes import isin, parquet_schema
+from workflows.codes import isin, parquet_batches, parquet_schema
 from workflows.negatives import popularity_draws
 from workflows.purchases import PurchaseHistory
+from workflows.shuffle import ShuffledRows, permute_parts
 
 
 def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame, cands: pd.DataFrame, q: np.ndarray,
@@ -152,7 +156,8 @@ class RankingData:
     """Labelled training rows, the held-out users' full candidate lists, and the figures about them."""
 
     schema: Schema
-    fit_rows: pd.DataFrame  # shuffled training rows (users not held out)
+    fit_rows: ShuffledRows  # training rows (users not held out), shuffled once, on disk (the schema's columns)
+    fit_folder: Path  # where they are: removed by close()
     valid_rows: pd.DataFrame  # labelled rows of the held-out users (AUC, log loss)
     valid_full: pd.DataFrame  # every candidate of the held-out users, every label period (how the ranker is used)
     valid_cands: pd.DataFrame  # the same candidates with their scores; user_id = the list key "period|user"
@@ -163,9 +168,29 @@ class RankingData:
     blend: dict[str, Any] | None = None  # the candidate order without a ranker: its tuned weights, for the manifest
     item_item: dict[str, Any] | None = None  # the item-item source's tuning (lambda, blend weight), for the manifest
 
+    def close(self) -> None:
+        """Remove the training rows from disk."""
+        shutil.rmtree(self.fit_folder, ignore_errors=True)
+
+    def train_dataset(self) -> Dataset:
+        """The shuffled training rows as a merlin Dataset read part by part."""
+        return Dataset(self.fit_rows.files, engine="parquet", schema=self.schema, cpu=True)
+
     @classmethod
     def build(cls, cfg: RankingConfig, retrieval_manifest: dict[str, Any],
               progress: Callable[[str], None] | None = None) -> "RankingData":
+        """Every label period's rows; the training rows go to disk as each period is built (at H&M size
+        they are millions of rows a period), so memory holds one period's at a time."""
+        folder = Path(tempfile.mkdtemp(prefix="funnel-ranking-rows-"))
+        try:
+            return cls._build(cfg, retrieval_manifest, progress, StagedRows(folder))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _build(cls, cfg: RankingConfig, retrieval_manifest: dict[str, Any], progress: Callable[[str], None] | None,
+               staged: "StagedRows") -> "RankingData":
         pre, run = Path(cfg.pre), Path(cfg.run)
         pre_manifest = read_preprocess_manifest(pre)
         repurchase = bool(pre_manifest["dataset"]["repurchase"])
@@ -188,6 +213,7 @@ class RankingData:
             release_free_memory()
         users, items = features_as_of(pre, first.before, first.cutoff)
         schema = ranking_schema(pre)
+        staged.columns = schema.column_names
         shares = affinity_columns(schema)
 
         label_users = first.label["user_id"].unique()
@@ -225,7 +251,8 @@ class RankingData:
         rows, window_facts = labelled_rows(cfg, first, bought, cands, q, label_users, vectors, items, users, source,
                                            shares, new, schema, rng)
         is_valid = rows["user_id_raw"].isin(valid_users).to_numpy()
-        fit_parts, facts_by_window = [rows[~is_valid]], [window_facts]
+        staged.add(rows[~is_valid])
+        facts_by_window = [window_facts]
         valid_rows, latest_rows = rows[is_valid], len(rows)
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
         judged = [JudgedLists.of(cands, cands["user_id"].isin(valid_users).to_numpy(), bought, users, items, first,
@@ -242,15 +269,19 @@ class RankingData:
                                                               schema, shares, repurchase, item_item_facts.get("lambda"),
                                                               rng)
                 window.release()  # its history: 1.2 GB at H&M size
-                fit_parts.append(part)
+                staged.add(part)
+                part = None
                 facts_by_window.append(part_facts)
                 judged.append(lists)
-        earlier_rows = sum(len(p) for p in fit_parts[1:])
-        fit_rows = pd.concat(fit_parts, ignore_index=True)
-        fit_parts.clear()  # two copies of the training rows at most (concatenated, then shuffled), not three
+        earlier_rows = sum(staged.rows[1:])
+        cutoff, n_windows = first.cutoff, len(windows)
+        windows = first = towers_before = None  # the training split's frame: not needed to shuffle the rows
+        release_free_memory()
+        say("shuffling the training rows")
+        fit_rows = staged.shuffle(cfg.seed)
         valid_cands, valid_full, valid_truth, list_users = JudgedLists.keyed(judged)
         facts = {"pre": str(pre.resolve()), "content_checksum": pre_manifest["dataset"]["content_checksum"],
-                 "label_period_start": str(first.cutoff), "label_users": int(len(label_users)),
+                 "label_period_start": str(cutoff), "label_users": int(len(label_users)),
                  "rows": int(latest_rows + earlier_rows),
                  "positives": int(sum(f["positives"] for f in facts_by_window)),
                  "hard_negatives": int(sum(f["hard_negatives"] for f in facts_by_window)),
@@ -260,9 +291,34 @@ class RankingData:
                  "candidates_by_source": by_source, "affinity_columns": shares,
                  "new_items": int(len(new.rows)),
                  "label_windows": facts_by_window}
-        if len(windows) > 1:
+        if n_windows > 1:
             facts["earlier_retriever"] = earlier
-        return cls(schema=schema, fit_rows=fit_rows.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True),
+        return cls(schema=schema, fit_rows=fit_rows, fit_folder=staged.folder,
                    valid_rows=valid_rows, valid_full=valid_full, valid_cands=valid_cands, valid_truth=valid_truth,
                    list_users=list_users, gate_lists=list_users.index[list_users.isin(gate_users)].to_numpy(),
                    facts=facts, blend=blend_facts, item_item=item_item_facts)
+
+
+class StagedRows:
+    """Training rows written to disk a label period at a time (the schema's ``columns``), then
+    shuffled once into parts: the order of ``pd.concat(parts).sample(frac=1, random_state=seed)``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.columns = folder, None
+        self.files: list[Path] = []
+        self.rows: list[int] = []  # rows per period
+
+    def add(self, rows: pd.DataFrame) -> None:
+        path = self.folder / "staged" / f"period_{len(self.files):02d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (rows if self.columns is None else rows[self.columns]).to_parquet(path, index=False)
+        self.files.append(path)
+        self.rows.append(len(rows))
+
+    def shuffle(self, seed: int) -> ShuffledRows:
+        """The rows in pandas' ``sample(frac=1.0, random_state=seed)`` order (a permutation from a
+        ``RandomState(seed)``), written as parts into ``folder/rows``; the staged files removed."""
+        order = np.random.RandomState(seed).permutation(sum(self.rows))
+        out = permute_parts(parquet_batches(self.folder / "staged"), order, self.folder / "rows")
+        shutil.rmtree(self.folder / "staged", ignore_errors=True)
+        return out

@@ -142,6 +142,7 @@ def test_saved_ranker_reproduces_the_trained_model(ranked_run):
 
     m = json.loads((ranked_run / "ranking.json").read_text())
     data = RankingData.build(RankingConfig(**m["config"]), json.loads((ranked_run / "retrieval.json").read_text()))
+    data.close()  # only the held-out rows (in memory) are scored here
     scores = score_pairs(load_tower(ranked_run / "ranker"), data.valid_rows, data.schema)
     assert ((scores > 0) & (scores < 1)).all()
     figures = auc_logloss(data.valid_rows[TARGET].to_numpy(), scores)
@@ -189,7 +190,12 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
             assert period["positives"] == len(pairs) > 0
     # the earlier periods' retriever trained on the rows before all three periods, nothing later
     assert data.facts["earlier_retriever"]["fit_rows"] == int((raw["timestamp"] <= latest - 3 * days).sum())
-    assert not data.fit_rows["user_id_raw"].isin(held_out).any()
+    fit_rows = data.fit_rows.read()
+    data.close()
+    assert not data.fit_folder.exists()
+    held_codes = set(data.valid_rows["user_id"])  # the training rows on disk hold the schema's columns
+    assert list(fit_rows.columns) == data.schema.column_names
+    assert not fit_rows["user_id"].isin(held_codes).any()
     # the held-out users are judged in every period: one list per (period, user) with a purchase in it
     for k in range(3):
         start, end = latest - (k + 1) * days, latest - k * days
@@ -198,7 +204,7 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
         assert sorted(keys) == sorted(f"{k}|{u}" for u in inside["user_id"].unique())
         assert all(data.valid_truth[f"{k}|{u}"] == set(g["item_id"]) for u, g in inside.groupby("user_id"))
     assert set(data.list_users) <= held_out and len(data.valid_full) == len(data.valid_cands)
-    assert data.fit_rows[TARGET].sum() + data.valid_rows[TARGET].sum() == data.facts["positives"]
+    assert fit_rows[TARGET].sum() + data.valid_rows[TARGET].sum() == data.facts["positives"]
     assert data.facts["positives"] == sum(p["positives"] for p in periods)
     assert sorted(p.name for p in retrieval_run.iterdir()) == run_files  # the earlier retriever wrote nothing
 

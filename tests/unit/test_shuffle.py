@@ -4,8 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from workflows.shuffle import shuffle_parts
+from workflows.shuffle import permute_parts, shuffle_parts
 
 
 def _parts(n, size):
@@ -46,6 +47,51 @@ def test_no_rows_keeps_the_columns(tmp_path):
     rows, _ = _parts(5, 5)
     out = shuffle_parts(iter([rows.iloc[:0]]), 0, tmp_path / "e", seed=0)
     assert out.rows == 0 and list(out.read().columns) == ["i", "x", "tags"]
+
+
+def test_permute_parts_writes_the_given_order(tmp_path):
+    """Output row j is input row order[j], across input parts and buckets (pandas' iloc computes the same)."""
+    rows, parts = _parts(1000, 90)
+    order = np.random.default_rng(5).permutation(1000)
+    out = permute_parts(iter(parts), order, tmp_path / "p", bucket_rows=128)
+    got = out.read()
+    assert out.rows == 1000 and len(out.files) == 8
+    expected = rows.iloc[order].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[["i", "x"]], expected[["i", "x"]])
+    assert all(np.array_equal(a, b) for a, b in zip(got["tags"], expected["tags"]))
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [Path(f).name for f in out.files]
+
+
+def test_permute_parts_casts_later_parts_and_refuses_a_wrong_count(tmp_path):
+    first = pd.DataFrame({"a": np.arange(3, dtype=np.int64), "b": np.ones(3, np.float32)})
+    second = pd.DataFrame({"a": np.arange(3, 5, dtype=np.int32), "b": np.ones(2, np.float32)})
+    got = permute_parts(iter([first, second]), np.array([4, 0, 3, 1, 2]), tmp_path / "c").read()
+    assert got["a"].tolist() == [4, 0, 3, 1, 2] and got["a"].dtype == np.int64
+    with pytest.raises(ValueError, match="4 rows for an order of 5"):
+        permute_parts(iter([first, second.iloc[:1]]), np.arange(5), tmp_path / "d")
+    with pytest.raises(ValueError, match="more rows"):
+        permute_parts(iter([first, second]), np.arange(4), tmp_path / "e")
+    empty = permute_parts(iter([first.iloc[:0]]), np.zeros(0, np.int64), tmp_path / "f")
+    assert empty.rows == 0 and list(empty.read().columns) == ["a", "b"]
+
+
+def test_staged_ranking_rows_come_back_in_pandas_sample_order(tmp_path):
+    """The ranker's rows, staged a period at a time and shuffled on disk, are in the order the
+    in-memory ``pd.concat(periods).sample(frac=1, random_state=seed)`` gave (so runs before and
+    after the rows moved to disk train on the same batches)."""
+    from models.ranking_data import StagedRows
+
+    rng = np.random.default_rng(0)
+    periods = [pd.DataFrame({"user_id": rng.integers(0, 50, n), "score": rng.random(n).astype(np.float32),
+                             "extra": ["x"] * n}) for n in (700, 0, 450, 300)]
+    staged = StagedRows(tmp_path / "s")
+    staged.columns = ["user_id", "score"]
+    for period in periods:
+        staged.add(period)
+    got = staged.shuffle(seed=7).read()
+    expected = pd.concat(periods, ignore_index=True).sample(frac=1.0, random_state=7).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected[["user_id", "score"]])
+    assert staged.rows == [700, 0, 450, 300] and not (tmp_path / "s" / "staged").exists()
 
 
 def test_retriever_trains_on_the_rows_before_the_validation_cutoff(pre_dir):
