@@ -45,18 +45,20 @@ from models.sources import blend_order, tune_ranker_share
 from workflows.candidates import BLEND_SCORES, RANKER_SCORE, logit
 from models.tf_helpers import configure_tensorflow, precision
 from workflows import TARGET
+from workflows.codes import row_chunks
 from workflows.item_item import ItemItem
 from workflows.purchases import PurchaseHistory
 
 
-def score_pairs(ranker, frame: pd.DataFrame, schema, batch_size: int = 8192, chunk_batches: int = 32) -> np.ndarray:
-    """Ranker probabilities for model rows, in order; ``chunk_batches`` batches at a time go through
-    the Loader (a whole copy of millions of held-out rows cost a GB at H&M size)."""
+def score_pairs(ranker, rows: pd.DataFrame | list[Path], schema, batch_size: int = 8192,
+                chunk_batches: int = 32) -> np.ndarray:
+    """Ranker probabilities for model rows (a frame or parquet files), in order; ``chunk_batches``
+    batches at a time go through the Loader (at H&M size the held-out users' lists are millions of
+    rows: a whole copy cost a GB)."""
     inputs = schema.excluding_by_name([TARGET])
-    chunk = batch_size * chunk_batches
     parts = []
-    for start in range(0, len(frame), chunk):
-        ds = Dataset(frame.iloc[start:start + chunk][inputs.column_names], schema=inputs, cpu=True)
+    for chunk in row_chunks(rows, inputs.column_names, batch_size * chunk_batches):
+        ds = Dataset(chunk, schema=inputs, cpu=True)
         parts += [np.asarray(ranker(batch, training=False)).reshape(-1) for batch, _ in mm.Loader(ds, batch_size, shuffle=False)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 

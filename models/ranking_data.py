@@ -30,7 +30,8 @@ from funnel.core.artifacts import read_preprocess_manifest
 from funnel.core.memory import release_free_memory
 from models.config import RankingConfig
 from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retriever
-from models.ranking_rows import (affinity_columns, assemble, candidates, dot_scores, hide_new_ids, pair_history,
+from models.ranking_rows import (affinity_columns, assemble, candidates, dot_scores, hard_negatives, hide_new_ids,
+                                 pair_history,
                                  ranking_schema, with_z_scores)
 from models.sources import ItemItemSource, tune_blend, tune_item_item
 from workflows import TARGET
@@ -55,9 +56,7 @@ def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame,
     bought_key = set(zip(bought["user_id"], bought["item_id"]))
     is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
     n_pos = bought.groupby("user_id").size()
-    hard = cands[~is_pos].sample(frac=1.0, random_state=cfg.seed)
-    hard = hard[hard.groupby("user_id").cumcount().to_numpy()
-                < cfg.hard_negatives * n_pos.reindex(hard["user_id"]).fillna(1).to_numpy()]
+    hard = hard_negatives(cands, is_pos, n_pos, cfg.hard_negatives, cfg.seed)
     counts = period.before["item_id"].value_counts()
     counts = counts[counts.index.isin(item_ids)]
     draws = popularity_draws(counts, len(bought) * cfg.random_negatives, rng)
@@ -83,11 +82,12 @@ def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame,
 
 def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, Any], period: LabelPeriod,
                         held_out: np.ndarray, towers: Towers, schema: Schema, shares: list[str], repurchase: bool,
-                        lam: float | None, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
+                        lam: float | None, rng: np.random.Generator, judged_path: Path
+                        ) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
     """Model rows of an earlier label period, built as the latest one is: features as of its start,
     candidates from ``towers`` (a retriever that never saw the period) and an item-item source with
     the tuned ``lam`` fitted on what came before it. The held-out users get no training row; their
-    candidate lists in this period are returned to be judged."""
+    candidate lists in this period are returned to be judged (model inputs in ``judged_path``)."""
     users, items = features_as_of(pre, period.before, period.cutoff)
     label_users = period.label["user_id"].unique()
     label_users = label_users[isin(label_users, users["user_id_raw"])]
@@ -113,7 +113,7 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
     training = cands["user_id"].isin(train_users).to_numpy()
     rows, facts = labelled_rows(cfg, period, bought[bought["user_id"].isin(train_users)], cands[training], q,
                                 label_users, vectors, items, users, source, shares, new, schema, rng)
-    judged = JudgedLists.of(cands, ~training, bought, users, items, period, shares, schema)
+    judged = JudgedLists.of(cands, ~training, bought, users, items, period, shares, schema, judged_path)
     return rows, {**facts, "judged_users": int(len(judged_users))}, judged
 
 
@@ -122,33 +122,37 @@ class JudgedLists:
     """Held-out users' candidate lists of one label period, as the ranker would order them."""
 
     cands: pd.DataFrame  # user_id, item_id, source, scores and their z-scores
-    full: pd.DataFrame  # the same rows as model inputs
+    full: Path  # the same rows as model inputs (the schema's columns), on disk: millions of rows at H&M size
     truth: pd.Series  # user id -> set of item ids bought in the period
 
     @classmethod
     def of(cls, cands: pd.DataFrame, mine: np.ndarray, bought: pd.DataFrame, users: pd.DataFrame,
-           items: pd.DataFrame, period: LabelPeriod, shares: list[str], schema: Schema) -> "JudgedLists":
-        """The lists of the candidate rows ``mine`` (z-scores over each user's own candidates)."""
+           items: pd.DataFrame, period: LabelPeriod, shares: list[str], schema: Schema, path: Path) -> "JudgedLists":
+        """The lists of the candidate rows ``mine`` (z-scores over each user's own candidates); their
+        model inputs written to ``path``."""
         lists = with_z_scores(cands[mine].reset_index(drop=True), cands)
         full = hide_new_ids(assemble(lists[["user_id", "item_id", "retrieval_score", "item_item_score", *Z_SCORES,
                                             NEW_ITEM]], users, items, period.before, period.cutoff, shares), schema)
         full[TARGET] = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        full[schema.column_names].to_parquet(path, index=False)
         truth = bought[bought["user_id"].isin(lists["user_id"])].groupby("user_id")["item_id"].apply(set)
-        return cls(lists, full, truth)
+        return cls(lists, path, truth)
 
     @staticmethod
-    def keyed(periods: list["JudgedLists"]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+    def keyed(periods: list["JudgedLists"]) -> tuple[pd.DataFrame, list[Path], pd.Series, pd.Series]:
         """Every period's lists as one set: each (period, user) list gets its own key ``"k|user"``
-        (the ``user_id`` of the returned candidates and the index of the truth); also key -> user."""
+        (the ``user_id`` of the returned candidates, one string per list, and the index of the truth);
+        also the model input files in the same order, and key -> user."""
         cands, truth, owner = [], [], []
         for k, lists in enumerate(periods):
-            key = lists.cands["user_id"].map(lambda u, k=k: f"{k}|{u}")
+            users = pd.unique(lists.cands["user_id"])
+            key = lists.cands["user_id"].map(pd.Series([f"{k}|{u}" for u in users], index=users, dtype=object))
             cands.append(lists.cands.assign(user_id=key))
             keys = pd.Index([f"{k}|{u}" for u in lists.truth.index])
             truth.append(pd.Series(list(lists.truth), index=keys, dtype=object))
             owner.append(pd.Series(lists.truth.index.to_numpy(), index=keys, dtype=object))
-        full = pd.concat([lists.full for lists in periods], ignore_index=True)
-        return pd.concat(cands, ignore_index=True), full, pd.concat(truth), pd.concat(owner)
+        return pd.concat(cands, ignore_index=True), [lists.full for lists in periods], pd.concat(truth), pd.concat(owner)
 
 
 @dataclass
@@ -159,7 +163,7 @@ class RankingData:
     fit_rows: ShuffledRows  # training rows (users not held out), shuffled once, on disk (the schema's columns)
     fit_folder: Path  # where they are: removed by close()
     valid_rows: pd.DataFrame  # labelled rows of the held-out users (AUC, log loss)
-    valid_full: pd.DataFrame  # every candidate of the held-out users, every label period (how the ranker is used)
+    valid_full: list[Path]  # every candidate of the held-out users as model inputs, a file per label period (how the ranker is used)
     valid_cands: pd.DataFrame  # the same candidates with their scores; user_id = the list key "period|user"
     valid_truth: pd.Series  # list key -> set of items bought in that period
     list_users: pd.Series  # list key -> held-out user (the gate resamples users, not lists)
@@ -256,7 +260,7 @@ class RankingData:
         valid_rows, latest_rows = rows[is_valid], len(rows)
         # the held-out users' full candidate lists: how the ranker is used, so how it is judged
         judged = [JudgedLists.of(cands, cands["user_id"].isin(valid_users).to_numpy(), bought, users, items, first,
-                                 shares, schema)]
+                                 shares, schema, staged.judged_path(0))]
         by_source = cands["source"].value_counts().to_dict()
         # what only the latest period needs goes before the earlier ones are built (at H&M size period 2
         # peaked at 9.3 GiB beside the latest period's candidates, rows, EASE source and towers)
@@ -267,7 +271,7 @@ class RankingData:
                 say(f"label period {k}: candidates")
                 part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers_before,
                                                               schema, shares, repurchase, item_item_facts.get("lambda"),
-                                                              rng)
+                                                              rng, staged.judged_path(k - 1))
                 window.release()  # its history: 1.2 GB at H&M size
                 staged.add(part)
                 part = None
@@ -301,12 +305,17 @@ class RankingData:
 
 class StagedRows:
     """Training rows written to disk a label period at a time (the schema's ``columns``), then
-    shuffled once into parts: the order of ``pd.concat(parts).sample(frac=1, random_state=seed)``."""
+    shuffled once into parts: the order of ``pd.concat(parts).sample(frac=1, random_state=seed)``;
+    the held-out users' lists beside them (``judged_path``)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.columns = folder, None
         self.files: list[Path] = []
         self.rows: list[int] = []  # rows per period
+
+    def judged_path(self, period: int) -> Path:
+        """Where the held-out users' lists of label period ``period`` (0: the latest) go."""
+        return self.folder / "judged" / f"period_{period:02d}.parquet"
 
     def add(self, rows: pd.DataFrame) -> None:
         path = self.folder / "staged" / f"period_{len(self.files):02d}.parquet"

@@ -103,6 +103,28 @@ def parquet_batches(path, columns: list[str] | None = None, rows: int = BATCH_RO
             yield batch.to_pandas()
 
 
+def row_chunks(rows: pd.DataFrame | list[Path], columns: list[str], size: int) -> Iterator[pd.DataFrame]:
+    """``columns`` of model rows (a frame, or parquet files read in turn as one sequence of rows) in
+    frames of ``size`` rows (the last one shorter): the same chunks either way."""
+    if isinstance(rows, pd.DataFrame):
+        for start in range(0, len(rows), size):
+            yield rows.iloc[start:start + size][columns]
+        return
+    pending: list[pd.DataFrame] = []
+    have = 0
+    for path in rows:
+        for batch in parquet_batches(path, columns, size):
+            pending.append(batch)
+            have += len(batch)
+            while have >= size:
+                whole = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
+                yield whole.iloc[:size]
+                pending = [whole.iloc[size:].reset_index(drop=True)] if len(whole) > size else []
+                have -= size
+    if have:
+        yield pd.concat(pending, ignore_index=True)
+
+
 class ColumnReader:
     """One column of a parquet file handed out ``take(n)`` values at a time, in file order (a datetime
     column as int64 nanoseconds): to walk a file in step with parts of other sizes."""

@@ -229,3 +229,24 @@ def test_isin_by_hashing_equals_numpys_on_strings_and_numbers():
         values, test = make(200), make(30)  # duplicates on both sides
         np.testing.assert_array_equal(isin(values, test), np.isin(values, test))
     assert not isin(np.array(["a"], dtype=object), np.array([], dtype=object)).any()
+
+
+def test_row_chunks_of_files_equal_the_chunks_of_their_concatenated_frame(tmp_path):
+    """Fixed-size chunks across parquet files (several row groups each, one file empty) hold the
+    rows the same chunks of the concatenated frame hold, so the scores of held-out lists read from
+    disk come in the same batches as from memory."""
+    from workflows.codes import row_chunks
+
+    frames = [pd.DataFrame({"a": np.arange(s, s + n, dtype=np.int32), "b": np.arange(s, s + n) * 0.5,
+                            "c": ["x"] * n}) for s, n in ((0, 23), (23, 0), (23, 40), (63, 7))]
+    files = []
+    for i, f in enumerate(frames):
+        files.append(tmp_path / f"period_{i}.parquet")
+        f.to_parquet(files[-1], index=False, row_group_size=6)
+    whole = pd.concat(frames, ignore_index=True)
+    for size in (1, 5, 10, 70, 100):
+        got = list(row_chunks(files, ["a", "b"], size))
+        want = list(row_chunks(whole, ["a", "b"], size))
+        assert [len(g) for g in got] == [len(w) for w in want] == [min(size, 70 - s) for s in range(0, 70, size)]
+        for g, w in zip(got, want):
+            pd.testing.assert_frame_equal(g.reset_index(drop=True), w.reset_index(drop=True))

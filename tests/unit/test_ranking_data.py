@@ -135,3 +135,21 @@ def test_gate_bootstrap_resamples_users_not_their_lists():
     # the interval is the bootstrap's: a hand-rolled resampling of the 60 gains with the same draws
     draws = np.random.default_rng(1).integers(0, 60, size=(2000, 60))
     assert once["ci95"] == pytest.approx(list(np.quantile((ranker - blend)[draws].mean(axis=1), [0.025, 0.975])))
+
+
+def test_hard_negatives_are_pandas_sample_cut_per_user():
+    """The selection equals the frame expression it replaced (shuffle every unbought candidate with
+    ``sample``, keep each user's first ``per_positive x positives``), rows and order."""
+    from models.ranking_rows import hard_negatives
+
+    rng = np.random.default_rng(3)
+    cands = pd.DataFrame({"user_id": rng.choice(["u1", "u2", "u3", "u4", "u5"], 400),
+                          "item_id": rng.integers(0, 50, 400), "score": rng.random(400)},
+                         index=pd.RangeIndex(1000, 1400))
+    is_pos = rng.random(400) < 0.1
+    positives = pd.Series({"u1": 3, "u2": 1, "u3": 0, "u4": 2})  # u5 has none listed: counts as 1
+    for per_positive, seed in ((8, 0), (2, 5), (50, 1)):
+        expected = cands[~is_pos].sample(frac=1.0, random_state=seed)
+        expected = expected[expected.groupby("user_id").cumcount().to_numpy()
+                            < per_positive * positives.reindex(expected["user_id"]).fillna(1).to_numpy()]
+        pd.testing.assert_frame_equal(hard_negatives(cands, is_pos, positives, per_positive, seed), expected)
