@@ -277,6 +277,7 @@ class RankingData:
                 part = None
                 facts_by_window.append(part_facts)
                 judged.append(lists)
+                release_free_memory()  # the period's candidates, features and EASE: back to the system
         earlier_rows = sum(staged.rows[1:])
         cutoff, n_windows = first.cutoff, len(windows)
         windows = first = towers_before = None  # the training split's frame: not needed to shuffle the rows

@@ -26,6 +26,9 @@ from workflows.purchases import (AFFINITY_PREFIX, MAX_AFFINITY_VALUES, ItemValue
                                 pair_features)
 
 DOT_CHUNK = 262_144  # pairs scored at once by dot_scores
+# pairs whose affinity is computed at once: each pair gets a sparse row of its user's items and a
+# dense row of value shares (at H&M size 1-2M pairs a label period: +3 GB at once, the build's peak)
+AFFINITY_CHUNK = 65_536
 PAIR_FEATURES = ["pair_purchases", "pair_days_since", "retrieval_score", "item_item_score", *Z_SCORES, NEW_ITEM]
 
 
@@ -145,10 +148,10 @@ def affinity_columns(schema: Schema) -> list[str]:
 
 
 def affinity_history(pairs: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame, now: pd.Timestamp,
-                     columns: list[str]) -> dict[str, np.ndarray]:
+                     columns: list[str], chunk: int = AFFINITY_CHUNK) -> dict[str, np.ndarray]:
     """``AFFINITY_PREFIX + col`` per raw (user_id, item_id) pair: the share of the user's items in
     ``history`` (as of ``now``) sharing the pair item's values of ``col`` (``workflows.purchases.affinity``,
-    as serving computes it). ``items``: the encoded item table with ``item_id_raw``."""
+    as serving computes it), ``chunk`` pairs at a time. ``items``: the encoded item table with ``item_id_raw``."""
     if not columns:
         return {}
     users = pd.Index(pd.unique(pairs["user_id"]))
@@ -156,8 +159,12 @@ def affinity_history(pairs: pd.DataFrame, items: pd.DataFrame, history: pd.DataF
     purchases = PurchaseHistory.build(history, users, index, now)
     rows = users.get_indexer(pairs["user_id"])
     cands = index.get_indexer(pairs["item_id"]).reshape(-1, 1)
-    shares = affinity(purchases, rows, cands, ItemValues.from_codes({col: items[col].to_numpy() for col in columns}))
-    return {AFFINITY_PREFIX + col: share.reshape(-1) for col, share in shares.items()}
+    values = ItemValues.from_codes({col: items[col].to_numpy() for col in columns})
+    out = {col: np.zeros(len(rows), dtype=np.float32) for col in columns}
+    for start in range(0, len(rows), chunk):
+        for col, share in affinity(purchases, rows[start:start + chunk], cands[start:start + chunk], values).items():
+            out[col][start:start + chunk] = share.reshape(-1)
+    return {AFFINITY_PREFIX + col: share for col, share in out.items()}
 
 
 def assemble(pairs: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, history: pd.DataFrame,

@@ -78,7 +78,8 @@ def test_the_gate_also_needs_a_gain_in_the_latest_label_period():
 
 def test_affinity_is_the_share_of_the_users_items_with_the_items_values():
     """workflows.purchases.affinity (training and serving) against a Python loop over raw rows:
-    distinct items bought before `now`, a single-valued feature and a multi-hot one."""
+    distinct items bought before `now`, a single-valued feature and a multi-hot one; the same
+    whether the pairs go through in one piece or in chunks (smaller than one user's pairs too)."""
     from models.ranking_rows import affinity_history
 
     ts = pd.Timestamp("2020-01-01")
@@ -89,8 +90,15 @@ def test_affinity_is_the_share_of_the_users_items_with_the_items_values():
                           "genres": [np.array([2, 3]), np.array([3]), np.array([], dtype=np.int64), np.array([4, 1]),
                                      np.array([2, 4])]})
     pairs = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c", "z"], "item_id": [1, 3, 5, 5, 2, 1, 1]})
-    got = affinity_history(pairs, items, history, ts, ["kind", "genres"])
     table = items.set_index("item_id_raw")
+    for chunk in (1, 2, 3, 100):
+        got = affinity_history(pairs, items, history, ts, ["kind", "genres"], chunk=chunk)
+        assert [len(v) for v in got.values()] == [len(pairs)] * 2
+        check_affinity(got, pairs, history, table)
+    assert got["user_share_kind"][0] == pytest.approx(2 / 3)  # a: items 1, 2 of kind 2 out of 1, 2, 3
+
+
+def check_affinity(got, pairs, history, table):
     for r, (user, item) in enumerate(zip(pairs["user_id"], pairs["item_id"])):
         mine = [i for i in history.loc[history["user_id"] == user, "item_id"].unique() if i in table.index]
         for col in ("kind", "genres"):
@@ -98,7 +106,6 @@ def test_affinity_is_the_share_of_the_users_items_with_the_items_values():
             shares = [sum(v in np.atleast_1d(table.loc[i, col]) for i in mine) / max(len(mine), 1) for v in values]
             expected = float(np.mean(shares)) if shares else 0.0
             assert got["user_share_" + col][r] == pytest.approx(expected), (user, item, col)
-    assert got["user_share_kind"][0] == pytest.approx(2 / 3)  # a: items 1, 2 of kind 2 out of 1, 2, 3
 
 
 def test_label_periods_each_see_only_what_came_before():
