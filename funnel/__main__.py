@@ -1,3 +1,4 @@
 from funnel.cli import entry
 
-entry()
+if __name__ == "__main__":  # not when a spawned child process imports it
+    entry()

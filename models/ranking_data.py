@@ -57,8 +57,8 @@ def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame,
     is_pos = np.fromiter((k in bought_key for k in zip(cands["user_id"], cands["item_id"])), bool, len(cands))
     n_pos = bought.groupby("user_id").size()
     hard = hard_negatives(cands, is_pos, n_pos, cfg.hard_negatives, cfg.seed)
-    counts = period.before["item_id"].value_counts()
-    counts = counts[counts.index.isin(item_ids)]
+    counts = period.before["item_id"].value_counts(sort=False)  # most bought first, ties by item id: not by row order
+    counts = counts[counts.index.isin(item_ids)].sort_index(kind="stable").sort_values(ascending=False, kind="stable")
     draws = popularity_draws(counts, len(bought) * cfg.random_negatives, rng)
     rand = pd.DataFrame({"user_id": np.repeat(bought["user_id"].to_numpy(), cfg.random_negatives),
                          "item_id": counts.index.to_numpy()[draws]})
@@ -96,15 +96,20 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
     if len(train_users) > cfg.max_users:
         train_users = rng.choice(train_users, cfg.max_users, replace=False)
     label_users = np.concatenate([train_users, judged_users])
+    user_index = pd.Index(users["user_id_raw"])  # every user: EASE is fitted on all their histories
+    users = users[isin(users["user_id_raw"].to_numpy(), label_users)].reset_index(drop=True)  # features: theirs only
     item_ids = items["item_id_raw"].to_numpy()
     bought = period.label[period.label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
     bought = bought[bought["item_id"].isin(item_ids)]
     source = None
     if cfg.item_item and lam is not None:
-        user_index = pd.Index(users["user_id_raw"])
+        # fitted on every user's history; scored for the label users only, so only theirs is kept (every
+        # user's, 1.37M at H&M size, sat beside the period's candidates: 0.6 GB)
         purchases = PurchaseHistory.build(period.before, user_index, pd.Index(item_ids), period.cutoff)
-        source = ItemItemSource(ItemItem.fit(purchases, lam, cfg.item_item_neighbours, cfg.item_item_max_items),
-                                purchases, user_index, cfg.item_item)
+        model = ItemItem.fit(purchases, lam, cfg.item_item_neighbours, cfg.item_item_max_items)
+        source = ItemItemSource(model, purchases.subset(user_index.get_indexer(label_users)), pd.Index(label_users),
+                                cfg.item_item)
+        del purchases, model
     q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
     new = NewItems.as_of(pre_manifest["dataset"]["path"], period.before, period.cutoff, item_ids)
     recent = hist.recent_items(period.before, users=label_users).to_dict()
@@ -213,7 +218,8 @@ class RankingData:
         towers_before = None
         if len(windows) > 1:
             say(f"label periods 2-{len(windows)}: training a retriever on what came before them")
-            towers_before, earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1)
+            towers_before, earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1,
+                                                               staged.folder / "earlier_retriever")
             release_free_memory()
         users, items = features_as_of(pre, first.before, first.cutoff)
         schema = ranking_schema(pre)
@@ -272,7 +278,6 @@ class RankingData:
                 part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers_before,
                                                               schema, shares, repurchase, item_item_facts.get("lambda"),
                                                               rng, staged.judged_path(k - 1))
-                window.release()  # its history: 1.2 GB at H&M size
                 staged.add(part)
                 part = None
                 facts_by_window.append(part_facts)

@@ -30,10 +30,18 @@ class PurchaseHistory:
     n_items: int  # size of the item table (pair keys are user_row * n_items + item_row)
 
     def __post_init__(self) -> None:
-        users = np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
-        keys = users * self.n_items + self.items
-        self._order = np.argsort(keys, kind="stable")
-        self._keys = keys[self._order]
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # pair keys sorted, and their entries
+
+    def _pair_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted pair keys and the entry of each, built on the first :meth:`lookup` (16 B an entry: a
+        history only fitted on, as EASE's of every user at H&M size, never pays for it)."""
+        if self._sorted is None:
+            users = np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
+            keys = users * self.n_items + self.items
+            del users
+            order = np.argsort(keys, kind="stable")
+            self._sorted = (keys[order], order)
+        return self._sorted
 
     @classmethod
     def build(cls, interactions: pd.DataFrame, user_ids: pd.Index, item_ids: pd.Index,
@@ -91,11 +99,24 @@ class PurchaseHistory:
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 1)
         keys = rows * self.n_items + items
-        if not len(self._keys):
+        sorted_keys, entries = self._pair_index()
+        if not len(sorted_keys):
             return np.full(items.shape, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        hit = (self._keys[pos] == keys) & (rows >= 0) & (items >= 0)
-        return np.where(hit, self._order[pos], -1)
+        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        hit = (sorted_keys[pos] == keys) & (rows >= 0) & (items >= 0)
+        return np.where(hit, entries[pos], -1)
+
+    def subset(self, rows: np.ndarray) -> "PurchaseHistory":
+        """The history of user rows ``rows`` alone, row ``r`` of the result being ``rows[r]`` (``-1``: no
+        history): what scoring a few users needs, without every user's entries."""
+        rows = np.asarray(rows, dtype=np.int64)
+        safe = np.maximum(rows, 0)
+        start = self.offsets[safe]
+        lengths = np.where(rows >= 0, self.offsets[safe + 1] - start, 0)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        pos = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return PurchaseHistory(offsets, self.items[pos], self.counts[pos], self.days_ago[pos], self.n_items)
 
     def recent(self, rows: np.ndarray, n: int) -> np.ndarray:
         """``(users, n)`` latest distinct items per user row, ``-1``-padded (unknown users: all ``-1``)."""
@@ -113,7 +134,9 @@ class PurchaseHistory:
     @classmethod
     def load(cls, path: Path) -> "PurchaseHistory":
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["offsets"], data["items"], data["counts"], data["days_ago"], int(data["n_items"]))
+            history = cls(data["offsets"], data["items"], data["counts"], data["days_ago"], int(data["n_items"]))
+        history._pair_index()  # served: built at load, not on the first request
+        return history
 
 
 def pair_features(history: PurchaseHistory, rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

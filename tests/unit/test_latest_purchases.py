@@ -75,3 +75,25 @@ def test_purchase_history_built_in_user_ranges_equals_the_plain_count(monkeypatc
         assert list(got.counts[entries]) == [n_ for _, n_, _ in mine]
         np.testing.assert_allclose(got.days_ago[entries], [(as_of - t) / pd.Timedelta(days=1) for _, _, t in mine])
     assert got.offsets[-1] == sum(1 for u, i, _, _ in _by_hand(rows) if u in set(users) and i in set(items))
+
+
+def test_purchase_history_subset_equals_a_history_of_those_users_alone():
+    """A few users' history taken from everyone's (the ranker's earlier periods keep only the label
+    users') holds the entries a history built from their rows alone holds, and answers the same."""
+    from workflows.purchases import PurchaseHistory, pair_features
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    rows = pd.DataFrame({"user_id": rng.choice([f"u{k}" for k in range(50)], n), "item_id": rng.integers(0, 40, n),
+                         "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 90, n), unit="D")})
+    users, items, now = pd.Index([f"u{k}" for k in range(50)]), pd.Index(np.arange(40)), pd.Timestamp("2024-05-01")
+    every = PurchaseHistory.build(rows, users, items, now)
+    few = pd.Index(["u7", "u3", "nobody", "u41"])
+    got = every.subset(users.get_indexer(few))
+    alone = PurchaseHistory.build(rows[rows["user_id"].isin(few)], few, items, now)
+    for name in ("offsets", "items", "counts", "days_ago"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(alone, name), err_msg=name)
+    grid = rng.integers(0, 40, (len(few), 15))
+    for a, b in zip(pair_features(got, np.arange(len(few)), grid), pair_features(alone, np.arange(len(few)), grid)):
+        np.testing.assert_array_equal(a, b)
+    assert got.offsets[3] - got.offsets[2] == 0  # an unknown user has no entries
