@@ -66,6 +66,35 @@ def logging_overhead(repo: Path, users: list[str], work: Path) -> tuple[list[flo
     return t_a, t_b
 
 
+class ServerMemory:
+    """The server's resident memory (Triton and its backend processes together: ``bench.path.tree_rss_kb``),
+    sampled every ``every`` seconds from construction to :meth:`stop`."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        from bench.path import tree_rss_kb
+
+        self.samples: list[int] = []
+        self._done = threading.Event()
+
+        def sample() -> None:
+            while True:
+                kb = tree_rss_kb(pid)
+                if kb is not None:
+                    self.samples.append(kb)
+                if kb is None or self._done.wait(every):
+                    return
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, int]:
+        """Ready (the first sample) and peak MiB while serving."""
+        self._done.set()
+        self._thread.join()
+        return {"ready": round(self.samples[0] / 1024) if self.samples else 0,
+                "peak": round(max(self.samples, default=0) / 1024)}
+
+
 def throughput(url: str, users: list[str], batch: int, concurrency: int, requests: int) -> dict:
     """``requests`` requests of ``batch`` users from ``concurrency`` threads; failed requests are counted."""
     from funnel.client import Client
@@ -167,9 +196,11 @@ def main() -> None:
     t0 = time.perf_counter()
     with TritonServer(work / "repo", grpc_port=0, log_path=work / "triton.log") as server:
         ready_s = time.perf_counter() - t0
+        memory = ServerMemory(server.process.pid)
         with Client(server.url) as client:
             t_grpc = single_user_latency(lambda u: client.infer(u, k=12), single)
         grid = [throughput(server.url, users, b, c, args.requests) for b in args.batches for c in args.concurrency]
+        server_rss = memory.stop()
     # prediction log at 5% vs off, side by side: two servers, requests alternate between them
     t_plain, t_logged = logging_overhead(work / "repo", single * args.logging_rounds, work)
     feast = None
@@ -189,7 +220,7 @@ def main() -> None:
     big = max((g["users_per_s"] for g in grid if g["users_per_request"] == max(args.batches)), default=None)
     doc = {
         "catalogue_items": manifest["data"]["items"], "users": manifest["data"]["users"],
-        "index": manifest["index"], "server_ready_s": round(ready_s, 1),
+        "index": manifest["index"], "server_ready_s": round(ready_s, 1), "server_rss_mib": server_rss,
         "single_user": {"in_process": local_p, "grpc": grpc_p, "grpc_logging_5pct": logged_p, "grpc_feast": feast,
                         "grpc_over_in_process_p50": round(grpc_p["p50_ms"] / local_p["p50_ms"], 2),
                         "grpc_no_logging_interleaved": plain_p,
@@ -202,7 +233,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
-    print(f"catalogue {doc['catalogue_items']:,} items, {doc['users']:,} users; server ready in {ready_s:.1f} s")
+    print(f"catalogue {doc['catalogue_items']:,} items, {doc['users']:,} users; server ready in {ready_s:.1f} s; "
+          f"server RSS {server_rss['ready']:,} MiB ready, {server_rss['peak']:,} MiB peak while measured")
     print(f"{'one user per request':<24} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     rows = [("in-process", local_p), ("gRPC (Triton)", grpc_p), ("gRPC, no log (paired)", plain_p),
             ("gRPC, 5% logged (paired)", logged_p)]
