@@ -104,9 +104,15 @@ def train_earlier_retriever(pre: Path, retrieval_manifest: dict[str, Any], windo
     import multiprocessing
     import shutil
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        figures = pool.submit(_train_and_save, str(pre), retrieval_manifest, windows_back, str(scratch)).result()
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            figures = pool.submit(_train_and_save, str(pre), retrieval_manifest, windows_back, str(scratch)).result()
+    except BrokenProcessPool as exc:  # killed (out of memory, a signal) before it could answer
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise FunnelError("ranking: the process training the earlier label periods' retriever died before it "
+                          "finished (out of memory? `--label-windows 1` needs no such retriever)") from exc
     try:
         return Towers.load(scratch), figures
     finally:

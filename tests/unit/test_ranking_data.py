@@ -182,3 +182,43 @@ def test_hard_negatives_are_pandas_sample_cut_per_user():
         expected = expected[expected.groupby("user_id").cumcount().to_numpy()
                             < per_positive * positives.reindex(expected["user_id"]).fillna(1).to_numpy()]
         pd.testing.assert_frame_equal(hard_negatives(cands, is_pos, positives, per_positive, seed), expected)
+
+
+def test_a_killed_earlier_retriever_process_is_a_clear_error(tmp_path):
+    """The earlier label periods' retriever trains in a child process; killed there (the kernel's
+    out-of-memory killer would), the build stops with an error that says so, and its scratch is gone."""
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from funnel.core.errors import FunnelError
+    from models.label_periods import train_earlier_retriever
+
+    scratch = tmp_path / "earlier"
+    scratch.mkdir()
+    killed = []
+
+    def kill_the_child() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                    cmd = (stat.parent / "cmdline").read_bytes()
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == os.getpid() and b"spawn_main" in cmd:
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+                    killed.append(int(stat.parent.name))
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_child)
+    killer.start()
+    try:
+        with pytest.raises(FunnelError, match="died before it finished"):
+            train_earlier_retriever(tmp_path / "no-such-pre", {"config": {}}, 3, scratch)
+    finally:
+        killer.join()
+    assert killed and not scratch.exists()
