@@ -94,20 +94,15 @@ def user_matrix(history: PurchaseHistory, rows: np.ndarray, extra: np.ndarray | 
 
     ``extra`` (``(users, m)`` item rows, ``-1``-padded) adds items bought since the history was built.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    safe = np.maximum(rows, 0)
-    start, end = history.offsets[safe], history.offsets[safe + 1]
-    lengths = np.where(rows >= 0, end - start, 0)
-    pos = np.repeat(start - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
+    indptr, pos = history.entries_of(rows)
     items = history.items[pos] if len(pos) else np.zeros(0, dtype=np.int32)
     if extra is None or not extra.size:  # a user's history entries are distinct items: CSR as it stands
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         x = sp.csr_matrix((np.ones(len(items), np.float32), items.astype(np.int64), indptr),
-                          shape=(len(rows), history.n_items))
+                          shape=(len(indptr) - 1, history.n_items))
         x.sort_indices()
         return x
     u, s = np.nonzero(extra >= 0)
-    user = np.concatenate([np.repeat(np.arange(len(rows)), lengths), u])
+    user = np.concatenate([np.repeat(np.arange(len(indptr) - 1), np.diff(indptr)), u])
     items = np.concatenate([items, extra[u, s]])
     x = sp.csr_matrix((np.ones(len(user), np.float32), (user, items)), shape=(len(rows), history.n_items))
     x.sum_duplicates()

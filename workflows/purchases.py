@@ -106,16 +106,21 @@ class PurchaseHistory:
         hit = (sorted_keys[pos] == keys) & (rows >= 0) & (items >= 0)
         return np.where(hit, entries[pos], -1)
 
-    def subset(self, rows: np.ndarray) -> "PurchaseHistory":
-        """The history of user rows ``rows`` alone, row ``r`` of the result being ``rows[r]`` (``-1``: no
-        history): what scoring a few users needs, without every user's entries."""
+    def entries_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The entries of user rows ``rows`` one after the other: ``(offsets, positions)``, row ``r``'s
+        being ``positions[offsets[r]:offsets[r + 1]]`` (``-1`` rows: none)."""
         rows = np.asarray(rows, dtype=np.int64)
         safe = np.maximum(rows, 0)
         start = self.offsets[safe]
         lengths = np.where(rows >= 0, self.offsets[safe + 1] - start, 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        pos = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return offsets, np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])
+
+    def subset(self, rows: np.ndarray) -> "PurchaseHistory":
+        """The history of user rows ``rows`` alone, row ``r`` of the result being ``rows[r]`` (``-1``: no
+        history): what scoring a few users needs, without every user's entries."""
+        offsets, pos = self.entries_of(rows)
         return PurchaseHistory(offsets, self.items[pos], self.counts[pos], self.days_ago[pos], self.n_items)
 
     def recent(self, rows: np.ndarray, n: int) -> np.ndarray:
