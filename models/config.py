@@ -57,6 +57,10 @@ class RetrievalConfig:
     windows_back: int = field(default=0, metadata={
         "help": "train as if the training split ended this many validation-sized windows earlier "
                 "(the ranker's retriever for its earlier label windows)"})
+    refit: bool = field(default=True, metadata={
+        "help": "after early stopping, train the served towers again from scratch on every training row "
+                "(the validation period too) for the best epoch's count; the early-stopped towers are kept "
+                "for the ranker's latest label period, which they never saw"})
     valid_k: int = 10
     valid_users: int = field(default=2000, metadata={"help": "users sampled for validation recall"})
     seed: int = 0

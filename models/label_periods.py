@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from merlin.schema import Schema, Tags
 
+from funnel.core.artifacts import VALIDATED_TOWERS
 from funnel.core.errors import FunnelError
 from models.config import RetrievalConfig
 from models.tf_helpers import encode_rows, load_tower
@@ -83,6 +84,13 @@ class Towers:
     @classmethod
     def load(cls, run: Path) -> "Towers":
         return cls(load_tower(run / "query_tower"), load_tower(run / "item_tower"))
+
+    @classmethod
+    def before_validation(cls, run: Path) -> "Towers":
+        """A retrieval run's towers that never saw its validation period (the ranker's latest label
+        period): the early-stopped ones where the served towers were refit, else the served ones."""
+        validated = run / VALIDATED_TOWERS
+        return cls.load(validated if validated.is_dir() else run)
 
     def encode(self, user_rows: pd.DataFrame, items: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
         """Query vectors of encoded user rows and item vectors of the encoded item table."""

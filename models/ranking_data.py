@@ -26,7 +26,7 @@ import pandas as pd
 from merlin.io import Dataset
 from merlin.schema import Schema
 
-from funnel.core.artifacts import read_preprocess_manifest
+from funnel.core.artifacts import VALIDATED_TOWERS, read_preprocess_manifest
 from funnel.core.memory import release_free_memory
 from models.config import RankingConfig
 from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retriever
@@ -115,6 +115,8 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
     recent = hist.recent_items(period.before, users=label_users).to_dict()
     cands = candidates(q, label_users, item_ids, vectors, cfg.candidates, recent, repurchase, item_item=source,
                        new=new, n_new=cfg.new_items)
+    # the served graph's pair features: the blend reads them on the judged lists (earlier periods' too)
+    cands["pair_purchases"], cands["pair_days_since"] = pair_history(cands, period.before, period.cutoff)
     training = cands["user_id"].isin(train_users).to_numpy()
     rows, facts = labelled_rows(cfg, period, bought[bought["user_id"].isin(train_users)], cands[training], q,
                                 label_users, vectors, items, users, source, shares, new, schema, rng)
@@ -250,7 +252,8 @@ class RankingData:
 
         release_free_memory()  # EASE's dense matrices and the purchase frames are gone
         say("label period 1: candidates")
-        towers = Towers.load(run)
+        towers = Towers.before_validation(run)  # the served towers may have been refit on this period
+        latest_towers = "early-stopped (validated/)" if (run / VALIDATED_TOWERS).is_dir() else "served"
         q, vectors = towers.encode(users.set_index("user_id_raw").loc[label_users].reset_index(), items, schema)
         new = NewItems.as_of(pre_manifest["dataset"]["path"], first.before, first.cutoff, item_ids)
         recent = hist.recent_items(first.before, users=label_users).to_dict()
@@ -299,7 +302,7 @@ class RankingData:
                  "candidates_per_user": window_facts["candidates_per_user"],
                  "label_recall_of_candidates": window_facts["label_recall_of_candidates"],
                  "candidates_by_source": by_source, "affinity_columns": shares,
-                 "new_items": int(len(new.rows)),
+                 "new_items": int(len(new.rows)), "latest_period_towers": latest_towers,
                  "label_windows": facts_by_window}
         if n_windows > 1:
             facts["earlier_retriever"] = earlier

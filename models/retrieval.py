@@ -3,13 +3,19 @@
 ``train(config)`` is the typed entry point; ``funnel train retrieval`` is a thin CLI wrapper.
 Training uses the preprocessing output's positives up to a validation cutoff (the last
 ``valid_days`` of the training split, or each user's last training basket for user-last
-splits); validation Recall@k over the whole catalogue drives early stopping.
+splits); validation Recall@k over the whole catalogue drives early stopping. With ``refit`` (the
+default) the served towers are then trained again from scratch on every training row, the
+validation period too, for the best epoch's count: served, the towers know each user's latest
+purchases, as the ranker's latest label period's towers (the early-stopped ones) knew everything
+before that period.
 
 Run directory::
 
-    RUN/query_tower/            SavedModel: encoded user features -> embedding
-    RUN/item_tower/             SavedModel: encoded item features -> embedding
+    RUN/query_tower/            SavedModel: encoded user features -> embedding (served)
+    RUN/item_tower/             SavedModel: encoded item features -> embedding (served)
     RUN/item_embeddings.parquet item_id (raw) + embedding, for the whole catalogue
+    RUN/validated/              with refit: the early-stopped towers (query_tower/, item_tower/),
+                                which never saw the validation period (the ranker's latest label period)
     RUN/retrieval.json          manifest: config, data checksum, versions, device, epochs, metrics
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +39,7 @@ from merlin.models.tf.outputs.contrastive import ContrastiveOutput
 from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 
-from funnel.core.artifacts import RETRIEVAL_MANIFEST, read_preprocess_manifest, write_manifest
+from funnel.core.artifacts import RETRIEVAL_MANIFEST, VALIDATED_TOWERS, read_preprocess_manifest, write_manifest
 from funnel.core.errors import FunnelError
 from funnel.core.fsutil import atomic_output_dir
 from funnel.core.metrics import recall_at_k
@@ -84,7 +91,9 @@ class RetrievalData:
         return self.schema.select_by_tag(Tags.ITEM)
 
     @classmethod
-    def load(cls, cfg: RetrievalConfig) -> "RetrievalData":
+    def load(cls, cfg: RetrievalConfig, every_row: bool = False) -> "RetrievalData":
+        """The rows before the validation period (``every_row``: the validation period's too, for the
+        refit; validation is then in-sample and not used)."""
         pre = Path(cfg.pre)
         pre_manifest = read_preprocess_manifest(pre)
         full_schema = Dataset(str(pre / "retrieval" / "train"), engine="parquet", cpu=True).schema
@@ -98,6 +107,8 @@ class RetrievalData:
         # The split is read a batch at a time; per row only its window is held.
         window, latest_before = file_label_windows(split_file, split, cfg.valid_days, cfg.windows_back + 1)
         held, keep = window == cfg.windows_back, window < 0
+        if every_row:
+            keep = window <= cfg.windows_back
         if not keep.any():
             raise FunnelError(f"{pre}: nothing left to train on before the validation period; lower valid_days "
                               "(and label_windows)")
@@ -221,15 +232,18 @@ def validation(cfg: RetrievalConfig, data: RetrievalData, model) -> Callable[[],
 
 
 def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, device: str,
-             strategy) -> dict[str, Any]:
+             strategy, validated=None, refit: dict[str, Any] | None = None) -> dict[str, Any]:
     """Both towers, the catalogue's item embeddings (features as of the training cutoff, as served)
-    and retrieval.json, written atomically."""
+    and retrieval.json, written atomically; with a refit, ``model`` is the refit one and
+    ``validated`` the folder of the early-stopped one's towers (``fit``'s), copied to ``VALIDATED_TOWERS``."""
     catalogue = pd.read_parquet(data.pre / "catalogue" / "items.parquet")
     embeddings = encode_rows(model.candidate_encoder, catalogue, data.item_schema)
     key = f"valid_recall@{cfg.valid_k}"
     with atomic_output_dir(cfg.out) as out:
         model.query_encoder.save(str(out / "query_tower"))
         model.candidate_encoder.save(str(out / "item_tower"))
+        if validated is not None:  # saved by refit_towers
+            shutil.copytree(validated, out / VALIDATED_TOWERS)
         emb = pd.DataFrame(embeddings, columns=[str(i) for i in range(embeddings.shape[1])])
         emb.insert(0, "item_id", catalogue["item_id_raw"].to_numpy())
         emb.to_parquet(out / "item_embeddings.parquet", index=False)
@@ -239,6 +253,8 @@ def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, d
              "workflow_checksum": data.pre_manifest["workflow_checksum"], "fit_rows": int(data.fit_rows.rows),
              "valid_rows": data.held_rows, "valid_users": int(len(data.valid_users))},
             device, strategy, fit, {key: fit.best[key]})
+        if refit is not None:
+            manifest["refit"] = refit
         write_manifest(out / RETRIEVAL_MANIFEST, manifest)
     return manifest
 
@@ -267,12 +283,54 @@ def _fit(cfg: RetrievalConfig, on_epoch, save: bool, on_rows=None):
     # records the value used
     cfg = cfg.resolved(CanonicalDataset(Path(data.pre_manifest["dataset"]["path"]), {}).has_stock_history)
     cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
+    scratch = None
     try:
         strategy = distribute.choose_strategy(cfg.devices)
         model = build_model(cfg, data, strategy)
         fit = fit_best(model, data.train_dataset(), data.fit_rows.rows, cfg.epochs, cfg.batch_size, strategy,
                        validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch, on_rows)
-        manifest = save_run(cfg, data, model, fit, device, strategy) if save else None
-        return manifest, model, fit, int(data.fit_rows.rows)
+        if not save:
+            return None, model, fit, int(data.fit_rows.rows)
+        if not (cfg.refit and cfg.windows_back == 0):
+            return save_run(cfg, data, model, fit, device, strategy), model, fit, int(data.fit_rows.rows)
+        data.close()
+        scratch = Path(tempfile.mkdtemp(prefix="funnel-validated-towers-"))
+        model.query_encoder.save(str(scratch / "query_tower"))
+        model.candidate_encoder.save(str(scratch / "item_tower"))
+        del model  # the refit's model takes its place in memory
+        served, refit = refit_towers(cfg, strategy, max(1, fit.best_epoch), on_epoch, on_rows)
+        return save_run(cfg, data, served, fit, device, strategy, validated=scratch, refit=refit), served, fit, \
+            int(data.fit_rows.rows)
+    finally:
+        data.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def refit_towers(cfg: RetrievalConfig, strategy, epochs: int, on_epoch=None, on_rows=None) -> tuple[Any, dict[str, Any]]:
+    """A new two-tower model trained from scratch (same seed) on every training row, the validation
+    period's too, for ``epochs`` epochs: the served towers. Returns it and its figures for the manifest
+    (no validation figure: it saw the validation period). ``on_epoch`` hears ``{"refit": True, ...}``."""
+    tf.keras.utils.set_random_seed(cfg.seed)
+    data = RetrievalData.load(cfg, every_row=True)
+    try:
+        model = build_model(cfg, data, strategy)
+        history: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        rows = int(data.fit_rows.rows)
+
+        def after_epoch(epoch: int, loss: float, seconds: float) -> bool:
+            record = {"refit": True, "epoch": epoch, "loss": loss, "seconds": round(seconds, 2),
+                      "samples_per_s": round(rows / seconds) if seconds > 0 else 0}
+            history.append(record)
+            if on_epoch:
+                on_epoch(record)
+            return False
+
+        on_batch = None if on_rows is None else (
+            lambda epoch, steps: on_rows(epoch, min(steps * cfg.batch_size * distribute.replicas(strategy), rows), rows))
+        distribute.fit_epochs(model, data.train_dataset(), cfg.batch_size, strategy, epochs, after_epoch, on_batch)
+        return model, {"epochs": epochs, "fit_rows": rows, "train_seconds": round(time.perf_counter() - start, 2),
+                       "history": history}
     finally:
         data.close()

@@ -91,7 +91,8 @@ def retrieval(args: argparse.Namespace) -> None:
 
     def on_epoch(rec: dict) -> None:
         bars.close()
-        print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  {key} {rec[key]:.4f}  "
+        figure = "(refit: every training row)" if rec.get("refit") else f"{key} {rec[key]:.4f}"
+        print(f"epoch {rec['epoch']:>3}  loss {rec['loss']:.4f}  {figure}  "
               f"{rec['seconds']:.1f} s  {rec['samples_per_s']:,} samples/s", file=sys.stderr, flush=True)
 
     try:
@@ -104,8 +105,12 @@ def retrieval(args: argparse.Namespace) -> None:
         (key, f"{m['metrics'][key]:.4f}"),
         ("train rows / valid users", f"{m['data']['fit_rows']:,} / {m['data']['valid_users']:,}"),
         ("time", f"{m['train_seconds']:.1f} s ({m['samples_per_s']:,} samples/s, batch {cfg.batch_size})"),
-        ("written to", cfg.out),
     ]
+    if m.get("refit"):
+        refit = m["refit"]
+        rows.append(("served towers: refit", f"{refit['epochs']} epochs on {refit['fit_rows']:,} rows (the validation "
+                                             f"period too), {refit['train_seconds']:.1f} s"))
+    rows.append(("written to", cfg.out))
     print(table(rows, title="funnel train retrieval: done"))
 
 

@@ -17,6 +17,7 @@ from funnel.core.errors import FunnelError
 PREPROCESS_MANIFEST = "preprocess.json"
 RETRIEVAL_MANIFEST = "retrieval.json"
 RANKING_MANIFEST = "ranking.json"
+VALIDATED_TOWERS = "validated"  # a retrieval run's early-stopped towers, where the served ones were refit
 EXPORT_MANIFEST = "export.json"
 MODEL_NAME = "funnel"  # the Triton model of an export
 MODEL_VERSION = 1

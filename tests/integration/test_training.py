@@ -41,8 +41,9 @@ def test_item_embeddings_cover_the_catalogue(retrieval_run, pre_dir):
 
 
 def test_saved_towers_reproduce_the_trained_model(retrieval_run):
-    """The saved towers, loaded back, give the trained model's figures: its validation recall (computed
-    at training time with the best weights) and the item embeddings written from the trained tower."""
+    """The saved towers, loaded back, give the trained models' figures: the early-stopped towers
+    (``validated/``) their validation recall (computed at training time with the best weights), the
+    served (refit) towers the item embeddings written from them."""
     import types
 
     from ensemble.savedmodel import SavedModelRunner
@@ -54,10 +55,12 @@ def test_saved_towers_reproduce_the_trained_model(retrieval_run):
     cfg = RetrievalConfig(**m["config"])
     data = RetrievalData.load(cfg)
     data.close()  # the shuffled training rows are not needed here
+    validated = types.SimpleNamespace(query_encoder=load_tower(retrieval_run / "validated" / "query_tower"),
+                                      candidate_encoder=load_tower(retrieval_run / "validated" / "item_tower"))
+    key = f"valid_recall@{cfg.valid_k}"
+    assert validation(cfg, data, validated)()[key] == pytest.approx(m["metrics"][key], abs=1e-9)
     loaded = types.SimpleNamespace(query_encoder=load_tower(retrieval_run / "query_tower"),
                                    candidate_encoder=load_tower(retrieval_run / "item_tower"))
-    key = f"valid_recall@{cfg.valid_k}"
-    assert validation(cfg, data, loaded)()[key] == pytest.approx(m["metrics"][key], abs=1e-9)
     trained = pd.read_parquet(retrieval_run / "item_embeddings.parquet").set_index("item_id")
     catalogue = pd.read_parquet(data.pre / "catalogue" / "items.parquet")  # what the embeddings were made from
     again = encode_rows(loaded.candidate_encoder, catalogue, data.item_schema)
@@ -68,6 +71,31 @@ def test_saved_towers_reproduce_the_trained_model(retrieval_run):
     runner = SavedModelRunner(retrieval_run / "query_tower")({c: users[c].to_numpy() for c in data.user_schema.column_names})
     np.testing.assert_allclose(runner, keras, rtol=1e-5, atol=1e-6)
     assert np.linalg.matrix_rank(keras) > 4  # users get different embeddings
+
+
+def test_served_towers_are_refit_on_every_training_row(retrieval_run, pre_dir):
+    """With ``refit`` (the default) the served towers train again for the best epoch's count on every
+    row of the training split, the validation period's too (counted here from the split file), and
+    differ from the early-stopped towers kept for the ranker's latest label period."""
+    from models.tf_helpers import encode_rows
+    from models.retrieval import RetrievalData
+    from models.config import RetrievalConfig
+
+    m = json.loads((retrieval_run / "retrieval.json").read_text())
+    train_rows = pq.ParquetFile(pre_dir / "splits" / "train.parquet").metadata.num_rows
+    assert m["refit"]["fit_rows"] == train_rows == m["data"]["fit_rows"] + m["data"]["valid_rows"]
+    assert m["refit"]["epochs"] == m["best_epoch"] == len(m["refit"]["history"])
+    data = RetrievalData.load(RetrievalConfig(**m["config"]))
+    data.close()
+    served = encode_rows(load_tower(retrieval_run / "item_tower"), data.items, data.item_schema)
+    early = encode_rows(load_tower(retrieval_run / "validated" / "item_tower"), data.items, data.item_schema)
+    assert not np.allclose(served, early, atol=1e-3)
+    # the ranker's latest label period (the validation period) takes its candidates from the early-stopped ones
+    from models.label_periods import Towers
+
+    _, vectors = Towers.before_validation(retrieval_run).encode(data.valid_rows.head(1), data.items,
+                                                                data.schema)
+    np.testing.assert_allclose(vectors, early, rtol=1e-5, atol=1e-6)
 
 
 def test_mixed_precision_trains_and_saves_float32_outputs(pre_dir, tmp_path):
