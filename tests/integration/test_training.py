@@ -233,6 +233,17 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
         keys = data.valid_truth.index[data.valid_truth.index.str.startswith(f"{k}|")]
         assert sorted(keys) == sorted(f"{k}|{u}" for u in inside["user_id"].unique())
         assert all(data.valid_truth[f"{k}|{u}"] == set(g["item_id"]) for u, g in inside.groupby("user_id"))
+    # every period's lists carry the user's own purchases of each candidate as of the period's start
+    # (the blend and the gate read them; the earlier periods' were missing, so NaN), counted here in pandas
+    cands = data.valid_cands
+    for k in range(3):
+        mine = cands[cands["user_id"].str.startswith(f"{k}|")]
+        owners = data.list_users.reindex(mine["user_id"]).to_numpy()
+        before = raw[raw["timestamp"] <= latest - (k + 1) * days].groupby(["user_id", "item_id"]).size()
+        times = before.reindex(pd.MultiIndex.from_arrays([owners, mine["item_id"].to_numpy()])).fillna(0).to_numpy()
+        assert len(mine) and np.isfinite(mine["pair_days_since"]).all()
+        np.testing.assert_allclose(mine["pair_purchases"].to_numpy(), np.log1p(times), rtol=1e-5)
+        assert (times > 0).any()  # the synthetic data repurchases: some candidates were bought before
     assert set(data.list_users) <= held_out and full_rows == len(data.valid_cands)
     assert fit_rows[TARGET].sum() + data.valid_rows[TARGET].sum() == data.facts["positives"]
     assert data.facts["positives"] == sum(p["positives"] for p in periods)
