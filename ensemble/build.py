@@ -319,7 +319,10 @@ def export(cfg: ExportConfig, progress=None) -> dict[str, Any]:
             "config": as_dict(cfg),
             "data": {"content_checksum": pre_manifest["dataset"]["content_checksum"],
                      "dataset": pre_manifest["dataset"]["name"], "repurchase": repurchase, **facts},
-            "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"]},
+            # metrics: the early-stopped towers' validation figures; with a refit the served ones trained again
+            # on every training row for the best epoch's count (retrieval.json's "refit")
+            "models": {"query_tower": {"epochs": retrieval["epochs_run"], "metrics": retrieval["metrics"],
+                                       "refit_epochs": (retrieval.get("refit") or {}).get("epochs")},
                        "ranker": ({"used": use_ranker, "metrics": ranking["metrics"]} if ranking else None),
                        "item_item": {"candidates": cfg.item_item, **((ranking or {}).get("item_item") or {"fitted": False})},
                        "blend_weights": blend_weights, "ranker_shortlist": shortlist[1]},

@@ -42,6 +42,8 @@ def test_manifest_is_complete(exported, pre_dir):
     assert m["index"]["kind"] == "flat" and m["index"]["recall@60_vs_exact"] == 1.0
     assert m["filters"]["exclude_seen"] == "all" and m["filters"]["out_of_stock"] is True
     assert m["models"]["ranker"] is not None and m["ensemble_checksum"].startswith("sha256:")
+    retrieval = json.loads((Path(m["run"]) / "retrieval.json").read_text())
+    assert m["models"]["query_tower"]["refit_epochs"] == retrieval["best_epoch"]  # the served towers were refit
     assert (exported / "funnel" / "config.pbtxt").exists() and (exported / "funnel" / "1" / "model.py").exists()
 
 
