@@ -242,7 +242,7 @@ def save_run(cfg: RetrievalConfig, data: RetrievalData, model, fit: FitResult, d
     with atomic_output_dir(cfg.out) as out:
         model.query_encoder.save(str(out / "query_tower"))
         model.candidate_encoder.save(str(out / "item_tower"))
-        if validated is not None:  # saved by refit_towers
+        if validated is not None:  # the early-stopped towers, saved by _fit before the refit
             shutil.copytree(validated, out / VALIDATED_TOWERS)
         emb = pd.DataFrame(embeddings, columns=[str(i) for i in range(embeddings.shape[1])])
         emb.insert(0, "item_id", catalogue["item_id_raw"].to_numpy())
