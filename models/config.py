@@ -29,6 +29,16 @@ class Optimizer(Choice):
     LAZY_ADAM = "lazy_adam"
 
 
+class EarlierRetrievers(Choice):
+    """Where the ranker's earlier label periods get their candidates: ``each`` period from a two-tower
+    trained on everything before it (``label_windows - 1`` trainings), or ``one`` two-tower trained
+    before the earliest period for all of them (one training; its candidates and scores are the
+    staler the later the period, unlike serving's)."""
+
+    EACH = "each"
+    ONE = "one"
+
+
 OPTIMIZER_HELP = ("adam moves every embedding row at every step (its step cost grows with the number of users); "
                   "lazy_adam only the rows in the batch; auto: lazy_adam where a table has more than 100,000 rows")
 
@@ -112,7 +122,11 @@ class RankingConfig:
     label_windows: int = field(default=4, metadata={
         "help": "label periods the ranker learns from: the retriever's validation period and this many minus one "
                 "earlier ones (time: same length; user-last: earlier baskets), each with candidates and features "
-                "as of its start from a retriever trained before the earliest"})
+                "as of its start from a retriever that never saw it (see earlier_retrievers)"})
+    earlier_retrievers: EarlierRetrievers = field(default=EarlierRetrievers.EACH, metadata={
+        "help": "each: every earlier label period's candidates come from a two-tower trained on everything before "
+                "it (label_windows - 1 trainings); one: from a single two-tower trained before the earliest "
+                "(one training, staler candidates)"})
     shortlist: int = field(default=0, metadata={
         "help": "the ranker scores each user's N best candidates by the blend of the sources' scores and orders "
                 "those; the rest follow in blend order (0: it scores every candidate). Serving cost grows with N; "

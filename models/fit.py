@@ -70,6 +70,29 @@ def fit_best(model, dataset, rows: int, epochs: int, batch_size: int, strategy,
     return result
 
 
+def fit_fixed(model, dataset, rows: int, epochs: int, batch_size: int, strategy,
+              on_epoch: Callable[[dict], None] | None = None,
+              on_rows: Callable[[int, int, int], None] | None = None,
+              tag: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Train exactly ``epochs`` epochs and keep the last one's weights (no validation: the count was
+    chosen elsewhere). Returns one record per epoch (``tag``'s fields first, then epoch, loss, time);
+    ``on_epoch`` and ``on_rows`` as in :func:`fit_best`."""
+    history: list[dict[str, Any]] = []
+
+    def after_epoch(epoch: int, loss: float, seconds: float) -> bool:
+        record = {**(tag or {}), "epoch": epoch, "loss": loss, "seconds": round(seconds, 2),
+                  "samples_per_s": round(rows / seconds) if seconds > 0 else 0}
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        return False
+
+    on_batch = None if on_rows is None else (
+        lambda epoch, steps: on_rows(epoch, min(steps * batch_size * distribute.replicas(strategy), rows), rows))
+    distribute.fit_epochs(model, dataset, batch_size, strategy, epochs, after_epoch, on_batch)
+    return history
+
+
 def run_manifest(stage: str, cfg, data: dict[str, Any], device: str, strategy, fit: FitResult,
                  metrics: dict[str, Any]) -> dict[str, Any]:
     """The fields every run manifest (retrieval.json, ranking.json) shares."""

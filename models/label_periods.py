@@ -3,9 +3,9 @@
 Window 0 is the retriever's own validation period: the served towers never saw it. The earlier
 windows (``RankingConfig.label_windows``) multiply the ranker's positives, but the served towers
 were trained on them, so their scores there would be look-ahead: candidates and two-tower scores
-for those windows come from a second retriever, trained with the served one's settings on what
-came before the earliest window (``RetrievalConfig.windows_back``), kept in memory and used only
-to build training rows.
+for those windows come from other retrievers, trained with the served one's settings on what came
+before each window (``RankingConfig.earlier_retrievers`` "each") or before the earliest
+("one"; ``RetrievalConfig.windows_back``), used only to build training rows.
 """
 
 from __future__ import annotations
@@ -98,16 +98,19 @@ class Towers:
         return encode_rows(self.query, user_rows, schema.select_by_tag(Tags.USER)), vectors
 
 
-def train_earlier_retriever(pre: Path, retrieval_manifest: dict[str, Any], windows_back: int,
-                            scratch: Path) -> tuple[Towers, dict[str, Any]]:
-    """Train a retriever with the served one's settings and best epoch count on the training split
-    minus its last ``windows_back + 1`` windows (validated on the earliest of them); return its towers
-    and its figures.
+def train_earlier_retrievers(pre: Path, retrieval_manifest: dict[str, Any], windows_back: list[int],
+                             scratch: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Train one retriever per value ``k`` of ``windows_back``, each with the served one's settings for
+    its best epoch count on the training split minus its last ``k + 1`` windows (the last epoch's
+    weights kept; its recall on the earliest of them reported); return, for each, the folder its
+    towers were saved in (under ``scratch``: the caller loads them with :meth:`Towers.load` and may
+    remove them) and its figures.
 
-    It trains in a child process, which saves the towers in ``scratch`` (removed once they are
-    loaded back): what training leaves in a process (TensorFlow's allocations, the optimizer's
-    slots, the loader's buffers: 2.8 GB at H&M size) leaves with the child instead of staying
-    beside every label period's build.
+    They train one after the other in a child process: what training leaves in a process
+    (TensorFlow's allocations, the optimizer's slots, the loader's buffers: 2.8 GB at H&M size)
+    leaves with the child instead of staying beside every label period's build; the child imports
+    TensorFlow once for all of them (a process each cost MovieLens-100k ~5 s a retriever). On any
+    failure ``scratch`` is removed.
     """
     import multiprocessing
     import shutil
@@ -116,30 +119,45 @@ def train_earlier_retriever(pre: Path, retrieval_manifest: dict[str, Any], windo
 
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            figures = pool.submit(_train_and_save, str(pre), retrieval_manifest, windows_back, str(scratch)).result()
+            figures = pool.submit(_train_and_save_each, str(pre), retrieval_manifest, windows_back, str(scratch)).result()
     except BrokenProcessPool as exc:  # killed (out of memory, a signal) before it could answer
         shutil.rmtree(scratch, ignore_errors=True)
-        raise FunnelError("ranking: the process training the earlier label periods' retriever died before it "
+        raise FunnelError("ranking: the process training the earlier label periods' retrievers died before it "
                           "finished (out of memory? `--label-windows 1` needs no such retriever)") from exc
-    try:
-        return Towers.load(scratch), figures
-    finally:
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return [(scratch / f"windows_back_{k}", f) for k, f in zip(windows_back, figures)]
+
+
+def _train_and_save_each(pre: str, retrieval_manifest: dict[str, Any], windows_back: list[int],
+                         scratch: str) -> list[dict[str, Any]]:
+    """The child's part of :func:`train_earlier_retrievers`: each retriever in turn, its memory
+    returned to the system before the next."""
+    import tensorflow as tf
+
+    from funnel.core.memory import release_free_memory
+
+    figures = []
+    for k in windows_back:
+        figures.append(_train_and_save(pre, retrieval_manifest, k, str(Path(scratch) / f"windows_back_{k}")))
+        tf.keras.backend.clear_session()
+        release_free_memory()  # collects the model first
+    return figures
 
 
 def _train_and_save(pre: str, retrieval_manifest: dict[str, Any], windows_back: int, out: str) -> dict[str, Any]:
-    """The child's part of :func:`train_earlier_retriever`: train, save both towers in ``out``, return the figures."""
-    from models.retrieval import train_in_memory  # the same layer; imported here to keep this module light
+    """One retriever of :func:`train_earlier_retrievers`: train, save both towers in ``out``, return its figures."""
+    from models.retrieval import train_fixed_epochs  # the same layer; imported here to keep this module light
 
     names = {f.name for f in dataclasses.fields(RetrievalConfig)}
     config = {k: v for k, v in retrieval_manifest["config"].items() if k in names}
-    # as many epochs as the served retriever's best: no patience epochs past it (this model is a means)
+    # as many epochs as the served retriever's best, the last one's weights kept: the served towers are
+    # refit the same way, and no epoch is chosen on the label period this retriever proposes candidates for
     epochs = max(1, int(retrieval_manifest.get("best_epoch") or config.get("epochs", 1)))
     cfg = RetrievalConfig(**{**config, "pre": pre, "out": "", "windows_back": windows_back,
                              "epochs": epochs, "patience": epochs})
-    model, fit, rows = train_in_memory(cfg)
+    model, figures = train_fixed_epochs(cfg)
     model.query_encoder.save(str(Path(out) / "query_tower"))
     model.candidate_encoder.save(str(Path(out) / "item_tower"))
-    key = f"valid_recall@{cfg.valid_k}"
-    return {"windows_back": windows_back, "fit_rows": rows, "best_epoch": fit.best_epoch,
-            "train_seconds": round(fit.seconds, 2), key: fit.best[key]}
+    return {"windows_back": windows_back, **figures}

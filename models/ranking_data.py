@@ -28,8 +28,8 @@ from merlin.schema import Schema
 
 from funnel.core.artifacts import VALIDATED_TOWERS, read_preprocess_manifest
 from funnel.core.memory import release_free_memory
-from models.config import RankingConfig
-from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retriever
+from models.config import EarlierRetrievers, RankingConfig
+from models.label_periods import LabelPeriod, Towers, label_periods, train_earlier_retrievers
 from models.ranking_rows import (affinity_columns, assemble, candidates, dot_scores, hard_negatives, hide_new_ids,
                                  pair_history,
                                  ranking_schema, with_z_scores)
@@ -215,13 +215,16 @@ class RankingData:
         windows = label_periods(pd.read_parquet(split_file, columns=needed), pre_manifest["split"]["how"],
                                 retrieval_manifest["config"]["valid_days"], cfg.label_windows)
         first = windows[0]
-        # Earlier periods' candidates come from a retriever that saw none of them, trained first: after
-        # the latest period's build it ran beside that build's frames (H&M size: 10.2 GiB peak)
-        towers_before = None
+        # Earlier periods' candidates come from retrievers that never saw them, trained first: after
+        # the latest period's build one ran beside that build's frames (H&M size: 10.2 GiB peak). Their
+        # towers wait on disk until their period is built.
+        earlier: list[tuple[Path, dict[str, Any]]] = []
         if len(windows) > 1:
-            say(f"label periods 2-{len(windows)}: training a retriever on what came before them")
-            towers_before, earlier = train_earlier_retriever(pre, retrieval_manifest, len(windows) - 1,
-                                                               staged.folder / "earlier_retriever")
+            each = cfg.earlier_retrievers == EarlierRetrievers.EACH
+            backs = list(range(1, len(windows))) if each else [len(windows) - 1]
+            say(f"label periods 2-{len(windows)}: training a retriever on what came before each" if each else
+                f"label periods 2-{len(windows)}: training a retriever on what came before them")
+            earlier = train_earlier_retrievers(pre, retrieval_manifest, backs, staged.folder / "earlier_retrievers")
             release_free_memory()
         users, items = features_as_of(pre, first.before, first.cutoff)
         schema = ranking_schema(pre)
@@ -275,20 +278,25 @@ class RankingData:
         # peaked at 9.3 GiB beside the latest period's candidates, rows, EASE source and towers)
         rows = cands = source = purchases = recent = q = towers = users = None
         release_free_memory()
-        if towers_before is not None:
-            for k, window in enumerate(windows[1:], start=2):
-                say(f"label period {k}: candidates")
-                part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers_before,
-                                                              schema, shares, repurchase, item_item_facts.get("lambda"),
-                                                              rng, staged.judged_path(k - 1))
-                staged.add(part)
-                part = None
-                facts_by_window.append(part_facts)
-                judged.append(lists)
-                release_free_memory()  # the period's candidates, features and EASE: back to the system
+        for k, window in enumerate(windows[1:], start=2):
+            say(f"label period {k}: candidates")
+            folder = earlier[k - 2 if len(earlier) > 1 else 0][0]
+            towers = Towers.load(folder)
+            part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers,
+                                                          schema, shares, repurchase, item_item_facts.get("lambda"),
+                                                          rng, staged.judged_path(k - 1))
+            towers = None
+            if len(earlier) > 1:
+                shutil.rmtree(folder, ignore_errors=True)
+            staged.add(part)
+            part = None
+            facts_by_window.append(part_facts)
+            judged.append(lists)
+            release_free_memory()  # the period's candidates, features, towers and EASE: back to the system
+        shutil.rmtree(staged.folder / "earlier_retrievers", ignore_errors=True)
         earlier_rows = sum(staged.rows[1:])
         cutoff, n_windows = first.cutoff, len(windows)
-        windows = first = towers_before = None  # the training split's frame: not needed to shuffle the rows
+        windows = first = None  # the training split's frame: not needed to shuffle the rows
         release_free_memory()
         say("shuffling the training rows")
         fit_rows = staged.shuffle(cfg.seed)
@@ -305,7 +313,7 @@ class RankingData:
                  "new_items": int(len(new.rows)), "latest_period_towers": latest_towers,
                  "label_windows": facts_by_window}
         if n_windows > 1:
-            facts["earlier_retriever"] = earlier
+            facts["earlier_retrievers"] = {"mode": str(cfg.earlier_retrievers), "runs": [f for _, f in earlier]}
         return cls(schema=schema, fit_rows=fit_rows, fit_folder=staged.folder,
                    valid_rows=valid_rows, valid_full=valid_full, valid_cands=valid_cands, valid_truth=valid_truth,
                    list_users=list_users, gate_lists=list_users.index[list_users.isin(gate_users)].to_numpy(),

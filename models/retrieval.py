@@ -47,7 +47,7 @@ from funnel.core.topk import dot_top_k
 from funnel.data.canonical import Dataset as CanonicalDataset
 from models import distribute, optimizers
 from models.config import Precision, RetrievalConfig
-from models.fit import FitResult, fit_best, run_manifest
+from models.fit import FitResult, fit_best, fit_fixed, run_manifest
 from models.tf_helpers import IdDropout, configure_tensorflow, encode_rows, float32_output, precision
 from workflows import OOV_INDEX
 from workflows.graph import item_id_columns
@@ -264,43 +264,58 @@ def train(cfg: RetrievalConfig, on_epoch: Callable[[dict], None] | None = None,
     """Train the two-tower model, save the run, return the manifest (``on_rows(epoch, done, rows)``:
     progress within an epoch)."""
     cfg.require_paths()
-    return _fit(cfg, on_epoch, save=True, on_rows=on_rows)[0]
+    return _fit(cfg, on_epoch, on_rows)
 
 
-def train_in_memory(cfg: RetrievalConfig) -> tuple[Any, FitResult, int]:
-    """Train the two-tower model without writing a run: (the model, its fit, its training rows).
-    For a retriever used only inside another stage (``models.label_periods``)."""
+def settled(cfg: RetrievalConfig, data: RetrievalData) -> RetrievalConfig:
+    """``cfg`` with its data-dependent defaults decided: item-id dropout only where new items exist
+    (the data has a stock history), the optimizer by the embedding tables' sizes."""
+    cfg = cfg.resolved(CanonicalDataset(Path(data.pre_manifest["dataset"]["path"]), {}).has_stock_history)
+    return replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))
+
+
+def train_fixed_epochs(cfg: RetrievalConfig) -> tuple[Any, dict[str, Any]]:
+    """Train the two-tower model for exactly ``cfg.epochs`` epochs on the rows before its validation
+    window and keep the last epoch's weights, without writing a run: for a retriever used only inside
+    another stage (``models.label_periods``). No epoch is chosen on the validation window, whose
+    purchases that stage uses as labels (as the served refit's epoch count is not chosen on its rows).
+    Returns the model and its figures (the validation window's recall after the last epoch)."""
     if not cfg.pre:
         raise FunnelError("retrieval: need a preprocessing directory")
-    _, model, fit, rows = _fit(cfg, None, save=False)
-    return model, fit, rows
+    configure_tensorflow(cfg.seed, cfg.threads)
+    data = RetrievalData.load(cfg)
+    try:
+        cfg = settled(cfg, data)
+        strategy = distribute.choose_strategy(cfg.devices)
+        model = build_model(cfg, data, strategy)
+        start = time.perf_counter()
+        fit_fixed(model, data.train_dataset(), int(data.fit_rows.rows), cfg.epochs, cfg.batch_size, strategy)
+        seconds = time.perf_counter() - start
+        return model, {"fit_rows": int(data.fit_rows.rows), "epochs": cfg.epochs, "train_seconds": round(seconds, 2),
+                       **validation(cfg, data, model)()}
+    finally:
+        data.close()
 
 
-def _fit(cfg: RetrievalConfig, on_epoch, save: bool, on_rows=None):
+def _fit(cfg: RetrievalConfig, on_epoch, on_rows=None) -> dict[str, Any]:
     device = configure_tensorflow(cfg.seed, cfg.threads)
     data = RetrievalData.load(cfg)
-    # item-id dropout by default only where new items exist (the data has a stock history); the run
-    # records the value used
-    cfg = cfg.resolved(CanonicalDataset(Path(data.pre_manifest["dataset"]["path"]), {}).has_stock_history)
-    cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
+    cfg = settled(cfg, data)  # the run records the values used
     scratch = None
     try:
         strategy = distribute.choose_strategy(cfg.devices)
         model = build_model(cfg, data, strategy)
         fit = fit_best(model, data.train_dataset(), data.fit_rows.rows, cfg.epochs, cfg.batch_size, strategy,
                        validation(cfg, data, model), f"valid_recall@{cfg.valid_k}", cfg.patience, on_epoch, on_rows)
-        if not save:
-            return None, model, fit, int(data.fit_rows.rows)
         if not (cfg.refit and cfg.windows_back == 0):
-            return save_run(cfg, data, model, fit, device, strategy), model, fit, int(data.fit_rows.rows)
+            return save_run(cfg, data, model, fit, device, strategy)
         data.close()
         scratch = Path(tempfile.mkdtemp(prefix="funnel-validated-towers-"))
         model.query_encoder.save(str(scratch / "query_tower"))
         model.candidate_encoder.save(str(scratch / "item_tower"))
         del model  # the refit's model takes its place in memory
         served, refit = refit_towers(cfg, strategy, max(1, fit.best_epoch), on_epoch, on_rows)
-        return save_run(cfg, data, served, fit, device, strategy, validated=scratch, refit=refit), served, fit, \
-            int(data.fit_rows.rows)
+        return save_run(cfg, data, served, fit, device, strategy, validated=scratch, refit=refit)
     finally:
         data.close()
         if scratch is not None:
@@ -315,21 +330,10 @@ def refit_towers(cfg: RetrievalConfig, strategy, epochs: int, on_epoch=None, on_
     data = RetrievalData.load(cfg, every_row=True)
     try:
         model = build_model(cfg, data, strategy)
-        history: list[dict[str, Any]] = []
         start = time.perf_counter()
         rows = int(data.fit_rows.rows)
-
-        def after_epoch(epoch: int, loss: float, seconds: float) -> bool:
-            record = {"refit": True, "epoch": epoch, "loss": loss, "seconds": round(seconds, 2),
-                      "samples_per_s": round(rows / seconds) if seconds > 0 else 0}
-            history.append(record)
-            if on_epoch:
-                on_epoch(record)
-            return False
-
-        on_batch = None if on_rows is None else (
-            lambda epoch, steps: on_rows(epoch, min(steps * cfg.batch_size * distribute.replicas(strategy), rows), rows))
-        distribute.fit_epochs(model, data.train_dataset(), cfg.batch_size, strategy, epochs, after_epoch, on_batch)
+        history = fit_fixed(model, data.train_dataset(), rows, epochs, cfg.batch_size, strategy, on_epoch, on_rows,
+                            tag={"refit": True})
         return model, {"epochs": epochs, "fit_rows": rows, "train_seconds": round(time.perf_counter() - start, 2),
                        "history": history}
     finally:

@@ -194,8 +194,8 @@ def test_saved_ranker_reproduces_the_trained_model(ranked_run):
 
 def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_users(pre_dir, retrieval_run):
     """``label_windows=3``: the ranker's rows come from three 7-day periods back from the training
-    split's end; the earlier two get candidates from a retriever trained only on what precedes all
-    three; held-out users (the gate's and the epoch choice's) are in no training row of any period."""
+    split's end; each earlier one gets candidates from a retriever trained only on what precedes it;
+    held-out users (the gate's and the epoch choice's) are in no training row of any period."""
     from models.config import RankingConfig
     from models.ranking_data import RankingData
     from workflows import TARGET
@@ -217,8 +217,12 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
         if k:  # earlier periods: every purchase of a user not held out is a positive
             pairs = inside[~inside["user_id"].isin(held_out)][["user_id", "item_id"]].drop_duplicates()
             assert period["positives"] == len(pairs) > 0
-    # the earlier periods' retriever trained on the rows before all three periods, nothing later
-    assert data.facts["earlier_retriever"]["fit_rows"] == int((raw["timestamp"] <= latest - 3 * days).sum())
+    # each earlier period's retriever trained on the rows before that period, nothing later
+    runs = data.facts["earlier_retrievers"]["runs"]
+    assert data.facts["earlier_retrievers"]["mode"] == "each" and [r["windows_back"] for r in runs] == [1, 2]
+    for k, r in enumerate(runs, start=1):
+        assert r["fit_rows"] == int((raw["timestamp"] <= latest - (k + 1) * days).sum()) > 0
+        assert r["epochs"] == max(1, manifest["best_epoch"])  # the served retriever's count, no epoch chosen on the period
     fit_rows = data.fit_rows.read()
     full_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in data.valid_full)  # a file per period
     data.close()

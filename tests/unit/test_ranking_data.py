@@ -194,7 +194,7 @@ def test_a_killed_earlier_retriever_process_is_a_clear_error(tmp_path):
     from pathlib import Path
 
     from funnel.core.errors import FunnelError
-    from models.label_periods import train_earlier_retriever
+    from models.label_periods import train_earlier_retrievers
 
     scratch = tmp_path / "earlier"
     scratch.mkdir()
@@ -218,7 +218,7 @@ def test_a_killed_earlier_retriever_process_is_a_clear_error(tmp_path):
     killer.start()
     try:
         with pytest.raises(FunnelError, match="died before it finished"):
-            train_earlier_retriever(tmp_path / "no-such-pre", {"config": {}}, 3, scratch)
+            train_earlier_retrievers(tmp_path / "no-such-pre", {"config": {}}, [3], scratch)
     finally:
         killer.join()
     assert killed and not scratch.exists()
