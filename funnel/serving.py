@@ -20,7 +20,6 @@ Operations:
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import importlib.util
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
+from funnel.core.child import die_with_parent
 from funnel.core.errors import FunnelError
 
 
@@ -81,16 +81,6 @@ def _bundled_backends(root: Path) -> Path:
 ADMIN_HEADER = "funnel-admin-key"
 RESTRICTED = "shared-memory,model-config,model-repository,statistics,trace,logging"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the process group is still stopped by stop()
-        pass
-
-
 def _children(pid: int) -> dict[int, str]:
     """Live child processes of ``pid`` (pid -> command name); zombies (dead, not reaped) excluded."""
     out: dict[int, str] = {}
@@ -231,7 +221,7 @@ class TritonServer:
             handle, self._own_log = tempfile.mkstemp(prefix="funnel-triton-", suffix=".log")
             self._log, self._log_start = os.fdopen(handle, "wb"), 0
         self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         client = self.client()
         try:

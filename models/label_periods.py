@@ -20,6 +20,7 @@ import pandas as pd
 from merlin.schema import Schema, Tags
 
 from funnel.core.artifacts import VALIDATED_TOWERS
+from funnel.core.child import call_in_child
 from funnel.core.errors import FunnelError
 from models.config import RetrievalConfig
 from models.tf_helpers import encode_rows, load_tower
@@ -110,21 +111,18 @@ def train_earlier_retrievers(pre: Path, retrieval_manifest: dict[str, Any], wind
     (TensorFlow's allocations, the optimizer's slots, the loader's buffers: 2.8 GB at H&M size)
     leaves with the child instead of staying beside every label period's build; the child imports
     TensorFlow once for all of them (a process each cost MovieLens-100k ~5 s a retriever). On any
-    failure ``scratch`` is removed.
+    failure or stop, the child is stopped and ``scratch`` removed; a child whose parent dies is
+    killed by the kernel (Linux), so it never trains on for nobody.
     """
-    import multiprocessing
     import shutil
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            figures = pool.submit(_train_and_save_each, str(pre), retrieval_manifest, windows_back, str(scratch)).result()
-    except BrokenProcessPool as exc:  # killed (out of memory, a signal) before it could answer
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise FunnelError("ranking: the process training the earlier label periods' retrievers died before it "
-                          "finished (out of memory? `--label-windows 1` needs no such retriever)") from exc
-    except BaseException:
+        figures = call_in_child("models.label_periods:_train_and_save_each",
+                                (str(pre), retrieval_manifest, windows_back, str(scratch)),
+                                died="ranking: the process training the earlier label periods' retrievers died before "
+                                     "it finished (out of memory? `--label-windows 1` needs no such retriever)",
+                                name="funnel-earlier-retrievers")
+    except BaseException:  # an error, or a stop (Ctrl-C, SIGTERM): the child has been stopped
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return [(scratch / f"windows_back_{k}", f) for k, f in zip(windows_back, figures)]

@@ -184,37 +184,60 @@ def test_hard_negatives_are_pandas_sample_cut_per_user():
         pd.testing.assert_frame_equal(hard_negatives(cands, is_pos, positives, per_positive, seed), expected)
 
 
+def _spawned_children(parent: int) -> list[int]:
+    """The pids of ``parent``'s children started by multiprocessing's spawn (read from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmd:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: it runs no more)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _signal_the_child(sig: int, found: list[int], to_parent: bool = False) -> None:
+    """Once this process has a spawned child: send ``sig`` to it (or to this process), noting its pid."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not found and time.monotonic() < deadline:
+        children = _spawned_children(os.getpid())
+        if children:
+            found.extend(children)
+            os.kill(os.getpid() if to_parent else children[0], sig)
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc (Linux)")
 def test_a_killed_earlier_retriever_process_is_a_clear_error(tmp_path):
     """The earlier label periods' retriever trains in a child process; killed there (the kernel's
     out-of-memory killer would), the build stops with an error that says so, and its scratch is gone."""
-    import os
     import signal
     import threading
-    import time
-    from pathlib import Path
 
     from funnel.core.errors import FunnelError
     from models.label_periods import train_earlier_retrievers
 
     scratch = tmp_path / "earlier"
     scratch.mkdir()
-    killed = []
-
-    def kill_the_child() -> None:
-        deadline = time.monotonic() + 60
-        while not killed and time.monotonic() < deadline:
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                    cmd = (stat.parent / "cmdline").read_bytes()
-                except (OSError, IndexError, ValueError):
-                    continue
-                if ppid == os.getpid() and b"spawn_main" in cmd:
-                    os.kill(int(stat.parent.name), signal.SIGKILL)
-                    killed.append(int(stat.parent.name))
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_the_child)
+    killed: list[int] = []
+    killer = threading.Thread(target=_signal_the_child, args=(signal.SIGKILL, killed))
     killer.start()
     try:
         with pytest.raises(FunnelError, match="died before it finished"):
@@ -222,3 +245,61 @@ def test_a_killed_earlier_retriever_process_is_a_clear_error(tmp_path):
     finally:
         killer.join()
     assert killed and not scratch.exists()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_a_stopped_build_stops_its_earlier_retriever_process(tmp_path):
+    """Ctrl-C (or SIGTERM, which the CLI turns into the same stop) while the child trains: the stop
+    reaches the caller, the child is stopped with it (it does not train on for nobody) and the
+    scratch is gone."""
+    import signal
+    import threading
+    import time
+
+    from models.label_periods import train_earlier_retrievers
+
+    scratch = tmp_path / "earlier"
+    scratch.mkdir()
+    children: list[int] = []
+    asked: list[float] = []
+    stopper = threading.Thread(target=lambda: (_signal_the_child(signal.SIGINT, children, True),
+                                               asked.append(time.monotonic())))
+    stopper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_earlier_retrievers(tmp_path / "no-such-pre", {"config": {}}, [3], scratch)
+        stopped = time.monotonic()
+    finally:
+        stopper.join()
+    assert children and all(_gone(pid) for pid in children) and not scratch.exists()
+    # stopped, not waited for: the child (still importing TensorFlow here, seconds more) was ended
+    assert stopped - asked[0] < 3.0
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_earlier_retriever_process_dies_with_its_parent(tmp_path):
+    """A parent killed outright (SIGKILL: no handler runs) takes the training child with it: the
+    kernel kills the child, which would otherwise train on, orphaned, for many minutes."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys; from pathlib import Path; from models.label_periods import train_earlier_retrievers; "
+            "train_earlier_retrievers(Path(sys.argv[1]) / 'no-such-pre', {'config': {}}, [3], Path(sys.argv[1]))")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    try:
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline and parent.poll() is None:
+            children = _spawned_children(parent.pid)
+            time.sleep(0.05)
+        assert children, "the child process never started"
+        parent.kill()
+        parent.wait()
+        # within seconds: the child (still importing TensorFlow, seconds more) does not finish first
+        deadline = time.monotonic() + 3
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in children)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
