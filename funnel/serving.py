@@ -81,6 +81,8 @@ def _bundled_backends(root: Path) -> Path:
 ADMIN_HEADER = "funnel-admin-key"
 RESTRICTED = "shared-memory,model-config,model-repository,statistics,trace,logging"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
 def _children(pid: int) -> dict[int, str]:
     """Live child processes of ``pid`` (pid -> command name); zombies (dead, not reaped) excluded."""
     out: dict[int, str] = {}
