@@ -110,6 +110,9 @@ class RankingConfig:
     item_item: int = field(default=100, metadata={"help": "item-item (EASE) top-N per user (0: no item-item source)"})
     item_item_lambdas: list[float] = field(default_factory=lambda: [10.0, 50.0, 200.0, 500.0, 2000.0], metadata={
         "help": "EASE regularisation values tried (the best on the label period is kept)"})
+    item_item_recencies: list[float] = field(default_factory=lambda: [0.0, 5.0, 10.0, 20.0, 50.0], metadata={
+        "help": "item-item recency weightings tried with each lambda: a user's n-th latest item weighs "
+                "exp(-n / r); 0 = all alike"})
     item_item_neighbours: int = field(default=200, metadata={"help": "item-item weights kept per item"})
     item_item_max_items: int = field(default=10_000, metadata={
         "help": "EASE over the most-bought items only (a dense items x items inverse: cost grows with the cube)"})
@@ -151,9 +154,9 @@ class RankingConfig:
         if self.candidates < 1 or self.epochs < 1 or self.hard_negatives < 0 or self.random_negatives < 0:
             raise FunnelError("ranking: candidates >= 1, epochs >= 1, negatives >= 0")
         if self.item_item < 0 or self.item_item_neighbours < 1 or self.item_item_max_items < 2 or not self.item_item_lambdas \
-                or min(self.item_item_lambdas) <= 0:
+                or min(self.item_item_lambdas) <= 0 or not self.item_item_recencies or min(self.item_item_recencies) < 0:
             raise FunnelError("ranking: item_item >= 0, item_item_neighbours >= 1, item_item_max_items >= 2, "
-                              "item_item_lambdas > 0")
+                              "item_item_lambdas > 0, item_item_recencies >= 0")
         if self.label_windows < 1:
             raise FunnelError("ranking: label_windows must be >= 1")
         if self.new_items < 0 or self.shortlist < 0:

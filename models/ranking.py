@@ -164,14 +164,15 @@ def validation(cfg: RankingConfig, data: RankingData, model) -> Callable[[], dic
     return validate
 
 
-def fit_item_item(cfg: RankingConfig, lam: float) -> ItemItem:
-    """EASE with the tuned ``lam`` on all of train as of the cutoff: what serving scores."""
+def fit_item_item(cfg: RankingConfig, tuned: dict[str, Any]) -> ItemItem:
+    """EASE with the tuned lambda on all of train as of the cutoff, scoring with the tuned recency: what serving scores."""
     pre = Path(cfg.pre)
     raw = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
     users = pd.Index(pd.read_parquet(pre / "catalogue" / "users.parquet", columns=["user_id_raw"])["user_id_raw"])
     items = pd.Index(pd.read_parquet(pre / "catalogue" / "items.parquet", columns=["item_id_raw"])["item_id_raw"])
     history = PurchaseHistory.build(raw, users, items, raw["timestamp"].max())
-    return ItemItem.fit(history, lam, cfg.item_item_neighbours, cfg.item_item_max_items)
+    return ItemItem.fit(history, tuned["lambda"], cfg.item_item_neighbours, cfg.item_item_max_items,
+                        recency=tuned.get("recency", 0.0))
 
 
 def save_item_item(model: ItemItem, run: Path) -> None:
@@ -207,9 +208,9 @@ def _train(cfg: RankingConfig, data: RankingData, device: str, run: Path,
     key, gate_key = f"valid_recall@{cfg.valid_k}", f"gate_recall@{cfg.valid_k}"
     build_seconds = time.perf_counter() - start
     release_free_memory()  # the build's frames are gone: the served EASE fit and training reuse their pages
-    # the served item-item source (the tuned lambda on everything before the cutoff), fitted before
+    # the served item-item source (the tuned lambda and recency on everything before the cutoff), fitted before
     # the DLRM exists, so its dense items x items work does not add to the model's memory
-    served_item_item = fit_item_item(cfg, data.item_item["lambda"]) if data.item_item else None
+    served_item_item = fit_item_item(cfg, data.item_item) if data.item_item else None
     release_free_memory()
     cfg = replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))  # the run records the one used
 

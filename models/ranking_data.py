@@ -82,11 +82,11 @@ def labelled_rows(cfg: RankingConfig, period: LabelPeriod, bought: pd.DataFrame,
 
 def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, Any], period: LabelPeriod,
                         held_out: np.ndarray, towers: Towers, schema: Schema, shares: list[str], repurchase: bool,
-                        lam: float | None, rng: np.random.Generator, judged_path: Path
+                        item_item: dict[str, Any], rng: np.random.Generator, judged_path: Path
                         ) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
     """Model rows of an earlier label period, built as the latest one is: features as of its start,
     candidates from ``towers`` (a retriever that never saw the period) and an item-item source with
-    the tuned ``lam`` fitted on what came before it. The held-out users get no training row; their
+    the tuned lambda and recency (``item_item``, the latest period's tuning facts) fitted on what came before it. The held-out users get no training row; their
     candidate lists in this period are returned to be judged (model inputs in ``judged_path``)."""
     users, items = features_as_of(pre, period.before, period.cutoff)
     label_users = period.label["user_id"].unique()
@@ -102,11 +102,12 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
     bought = period.label[period.label["user_id"].isin(label_users)][["user_id", "item_id"]].drop_duplicates()
     bought = bought[bought["item_id"].isin(item_ids)]
     source = None
-    if cfg.item_item and lam is not None:
+    if cfg.item_item and item_item.get("lambda") is not None:
         # fitted on every user's history; scored for the label users only, so only theirs is kept (every
         # user's, 1.37M at H&M size, sat beside the period's candidates: 0.6 GB)
         purchases = PurchaseHistory.build(period.before, user_index, pd.Index(item_ids), period.cutoff)
-        model = ItemItem.fit(purchases, lam, cfg.item_item_neighbours, cfg.item_item_max_items)
+        model = ItemItem.fit(purchases, item_item["lambda"], cfg.item_item_neighbours, cfg.item_item_max_items,
+                             recency=item_item.get("recency", 0.0))
         source = ItemItemSource(model, purchases.subset(user_index.get_indexer(label_users)), pd.Index(label_users),
                                 cfg.item_item)
         del purchases, model
@@ -246,12 +247,12 @@ class RankingData:
         tuning = bought[~bought["user_id"].isin(gate_users)]
         source, item_item_facts = None, {}
         if cfg.item_item:
-            say("item-item source: EASE for each lambda")
+            say("item-item source: EASE for each lambda and recency weighting")
             purchases = PurchaseHistory.build(first.before, user_index, item_index, first.cutoff)
             truth_rows = tuning.assign(row=item_index.get_indexer(tuning["item_id"])).groupby("user_id")["row"].apply(set)
             source, item_item_facts = tune_item_item(purchases, user_index, truth_rows, cfg.valid_k, cfg.item_item_lambdas,
                                                      cfg.item_item_neighbours, cfg.item_item_max_items, cfg.item_item,
-                                                     exclude_seen=not repurchase)
+                                                     exclude_seen=not repurchase, recencies=cfg.item_item_recencies)
 
         release_free_memory()  # EASE's dense matrices and the purchase frames are gone
         say("label period 1: candidates")
@@ -283,7 +284,7 @@ class RankingData:
             folder = earlier[k - 2 if len(earlier) > 1 else 0][0]
             towers = Towers.load(folder)
             part, part_facts, lists = earlier_window_rows(cfg, pre, pre_manifest, window, valid_users, towers,
-                                                          schema, shares, repurchase, item_item_facts.get("lambda"),
+                                                          schema, shares, repurchase, item_item_facts,
                                                           rng, staged.judged_path(k - 1))
             towers = None
             if len(earlier) > 1:

@@ -11,7 +11,7 @@ judge the blend with the ranker against the blend without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -56,21 +56,24 @@ class ItemItemSource:
 
 
 def tune_item_item(history: PurchaseHistory, users: pd.Index, truth: pd.Series, k: int, lams: list[float],
-                   neighbours: int, max_items: int, n: int, exclude_seen: bool) -> tuple[ItemItemSource, dict]:
-    """Fit EASE for every ``lambda`` on ``history``; keep the one whose top-k recalls ``truth``
+                   neighbours: int, max_items: int, n: int, exclude_seen: bool,
+                   recencies: list[float] = (0.0,)) -> tuple[ItemItemSource, dict]:
+    """Fit EASE for every ``lambda`` on ``history`` and score users with each recency weighting
+    (``workflows.item_item.user_matrix``; 0: none); keep the pair whose top-k recalls ``truth``
     (user id -> set of item rows bought in the label period) best."""
     tried: dict[str, float] = {}
     best: tuple[float, ItemItemSource] | None = None
     user_ids = truth.index.to_numpy()
     for lam, model in zip(lams, ItemItem.fit_each(history, lams, neighbours, max_items)):
-        source = ItemItemSource(model, history, users, n)
-        recall = float(np.mean(recalls_at_k(source.top(user_ids, exclude_seen, n=k).tolist(), list(truth), k)))
-        tried[f"{lam:g}"] = round(recall, 5)
-        if best is None or recall > best[0]:
-            best = (recall, source)
+        for recency in recencies:  # a weighting of the users' items: no refit
+            source = ItemItemSource(replace(model, recency=float(recency)), history, users, n)
+            recall = float(np.mean(recalls_at_k(source.top(user_ids, exclude_seen, n=k).tolist(), list(truth), k)))
+            tried[f"{lam:g}/{recency:g}"] = round(recall, 5)
+            if best is None or recall > best[0]:
+                best = (recall, source)
     assert best is not None
-    return best[1], {"lambda": best[1].model.lam, "neighbours": neighbours, "max_items": max_items,
-                     f"label_recall@{k}_by_lambda": tried}
+    return best[1], {"lambda": best[1].model.lam, "recency": best[1].model.recency, "neighbours": neighbours,
+                     "max_items": max_items, f"label_recall@{k}_by_lambda/recency": tried}
 
 
 def order_recall(order: np.ndarray, cands: pd.DataFrame, truth: pd.Series, k: int) -> float:

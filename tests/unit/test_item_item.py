@@ -65,6 +65,61 @@ def test_user_matrix_is_the_binary_crosstab_of_the_history_plus_new_purchases():
     assert alone.has_sorted_indices and alone.has_canonical_format and alone.dtype == np.float32
 
 
+def test_recency_weighs_each_users_nth_latest_distinct_item_by_exp_minus_n_over_r():
+    """Against pandas: rank each user's distinct items by their last purchase (newest 0; the
+    purchases since the history, newest first, before all of them), weight exp(-rank / r)."""
+    rng = np.random.default_rng(3)
+    users, items = [f"u{k}" for k in range(6)], [f"i{k}" for k in range(8)]
+    frame = pd.DataFrame({"user_id": rng.choice(users, 60), "item_id": rng.choice(items, 60),
+                          "timestamp": [T0 + pd.Timedelta(hours=h) for h in rng.permutation(60)]})
+    history = PurchaseHistory.build(frame, pd.Index(users), pd.Index(items), T0 + pd.Timedelta(days=30))
+    rows = np.array([2, -1, 0, 5])
+    extra = np.full((4, 3), -1)
+    extra[0] = [7, -1, 1]  # two purchases since, item 1 bought before too
+    extra[1, 0] = 3  # an unknown user's purchase since
+    r = 4.0
+    got = user_matrix(history, rows, extra, recency=r).toarray()
+    want = np.zeros((4, 8))
+    for k, u in enumerate(rows):
+        since = [i for i in extra[k] if i >= 0]
+        before = (frame[frame["user_id"] == users[u]].groupby("item_id")["timestamp"].max()
+                  .sort_values(ascending=False).index.map(items.index).tolist()) if u >= 0 else []
+        ranked = list(dict.fromkeys(since + before))  # a repeat keeps its newest rank
+        for n, i in enumerate(ranked):
+            want[k, i] = np.exp(-n / r)
+    assert np.allclose(got, want, atol=1e-6)
+    assert np.array_equal(user_matrix(history, rows, extra).toarray(), (want > 0).astype(float))  # 0: binary
+    alone = user_matrix(history, rows, recency=r).toarray()
+    assert np.allclose(alone[2], want[2]) and alone[1].sum() == 0
+
+
+def test_recency_is_chosen_where_the_latest_item_tells_the_next():
+    """Planted: pairs of items, each user's next purchase is the partner of their latest one, their
+    older items are noise. Tuning on that label prefers a recency weighting over the binary history,
+    and scoring with it recalls the partner more often."""
+    from models.sources import tune_item_item
+
+    rng = np.random.default_rng(0)
+    n_items, rows_, truth = 40, [], {}
+    for u in range(300):
+        older = rng.choice(n_items, 6, replace=False)
+        latest = int(rng.integers(n_items))
+        seq = [(f"u{u}", f"i{i}") for i in older] + [(f"u{u}", f"i{latest}")]
+        if u < 200:  # co-bought pairs (2k, 2k+1) to learn from
+            seq.append((f"u{u}", f"i{latest ^ 1}"))
+        else:  # the label: the partner of the latest
+            truth[f"u{u}"] = {latest ^ 1}
+        rows_ += seq
+    users, items = [f"u{u}" for u in range(300)], [f"i{i}" for i in range(n_items)]
+    history = history_of(rows_, users, items)
+    truth = pd.Series(truth)
+    source, facts = tune_item_item(history, pd.Index(users), truth, 3, [1.0], 40, 100, 3, True,
+                                   recencies=[0.0, 1.0])
+    tried = facts["label_recall@3_by_lambda/recency"]
+    assert facts["recency"] == 1.0 and tried["1/1"] > tried["1/0"]
+    assert source.model.recency == 1.0
+
+
 def test_fit_scores_are_the_users_items_times_the_ease_weights():
     history, dense = random_history(2)
     model = ItemItem.fit(history, lam=5.0, neighbours=9)
@@ -173,7 +228,9 @@ def test_save_and_load_round_trip(tmp_path):
     model = ItemItem.fit(history, lam=4.0, neighbours=3)
     model.save(tmp_path / "ii.npz")
     back = ItemItem.load(tmp_path / "ii.npz")
-    assert back.lam == 4.0 and (back.weights != model.weights).nnz == 0
+    assert back.lam == 4.0 and back.recency == 0.0 and (back.weights != model.weights).nnz == 0
+    ItemItem.fit(history, lam=4.0, neighbours=3, recency=7.5).save(tmp_path / "ii.npz")
+    assert ItemItem.load(tmp_path / "ii.npz").recency == 7.5
     empty = ItemItem.empty(9)
     assert not empty.top(history, np.arange(3), 2).__ge__(0).any() and not empty.scores(history, np.arange(3)).any()
 
