@@ -60,9 +60,12 @@ def tune_item_item(history: PurchaseHistory, users: pd.Index, truth: pd.Series, 
                    recencies: list[float] = (0.0,)) -> tuple[ItemItemSource, dict]:
     """Fit EASE for every ``lambda`` on ``history`` and score users with each recency weighting
     (``workflows.item_item.user_matrix``; 0: none); keep the pair whose top-k recalls ``truth``
-    (user id -> set of item rows bought in the label period) best."""
+    (user id -> set of item rows bought in the label period) best: at most ``MAX_TUNING_USERS`` of
+    them (a fixed sample), as every pair scores them all."""
     tried: dict[str, float] = {}
     best: tuple[float, ItemItemSource] | None = None
+    if len(truth) > MAX_TUNING_USERS:
+        truth = truth.sample(MAX_TUNING_USERS, random_state=0)
     user_ids = truth.index.to_numpy()
     for lam, model in zip(lams, ItemItem.fit_each(history, lams, neighbours, max_items)):
         for recency in recencies:  # a weighting of the users' items: no refit
