@@ -3,6 +3,9 @@
 - ``ease``: EASE (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019): the closed-form item-item
   weights ``B = -P / diag(P)`` with ``P = (X'X + lambda I)^-1`` and a zero diagonal; a user's scores
   are ``x_u B``. Dense in the number of items (fine up to ~20k items).
+- ``ease-recency``: EASE's weights, a user's row weighing the n-th latest distinct item by
+  ``exp(-n / r)`` instead of 1 (what the served item-item source does with its tuned ``recency``);
+  ``lambda`` and ``r`` tuned together. Computed here from the train frame, apart from the funnel's code.
 - ``item-knn``: cosine item-item similarity of the binary user-item matrix, each item keeping its
   ``neighbours`` most similar items; scores ``x_u S``.
 - ``frequency``: the user's own items by purchase count (ties: the more recent first), the rest by
@@ -42,6 +45,11 @@ class Split:
         x.sum_duplicates()
         self.counts = x  # purchase counts
         self.x = (x > 0).astype(np.float32).tocsr()  # bought at least once
+        # each user's distinct items ranked by their latest purchase, newest 0 (ties: the lower item column)
+        last = pd.DataFrame({"u": rows, "i": cols, "t": train["timestamp"].to_numpy()}).groupby(["u", "i"])["t"].max()
+        last = last.reset_index().sort_values(["u", "t", "i"], ascending=[True, False, True])
+        self.recency_rank = sp.csr_matrix((last.groupby("u").cumcount().to_numpy(np.float64),
+                                           (last["u"].to_numpy(), last["i"].to_numpy())), shape=x.shape)
         recent = train[train["timestamp"] >= train["timestamp"].max() - pd.Timedelta(days=popular_days)]
         ranked = list(recent["item_id"].value_counts().index)
         seen = set(ranked)
@@ -87,6 +95,28 @@ def ease(split: Split, k: int, lam: float) -> list[list]:
     return split.lists_from_scores(lambda rows: (split.x[rows] @ b), k)
 
 
+def recency_rows(split: Split, rows: np.ndarray, r: float) -> sp.csr_matrix:
+    """Users' rows with the n-th latest distinct item weighing ``exp(-n / r)``."""
+    x = split.x[rows].tocoo()
+    rank = np.asarray(split.recency_rank[rows][x.row, x.col]).ravel()
+    return sp.csr_matrix((np.exp(-rank / r).astype(np.float32), (x.row, x.col)), shape=x.shape)
+
+
+def tuned_ease_recency(valid: Split, test: Split, k: int, lams: list[float], recencies: list[float]) -> dict:
+    """``ease-recency``: every (lambda, r) scored on ``valid`` (one fit per lambda), the best on ``test``."""
+    scored = []
+    for lam in lams:
+        b = ease_weights(valid.x, lam)
+        for r in recencies:
+            lists = valid.lists_from_scores(lambda rows: recency_rows(valid, rows, r) @ b, k)
+            scored.append((valid.recall(lists, k), {"lam": lam, "recency": r}))
+    best_valid, params = max(scored, key=lambda t: t[0])
+    b = ease_weights(test.x, params["lam"])
+    lists = test.lists_from_scores(lambda rows: recency_rows(test, rows, params["recency"]) @ b, k)
+    return {f"recall@{k}": test.recall(lists, k), "params": params, "valid_recall": best_valid,
+            "grid": {str(p): v for v, p in scored}}
+
+
 def knn_similarity(x: sp.csr_matrix, neighbours: int) -> sp.csc_matrix:
     """Cosine item-item similarity, each item (column) keeping its ``neighbours`` strongest others."""
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
@@ -125,6 +155,7 @@ def frequency(split: Split, k: int) -> list[list]:
 
 GRIDS = {"ease": {"lam": [10.0, 50.0, 200.0, 500.0, 2000.0]}, "item-knn": {"neighbours": [20, 50, 100, 400]}}
 METHODS = {"ease": ease, "item-knn": item_knn}
+EASE_RECENCIES = [5.0, 10.0, 20.0, 50.0]  # r of ease-recency (the served source's grid, less its 0: plain EASE)
 
 
 def tuned(name: str, valid: Split, test: Split, k: int) -> dict:

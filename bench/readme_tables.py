@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 COLUMNS = [("served", "served"), ("popularity", "popularity"), ("repurchase", "repurchase"),
            ("retrieval", "retrieval"), ("retrieval+ranking", "retrieval + ranking"), ("implicit-als", "implicit ALS"),
-           ("ease", "EASE"), ("item-knn", "item-kNN"), ("frequency", "own-purchase frequency"), ("oracle", "oracle")]
+           ("ease", "EASE"), ("ease-recency", "EASE, recency-weighted"), ("item-knn", "item-kNN"), ("frequency", "own-purchase frequency"), ("oracle", "oracle")]
 
 
 def _cells(values: dict, fmt) -> list[str]:
