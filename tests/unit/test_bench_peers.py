@@ -38,3 +38,23 @@ def test_frequency_puts_the_most_bought_first_and_fills_with_popularity():
     assert lists[0][:2] == [2, 1] and len(lists[0]) == 3
     assert set(lists[1][:2]) == {2, 3} and len(lists[1]) == 3  # a new user gets recent popularity
     assert split.recall(lists, 1) == 0.5
+
+
+def test_ease_recency_rows_match_the_served_sources_recency_weighting():
+    """The peer's weights (pandas ranks of the train frame) equal the served item-item source's
+    (workflows.item_item.user_matrix over a PurchaseHistory): two computations of one quantity."""
+    from workflows.item_item import user_matrix
+    from workflows.purchases import PurchaseHistory
+
+    rng = np.random.default_rng(4)
+    t = pd.Timestamp("2024-01-01")
+    train = pd.DataFrame({"user_id": rng.integers(0, 12, 150), "item_id": rng.integers(100, 130, 150),
+                          "timestamp": [t + pd.Timedelta(minutes=int(m)) for m in rng.permutation(150)]})
+    test = pd.DataFrame({"user_id": [0, 1], "item_id": [100, 101], "timestamp": t + pd.Timedelta(days=9)})
+    split = peers.Split(train, test, exclude_seen=True)
+    rows = np.arange(len(split.user_index))
+    got = peers.recency_rows(split, rows, 3.0).toarray()
+    history = PurchaseHistory.build(train, split.user_index, split.items, train["timestamp"].max())
+    want = user_matrix(history, rows, recency=3.0).toarray()
+    assert np.allclose(got, want, atol=1e-6)
+    assert np.isclose(got.max(), 1.0) and (got > 0).sum() == split.x.nnz
