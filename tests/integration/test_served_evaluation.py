@@ -105,10 +105,10 @@ def served_with_ranker(ml_run, ml_pre_dir, tmp_path, shortlist: int):
     q = encode_rows(load_tower(run / "query_tower"), users[users["user_id_raw"] == user], schema)
     emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[ids].to_numpy(np.float32)
     weights = item_item_weights(forced, len(items))
-    mine = pd.Index(items["item_id_raw"]).get_indexer(train.loc[train["user_id"] == user, "item_id"].unique())
+    mine, w = users_item_rows(forced, train, user, pd.Index(items["item_id_raw"]))
     rows_of_ids = pd.Index(items["item_id_raw"]).get_indexer(ids)
     pairs = pd.DataFrame({"user_id": user, "item_id": ids, "retrieval_score": (emb @ q[0]).astype(np.float32),
-                          "item_item_score": weights[mine].sum(axis=0)[rows_of_ids].astype(np.float32)})
+                          "item_item_score": (w @ weights[mine])[rows_of_ids].astype(np.float32)})
     pairs = pairs.assign(retrieval_z=z(pairs["retrieval_score"]), item_item_z=z(pairs["item_item_score"]),
                          # freshness: 1 for a movie nobody rated in training (MovieLens has no stock history)
                          new_item=(~np.isin(ids, train["item_id"].unique())).astype(np.float32))
@@ -169,6 +169,20 @@ def item_item_weights(run, n_items: int):
     return dense
 
 
+def users_item_rows(run, train: pd.DataFrame, user, index: pd.Index):
+    """The user's distinct training items (rows of ``index``) and their weights in the item-item
+    score: 1 each, or with the run's tuned recency ``r`` the n-th latest (ties in the order of the
+    training rows) weighs exp(-n / r); written out here with pandas."""
+    import numpy as np
+
+    with np.load(run / "item_item.npz") as f:
+        r = float(f["recency"]) if "recency" in f.files else 0.0
+    mine = train[train["user_id"] == user].sort_values("timestamp", ascending=False, kind="stable")
+    rows = index.get_indexer(mine.drop_duplicates("item_id")["item_id"])
+    weights = np.exp(-np.arange(len(rows)) / r) if r > 0 else np.ones(len(rows))
+    return rows, weights
+
+
 def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
     """The served graph's item-item candidates are the best unseen items by the sum of the EASE weight
     rows of the user's training items, and without a ranker its candidates come out in the order of
@@ -199,8 +213,8 @@ def test_served_item_item_source_and_blend_order(ml_run, ml_pre_dir, tmp_path):
     ease = item_item_weights(run, len(items))
     emb = pd.read_parquet(run / "item_embeddings.parquet").set_index("item_id").loc[items["item_id_raw"]]
     for user in train["user_id"].drop_duplicates().iloc[:3]:
-        mine = index.get_indexer(train.loc[train["user_id"] == user, "item_id"].unique())
-        scores = ease[mine].sum(axis=0)
+        mine, w = users_item_rows(run, train, user, index)
+        scores = w @ ease[mine]
         scores[mine] = 0.0  # MovieLens: seen items are never recommended
         best = [i for i in np.argsort(-scores, kind="stable")[:100] if scores[i] > 0]
         served = recommender.recommend([str(user)], k=100, with_candidates=True)
