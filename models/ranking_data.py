@@ -86,8 +86,9 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
                         ) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
     """Model rows of an earlier label period, built as the latest one is: features as of its start,
     candidates from ``towers`` (a retriever that never saw the period) and an item-item source with
-    the tuned lambda and recency (``item_item``, the latest period's tuning facts) fitted on what came before it. The held-out users get no training row; their
-    candidate lists in this period are returned to be judged (model inputs in ``judged_path``)."""
+    the tuned lambda and recency (``item_item``, the latest period's tuning facts) fitted on what
+    came before it. The held-out users get no training row; their candidate lists in this period
+    are returned to be judged (model inputs in ``judged_path``)."""
     users, items = features_as_of(pre, period.before, period.cutoff)
     label_users = period.label["user_id"].unique()
     label_users = label_users[isin(label_users, users["user_id_raw"])]

@@ -2,11 +2,10 @@
 
 EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019): with the binary
 user-item matrix ``X`` of the training period, ``P = (X'X + lambda I)^-1`` and ``B = -P / diag(P)``
-with a zero diagonal; a user's score for item ``i`` is ``sum_j x_uj B_ji``. Served, ``x_u`` may weigh the user's items by
-how recently they were bought (``recency``: the n-th latest weighs ``exp(-n / recency)``; the fit
-stays on the binary matrix): on MovieLens-100k's last baskets that order says more than the whole
-history does. The Gram matrix is
-dense in the number of items, so the fit keeps the ``max_items`` most-bought items (the rest get
+with a zero diagonal; a user's score for item ``i`` is ``sum_j x_uj B_ji``. Served, ``x_u`` may
+weigh the user's items by how recently they were bought (``recency``: the n-th latest weighs
+``exp(-n / recency)``; the fit stays on the binary matrix): on MovieLens-100k's last baskets that
+order says more than the whole history does. The Gram matrix is dense in the number of items, so the fit keeps the ``max_items`` most-bought items (the rest get
 no item-item score), and each item keeps its ``neighbours`` largest weights: the served artifact is
 a CSR matrix of at most ``items x neighbours`` entries (``item_item.npz``, no pickles).
 
