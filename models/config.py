@@ -30,11 +30,15 @@ class Optimizer(Choice):
 
 
 class EarlierRetrievers(Choice):
-    """Where the ranker's earlier label periods get their candidates: ``each`` period from a two-tower
-    trained on everything before it (``label_windows - 1`` trainings), or ``one`` two-tower trained
-    before the earliest period for all of them (one training; its candidates and scores are the
-    staler the later the period, unlike serving's)."""
+    """Where the ranker's earlier label periods get their candidates. ``updated``: the earliest
+    period's two-tower is trained on everything before it, and each later period's is the one before
+    it trained ``earlier_update_epochs`` more epochs on everything before that period (one full
+    training and short updates, as a served retriever is refreshed); ``each``: every period's trained
+    from scratch on everything before it (``label_windows - 1`` full trainings); ``one``: a single
+    two-tower trained before the earliest period for all of them (its candidates and scores the
+    staler the later the period, unlike serving's). No period's retriever ever saw that period."""
 
+    UPDATED = "updated"
     EACH = "each"
     ONE = "one"
 
@@ -126,10 +130,13 @@ class RankingConfig:
         "help": "label periods the ranker learns from: the retriever's validation period and this many minus one "
                 "earlier ones (time: same length; user-last: earlier baskets), each with candidates and features "
                 "as of its start from a retriever that never saw it (see earlier_retrievers)"})
-    earlier_retrievers: EarlierRetrievers = field(default=EarlierRetrievers.EACH, metadata={
-        "help": "each: every earlier label period's candidates come from a two-tower trained on everything before "
-                "it (label_windows - 1 trainings); one: from a single two-tower trained before the earliest "
-                "(one training, staler candidates)"})
+    earlier_retrievers: EarlierRetrievers = field(default=EarlierRetrievers.UPDATED, metadata={
+        "help": "updated: the earliest earlier label period's two-tower trained on everything before it, each later "
+                "period's the one before it trained earlier_update_epochs more epochs on everything before that "
+                "period; each: every period's trained from scratch (label_windows - 1 full trainings); one: a single "
+                "two-tower trained before the earliest for all of them (staler candidates)"})
+    earlier_update_epochs: int = field(default=1, metadata={
+        "help": "with earlier_retrievers=updated: epochs each later period's two-tower trains on from the one before"})
     shortlist: int = field(default=0, metadata={
         "help": "the ranker scores each user's N best candidates by the blend of the sources' scores and orders "
                 "those; the rest follow in blend order (0: it scores every candidate). Serving cost grows with N; "
@@ -157,8 +164,8 @@ class RankingConfig:
                 or min(self.item_item_lambdas) <= 0 or not self.item_item_recencies or min(self.item_item_recencies) < 0:
             raise FunnelError("ranking: item_item >= 0, item_item_neighbours >= 1, item_item_max_items >= 2, "
                               "item_item_lambdas > 0, item_item_recencies >= 0")
-        if self.label_windows < 1:
-            raise FunnelError("ranking: label_windows must be >= 1")
+        if self.label_windows < 1 or self.earlier_update_epochs < 1:
+            raise FunnelError("ranking: label_windows and earlier_update_epochs must be >= 1")
         if self.new_items < 0 or self.shortlist < 0:
             raise FunnelError("ranking: new_items and shortlist must be >= 0")
         if not 0 < self.valid_share < 1:

@@ -222,11 +222,15 @@ class RankingData:
         # towers wait on disk until their period is built.
         earlier: list[tuple[Path, dict[str, Any]]] = []
         if len(windows) > 1:
-            each = cfg.earlier_retrievers == EarlierRetrievers.EACH
-            backs = list(range(1, len(windows))) if each else [len(windows) - 1]
-            say(f"label periods 2-{len(windows)}: training a retriever on what came before each" if each else
-                f"label periods 2-{len(windows)}: training a retriever on what came before them")
-            earlier = train_earlier_retrievers(pre, retrieval_manifest, backs, staged.folder / "earlier_retrievers")
+            mode = cfg.earlier_retrievers
+            backs = [len(windows) - 1] if mode == EarlierRetrievers.ONE else list(range(1, len(windows)))
+            say({EarlierRetrievers.EACH: f"label periods 2-{len(windows)}: training a retriever on what came before each",
+                 EarlierRetrievers.ONE: f"label periods 2-{len(windows)}: training a retriever on what came before them",
+                 EarlierRetrievers.UPDATED: f"label periods 2-{len(windows)}: training a retriever on what came before "
+                                            f"period {len(windows)}, updated for each later one"}[mode])
+            update = cfg.earlier_update_epochs if mode == EarlierRetrievers.UPDATED else 0
+            earlier = train_earlier_retrievers(pre, retrieval_manifest, backs, staged.folder / "earlier_retrievers",
+                                               update)
             release_free_memory()
         users, items = features_as_of(pre, first.before, first.cutoff)
         schema = ranking_schema(pre)

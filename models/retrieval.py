@@ -179,13 +179,19 @@ class RetrievalData:
         return Dataset(self.fit_rows.files, engine="parquet", schema=self.schema, cpu=True)
 
 
-def build_model(cfg: RetrievalConfig, data: RetrievalData, strategy):
-    """The two-tower model, compiled: in-batch negatives with logQ correction, float32 logits."""
-    item_schema = data.item_schema
-    cardinality = int(item_schema["item_id"].int_domain.max) + 1
+def item_frequencies(data: RetrievalData) -> np.ndarray:
+    """The logQ correction's item frequencies: how often each item id is a positive in the training rows."""
+    cardinality = int(data.item_schema["item_id"].int_domain.max) + 1
     freq = np.zeros(cardinality, dtype=np.float32)
     freq[: len(data.item_counts)] = data.item_counts[:cardinality]
     freq[freq == 0] = 1.0  # never-sampled ids (reserved, OOV) keep a finite correction
+    return freq
+
+
+def build_model(cfg: RetrievalConfig, data: RetrievalData, strategy):
+    """The two-tower model, compiled: in-batch negatives with logQ correction, float32 logits."""
+    item_schema = data.item_schema
+    freq = item_frequencies(data)
     with distribute.scope(strategy), precision(cfg.precision):
         # logits and their logQ correction stay in float32 (merlin's correction is float32 only)
         post = (PopularityLogitsCorrection(freq, reg_factor=cfg.logq_reg, schema=item_schema, dtype="float32")
@@ -274,11 +280,13 @@ def settled(cfg: RetrievalConfig, data: RetrievalData) -> RetrievalConfig:
     return replace(cfg, optimizer=optimizers.resolve(cfg.optimizer, data.schema))
 
 
-def train_fixed_epochs(cfg: RetrievalConfig) -> tuple[Any, dict[str, Any]]:
+def train_fixed_epochs(cfg: RetrievalConfig, model=None) -> tuple[Any, dict[str, Any]]:
     """Train the two-tower model for exactly ``cfg.epochs`` epochs on the rows before its validation
     window and keep the last epoch's weights, without writing a run: for a retriever used only inside
     another stage (``models.label_periods``). No epoch is chosen on the validation window, whose
     purchases that stage uses as labels (as the served refit's epoch count is not chosen on its rows).
+    ``model``: a two-tower already trained (with the same settings, on fewer rows) to train on from
+    its weights and optimizer state, its logQ correction's item frequencies set to these rows'.
     Returns the model and its figures (the validation window's recall after the last epoch)."""
     if not cfg.pre:
         raise FunnelError("retrieval: need a preprocessing directory")
@@ -286,8 +294,16 @@ def train_fixed_epochs(cfg: RetrievalConfig) -> tuple[Any, dict[str, Any]]:
     data = RetrievalData.load(cfg)
     try:
         cfg = settled(cfg, data)
-        strategy = distribute.choose_strategy(cfg.devices)
-        model = build_model(cfg, data, strategy)
+        if model is None:
+            strategy = distribute.choose_strategy(cfg.devices)
+            model = build_model(cfg, data, strategy)
+        else:  # it goes on under the strategy it was built in, sampling corrected by these rows' frequencies
+            strategy = model.distribute_strategy
+            corrections = [o.post for o in model.model_outputs if isinstance(o.post, PopularityLogitsCorrection)]
+            if cfg.logq and len(corrections) != 1:
+                raise FunnelError(f"retrieval: found {len(corrections)} logQ corrections to update in the model, not 1")
+            for correction in corrections:
+                correction.update(item_frequencies(data))
         start = time.perf_counter()
         fit_fixed(model, data.train_dataset(), int(data.fit_rows.rows), cfg.epochs, cfg.batch_size, strategy)
         seconds = time.perf_counter() - start

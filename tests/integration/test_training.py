@@ -219,10 +219,13 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
             assert period["positives"] == len(pairs) > 0
     # each earlier period's retriever trained on the rows before that period, nothing later
     runs = data.facts["earlier_retrievers"]["runs"]
-    assert data.facts["earlier_retrievers"]["mode"] == "each" and [r["windows_back"] for r in runs] == [1, 2]
+    assert data.facts["earlier_retrievers"]["mode"] == "updated" and [r["windows_back"] for r in runs] == [1, 2]
     for k, r in enumerate(runs, start=1):
         assert r["fit_rows"] == int((raw["timestamp"] <= latest - (k + 1) * days).sum()) > 0
-        assert r["epochs"] == max(1, manifest["best_epoch"])  # the served retriever's count, no epoch chosen on the period
+    # the earliest period's for the served retriever's count (no epoch chosen on the period), the later one
+    # that retriever trained on for the update's epochs
+    assert runs[1]["epochs"] == max(1, manifest["best_epoch"]) and "updated_from_windows_back" not in runs[1]
+    assert runs[0]["epochs"] == 1 and runs[0]["updated_from_windows_back"] == 2
     fit_rows = data.fit_rows.read()
     full_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in data.valid_full)  # a file per period
     data.close()
@@ -252,6 +255,41 @@ def test_earlier_label_windows_add_positives_without_look_ahead_or_held_out_user
     assert fit_rows[TARGET].sum() + data.valid_rows[TARGET].sum() == data.facts["positives"]
     assert data.facts["positives"] == sum(p["positives"] for p in periods)
     assert sorted(p.name for p in retrieval_run.iterdir()) == run_files  # the earlier retriever wrote nothing
+
+
+def test_an_updated_retriever_goes_on_from_the_earlier_one_with_the_longer_rows_frequencies(pre_dir, retrieval_run):
+    """``train_fixed_epochs(cfg, model)`` (the ranker's updated earlier retrievers): the same model trains
+    on, its optimizer's step count going on from the first training's, and its logQ correction now holds
+    the item frequencies of the longer rows (counted here from the split file and the catalogue's codes)."""
+    import dataclasses
+    import math
+
+    from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
+
+    from models.config import RetrievalConfig
+    from models.retrieval import train_fixed_epochs
+
+    manifest = json.loads((retrieval_run / "retrieval.json").read_text())
+    names = {f.name for f in dataclasses.fields(RetrievalConfig)}
+    base = {k: v for k, v in manifest["config"].items() if k in names} | {"out": "", "epochs": 1, "patience": 1}
+    first, before = train_fixed_epochs(RetrievalConfig(**{**base, "windows_back": 2}))
+    steps = int(first.optimizer.iterations.numpy())
+    assert steps == math.ceil(before["fit_rows"] / base["batch_size"])
+    model, after = train_fixed_epochs(RetrievalConfig(**{**base, "windows_back": 1}), first)
+    assert model is first and after["fit_rows"] > before["fit_rows"]
+    assert int(model.optimizer.iterations.numpy()) == steps + math.ceil(after["fit_rows"] / base["batch_size"])
+
+    raw = pd.read_parquet(pre_dir / "splits" / "train.parquet", columns=["item_id", "timestamp"])
+    days = pd.Timedelta(days=manifest["config"]["valid_days"])
+    rows = raw[raw["timestamp"] <= raw["timestamp"].max() - 2 * days]  # before the window 1 back
+    assert len(rows) == after["fit_rows"]
+    codes = pd.read_parquet(pre_dir / "catalogue" / "items.parquet", columns=["item_id_raw", "item_id"])
+    counts = rows["item_id"].map(codes.set_index("item_id_raw")["item_id"]).value_counts()
+    (correction,) = [o.post for o in model.model_outputs if isinstance(o.post, PopularityLogitsCorrection)]
+    probs = correction.candidate_probs.numpy()
+    expected = np.ones(len(probs))  # ids nobody bought (reserved, out of vocabulary) count 1
+    expected[counts.index.to_numpy()] = counts.to_numpy()
+    np.testing.assert_allclose(probs, expected / expected.sum(), rtol=1e-5)
 
 
 def test_fit_best_keeps_the_best_epochs_weights_and_stops_after_patience(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from ensemble.config import ExcludeSeen, ExportConfig
 from funnel.cli.args import add_config_arguments, overrides_from_args
 from funnel.core.config import as_dict, load_config
 from funnel.core.errors import FunnelError
-from models.config import RetrievalConfig
+from models.config import RankingConfig, RetrievalConfig
 from workflows.config import PreprocessConfig
 
 
@@ -44,6 +44,12 @@ def test_bad_yaml(tmp_path):
 def test_unknown_precision_is_refused():
     with pytest.raises(FunnelError, match="precision must be one of float32.*got 'fp8'"):
         RetrievalConfig(pre="p", out="o", precision="fp8")
+
+
+def test_earlier_retriever_updates_need_an_epoch():
+    assert RankingConfig(pre="p", run="r").earlier_retrievers == "updated"  # the default
+    with pytest.raises(FunnelError, match="earlier_update_epochs must be >= 1"):
+        RankingConfig(pre="p", run="r", earlier_update_epochs=0)
 
 
 @pytest.mark.parametrize("make, field", [
