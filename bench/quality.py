@@ -39,10 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers.py
 FUNNEL = [sys.executable, "-m", "funnel"]
 
 
-def sh(*args: str) -> None:
+def sh(*args: str) -> float:
+    """Run a funnel command; return its wall-clock seconds."""
     started = time.perf_counter()
     subprocess.run([*FUNNEL, *map(str, args)], check=True, stdout=subprocess.DEVNULL)
-    print(f"  {' '.join(map(str, args[:3]))} ... {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    print(f"  {' '.join(map(str, args[:3]))} ... {seconds:.0f} s", file=sys.stderr)
+    return seconds
 
 
 def als_recall(train: pd.DataFrame, test: pd.DataFrame, k: int, factors: int, reg: float, alpha: float,
@@ -129,10 +132,13 @@ def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: l
     """Train both models, evaluate the served graph; the report gains the ranking stage's own figures.
     ``resume``: a run already evaluated (its ``eval.json`` exists) is read, not trained again."""
     if not (resume and (run / "eval.json").exists()):
-        sh("train", "retrieval", pre, "--out", run, "--seed", seed, *retrieval_args)
-        sh("train", "ranking", pre, "--run", run, "--seed", seed)
+        seconds = {"retrieval": sh("train", "retrieval", pre, "--out", run, "--seed", seed, *retrieval_args),
+                   "ranking": sh("train", "ranking", pre, "--run", run, "--seed", seed)}
+        (run / "training_seconds.json").write_text(json.dumps({k: round(v, 1) for k, v in seconds.items()}))
         sh("evaluate", run, "--k", *map(str, ks), "--json", run / "eval.json")
     report = json.loads((run / "eval.json").read_text())
+    timed = run / "training_seconds.json"  # wall clock of both `funnel train` commands, as run above
+    report["training_seconds"] = json.loads(timed.read_text()) if timed.exists() else None
     ranking = json.loads((run / "ranking.json").read_text())
     report["ranking_stage"] = {"use_ranker": ranking["use_ranker"], "item_item": ranking.get("item_item"),
                                "blend": ranking.get("blend"),
@@ -151,6 +157,15 @@ def ranker_bars(stages: list[dict], k: int = 12) -> dict[str, bool]:
             st["gate"][key] > max(v for n, v in st["blend"][f"{key}_by_score"].items() if n != "ranker_score")
             for st in on)
     return bars
+
+
+def training_bar(seconds: list[dict | None], limit: float) -> dict[str, bool]:
+    """Both trainings (retrieval + ranking, wall clock as the benchmark ran them) under ``limit`` seconds
+    in every run; nothing to check where a run resumed from before its time was recorded."""
+    if not seconds or any(s is None for s in seconds):
+        return {}
+    return {f"training under {limit / 60:g} minutes in every run":
+            all(s["retrieval"] + s["ranking"] < limit for s in seconds)}
 
 
 def seed_summary(reports: list[dict], metric: str) -> tuple[dict, dict, dict]:
@@ -210,6 +225,7 @@ def main() -> None:
             "als": als,
             "ranker_used": [(r.get("ranker_on_test_candidates") or {}).get("ranker_used", True) for r in reports],
             "ranker_on_test_candidates": [r.get("ranker_on_test_candidates") for r in reports],
+            "training_seconds": [r["training_seconds"] for r in reports],
             "bars": {
                 "funnel >= 1.5x popularity": mean["served"] >= 1.5 * mean["popularity"],
                 "funnel >= ALS": mean["served"] >= als["recall@10"],
@@ -217,6 +233,7 @@ def main() -> None:
                     als["recall@10"], peers["ease"]["recall@10"]),
                 **beats_sources(mean, se, peers, "recall@10"),
                 **ranker_bars([r["ranking_stage"] for r in reports]),
+                **training_bar([r["training_seconds"] for r in reports], 300),
             },
         }
 
@@ -257,6 +274,7 @@ def main() -> None:
             "ranker_used": [(r.get("ranker_on_test_candidates") or {}).get("ranker_used", True) for r in reports],
             "ranker_on_test_candidates": [r.get("ranker_on_test_candidates") for r in reports],
             "ranking_stage": [r["ranking_stage"] for r in reports],
+            "training_seconds": [r["training_seconds"] for r in reports],
             "bars": {
                 "funnel >= 3x popularity": mean["served"] >= 3 * mean["popularity"],
                 "funnel >= 70% of oracle": share["served"] >= 0.7,

@@ -72,6 +72,10 @@ def _stage_lines(name: str, section: dict, metric: str) -> list[str]:
         else:
             out.append(f"{name}: gate users' {k.split('_')[1]}, ranker vs blend order per run: "
                        + "; ".join(f"{g[k]:.3f} vs {g[k + '_blend_order']:.3f}" for g in gate))
+    timed = section.get("training_seconds") or []
+    if timed and all(timed):  # wall clock of `funnel train retrieval` and `funnel train ranking` per run
+        out.append(f"{name}: training per run, retrieval + ranking: " + "; ".join(
+            f"{t['retrieval']:.0f} + {t['ranking']:.0f} s = {(t['retrieval'] + t['ranking']) / 60:.1f} min" for t in timed))
     return out
 
 
