@@ -4,8 +4,9 @@ Window 0 is the retriever's own validation period: the served towers never saw i
 windows (``RankingConfig.label_windows``) multiply the ranker's positives, but the served towers
 were trained on them, so their scores there would be look-ahead: candidates and two-tower scores
 for those windows come from other retrievers, trained with the served one's settings on what came
-before each window (``RankingConfig.earlier_retrievers`` "each") or before the earliest
-("one"; ``RetrievalConfig.windows_back``), used only to build training rows.
+before each window (``RankingConfig.earlier_retrievers`` "updated": the earliest window's in full,
+each later one's updated from it; "each": all from scratch) or before the earliest ("one";
+``RetrievalConfig.windows_back``), used only to build training rows.
 """
 
 from __future__ import annotations
