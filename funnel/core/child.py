@@ -40,7 +40,7 @@ def call_in_child(target: str, args: tuple, died: str, name: str = "funnel-child
     answers, answer = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_main, args=(answer, os.getpid(), target, args), name=name)
     try:
-        child.start()
+        _start_holding_stops(child)
         answer.close()  # the child holds the sending end now: its death ends the pipe
         try:
             kind, value = answers.recv()
@@ -60,6 +60,29 @@ def call_in_child(target: str, args: tuple, died: str, name: str = "funnel-child
         raise
     finally:
         answers.close()
+
+
+def _start_holding_stops(child) -> None:
+    """``child.start()`` with Ctrl-C and SIGTERM held until it returns, then raised again here (their
+    handlers run as usual, inside the caller's cleanup). A stop that lands mid-start, once the child
+    exists but before ``start`` returns, leaves no handle to stop it with: it then died on its own of
+    a broken pipe, printing a traceback, after the stop had gone on (seen on a loaded 2-core box).
+    Handlers can only change in the main thread; elsewhere the start is not held."""
+    import threading
+
+    stops = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None]
+    if threading.current_thread() is not threading.main_thread() or not stops:
+        child.start()
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda sig, _frame: held.append(sig)) for sig in stops}
+    try:
+        child.start()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in dict.fromkeys(held):  # each stop once, in the order it came
+        signal.raise_signal(sig)
 
 
 def _main(answer, parent: int, target: str, args: tuple) -> None:
