@@ -10,7 +10,9 @@ user (stock as of the cutoff); retrieval and retrieval + ranking are its stage d
   on test, with the same seen-item exclusion). 2,148 test rows make one run's Recall@10 noisy
   (standard error ~0.01), so both sides are trained with several seeds and compared on the mean.
 - Synthetic default (planted structure), ``--split time``: the methods as shares of the oracle,
-  the funnel trained with several seeds too.
+  the funnel trained with several seeds too; the served graph is also evaluated with 1 and 2 of
+  the 12 places kept for new items (``funnel export --new-item-slots``), side by side: what the
+  rule costs overall and brings the cold items.
 
 Every funnel run records its ranking stage (``ranking.json``): the item-item source's tuned lambda
 and blend weight, the gate users' Recall of the two-tower, item-item and blend orders and of the
@@ -37,6 +39,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers.py
 
 FUNNEL = [sys.executable, "-m", "funnel"]
+NEW_ITEM_SLOTS = (1, 2)  # synthetic: the served graph also evaluated with these many places kept for new items
 
 
 def sh(*args: str) -> float:
@@ -128,14 +131,16 @@ def beats_sources(mean: dict, se: dict, peers: dict, metric: str) -> dict[str, b
             "standard error": mean["served"] > best + se.get("served", 0.0)}
 
 
-def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: list[str], resume: bool = False) -> dict:
+def run_funnel(pre: Path, run: Path, seed: int, ks: list[int], retrieval_args: list[str], resume: bool = False,
+               evaluate_args: tuple[str, ...] = ()) -> dict:
     """Train both models, evaluate the served graph; the report gains the ranking stage's own figures.
-    ``resume``: a run already evaluated (its ``eval.json`` exists) is read, not trained again."""
+    ``resume``: a run already evaluated (its ``eval.json`` exists) is read, not trained again;
+    ``evaluate_args``: more options of ``funnel evaluate``."""
     if not (resume and (run / "eval.json").exists()):
         seconds = {"retrieval": sh("train", "retrieval", pre, "--out", run, "--seed", seed, *retrieval_args),
                    "ranking": sh("train", "ranking", pre, "--run", run, "--seed", seed)}
         (run / "training_seconds.json").write_text(json.dumps({k: round(v, 1) for k, v in seconds.items()}))
-        sh("evaluate", run, "--k", *map(str, ks), "--json", run / "eval.json")
+        sh("evaluate", run, "--k", *map(str, ks), "--json", run / "eval.json", *evaluate_args)
     report = json.loads((run / "eval.json").read_text())
     timed = run / "training_seconds.json"  # wall clock of both `funnel train` commands, as run above
     report["training_seconds"] = json.loads(timed.read_text()) if timed.exists() else None
@@ -191,6 +196,8 @@ def main() -> None:
                         help="with --work: runs already evaluated there are read, not trained again "
                              "(finish a benchmark that stopped part-way)")
     args = parser.parse_args()
+    from funnel.evaluate import slots_method
+
     work = Path(args.work or tempfile.mkdtemp(prefix="funnel-quality-"))
     # --peers-only updates the existing figures; --only replaces its own data set's section and keeps the other
     doc: dict = json.loads(Path(args.out).read_text()) if (args.peers_only or args.only) and Path(args.out).exists() else {}
@@ -253,7 +260,9 @@ def main() -> None:
         section["bars"]["funnel >= 1.10x own-purchase frequency"] = (
             section["recall@12"]["served"] >= 1.1 * peers["frequency"]["recall@12"])
     elif args.only in (None, "synthetic"):
-        reports = [run_funnel(pre, work / "synth" / f"run-{seed}", seed, [12], [], args.resume) for seed in args.synth_seeds]
+        # the served graph also with 1 and 2 of the 12 places kept for new items (export's new_item_slots), side by side
+        reports = [run_funnel(pre, work / "synth" / f"run-{seed}", seed, [12], [], args.resume,
+                              ("--new-item-slots", *map(str, NEW_ITEM_SLOTS))) for seed in args.synth_seeds]
         per_seed, mean, se = seed_summary(reports, "recall@12")
         _, share, _ = seed_summary(reports, "share_of_oracle@12")
         _, map12, _ = seed_summary(reports, "map@12")
@@ -271,6 +280,10 @@ def main() -> None:
             # the cold items' test purchases among the served graph's candidates (before the ranker orders them)
             "cold_recall_of_candidates": [(r.get("served") or {}).get("cold_recall_of_candidates") for r in reports],
             "new_items_at_export": [(r.get("served") or {}).get("new_items") for r in reports],
+            # what keeping places for new items costs overall and brings the cold items (mean of seeds)
+            "new_item_slots": {str(n): {"recall@12": mean[slots_method(n)], "recall@12_se": se[slots_method(n)],
+                                        "cold_recall@12": cold[slots_method(n)]}
+                               for n in NEW_ITEM_SLOTS if slots_method(n) in mean},
             "ranker_used": [(r.get("ranker_on_test_candidates") or {}).get("ranker_used", True) for r in reports],
             "ranker_on_test_candidates": [r.get("ranker_on_test_candidates") for r in reports],
             "ranking_stage": [r["ranking_stage"] for r in reports],

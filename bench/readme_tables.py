@@ -103,6 +103,10 @@ def quality(doc: dict) -> str:
         if reach:  # the new-item source: cold items' test purchases anywhere in the served candidate lists
             bars.append("synthetic: cold items' test purchases among the served graph's candidates, per run: "
                         + ", ".join(f"{v:.3f}" for v in reach))
+        for n, v in (s.get("new_item_slots") or {}).items():  # the export rule, side by side with the default
+            bars.append(f"synthetic: served with {n} of the 12 places kept for new items (`--new-item-slots {n}`): "
+                        f"Recall@12 {v['recall@12']:.4f} ± {v['recall@12_se']:.4f} (default {s['recall@12']['served']:.4f}), "
+                        f"cold-item Recall@12 {v['cold_recall@12']:.4f} (default {s['cold_recall@12']['served']:.4f})")
         bars += [f"synthetic: {bar}: {'met' if met else 'MISSED'}" for bar, met in s["bars"].items()]
     if "movielens-100k" in doc:
         m = doc["movielens-100k"]

@@ -174,7 +174,8 @@ def build_graph(cfg: ExportConfig, dest: Path, repurchase: bool, use_ranker: boo
         >> retrieve
         >> FilterCandidates(dest, exclude_seen, cfg.seen_days, cfg.out_of_stock, cfg.category_rules(),
                             cfg.exclude_items)
-        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights, affinity, *shortlist)
+        >> RankCandidates(dest, item_cols, use_ranker, cfg.trending_for_known, blend_weights, affinity, *shortlist,
+                          new_item_slots=cfg.new_item_slots)
         >> OrderItems(dest, cfg.max_k)
     )
     return Ensemble(graph, request_schema()), exclude_seen

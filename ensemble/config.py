@@ -61,6 +61,10 @@ class ExportConfig:
     recent: int = field(default=20, metadata={"help": "own recent items added where the domain repurchases"})
     new_items: int = field(default=20, metadata={
         "help": "new items per user: never bought in training, on sale at export, best two-tower score first"})
+    new_item_slots: int = field(default=0, metadata={
+        "help": "merchandising rule: the first N places of a known user's list go to the user's N best-scored new "
+                "items among the candidates (fewer where fewer survive the filters); 0: new items compete for "
+                "places like any other candidate"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})
     trending_days: int = field(default=7, metadata={"help": "window of the trending counts"})
     trending_for_known: TrendingForKnown = field(default=TrendingForKnown.FILL, metadata={
@@ -97,6 +101,8 @@ class ExportConfig:
         if self.recent < 0 or self.item_item < 0 or self.new_items < 0 or self.trending < 0 or self.trending_days < 1 or self.seen_days < 0 or self.instances < 1:
             raise FunnelError("export: recent, item_item, new_items, trending, seen_days >= 0; trending_days, "
                               "instances >= 1")
+        if not 0 <= self.new_item_slots <= self.k:
+            raise FunnelError(f"export: new_item_slots must be in [0, k={self.k}], got {self.new_item_slots}")
         if self.ranker_shortlist < -1:
             raise FunnelError("export: ranker_shortlist >= 0, or -1 for the run's own")
         if self.batch_delay_us < -1:

@@ -178,8 +178,10 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple
     return out, auc_logloss(np.concatenate(labels), np.concatenate(scores))
 
 
-def served(data: EvalData, run: Path, k: int, batch: int = 1024) -> tuple[list[list], dict[str, Any]]:
-    """The exported graph's answers for every test user (in-process, as Triton runs it).
+def served(data: EvalData, run: Path, k: int, batch: int = 1024,
+           new_item_slots: int = 0) -> tuple[list[list], dict[str, Any]]:
+    """The exported graph's answers for every test user (in-process, as Triton runs it), exported with
+    ``new_item_slots`` (``ExportConfig``: the first places of a known user's list kept for new items).
 
     Returns the lists (raw item ids, typed like the test split's) and facts about the export.
     """
@@ -187,7 +189,7 @@ def served(data: EvalData, run: Path, k: int, batch: int = 1024) -> tuple[list[l
     with tempfile.TemporaryDirectory(prefix="funnel-evaluate-") as tmp:
         repo = Path(tmp) / "repo"
         manifest = export(ExportConfig(run=str(run), out=str(repo), k=k, max_k=max(k, 100), max_batch=batch,
-                                       inventory=Inventory.CUTOFF))
+                                       inventory=Inventory.CUTOFF, new_item_slots=new_item_slots))
         recommender = Recommender(ensemble_dir(repo))
         out: list[list] = []
         candidates: list[list] = []  # every candidate that reached the ranker, for the cold items' reach
@@ -230,8 +232,16 @@ def score(method: str, recs: list[list], data: EvalData, ks: list[int]) -> dict[
     return out
 
 
-def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[str], None] | None = None) -> dict:
-    """Evaluate every applicable method on the test split; write JSON, Markdown and PNG into RUN."""
+def slots_method(n: int) -> str:
+    """The method name of the served graph exported with ``n`` new-item slots."""
+    return f"served, {n} new-item slot" + ("s" if n != 1 else "")
+
+
+def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[str], None] | None = None,
+             new_item_slots: list[int] | None = None) -> dict:
+    """Evaluate every applicable method on the test split; write JSON, Markdown and PNG into RUN.
+    ``new_item_slots``: the served graph is also exported and asked with each of these numbers of
+    new-item slots (:func:`slots_method` names them), side by side with ``served`` (none)."""
     run = Path(run)
     pre = run_pre_dir(run)
     ks = sorted(set(ks or [10, 12]))
@@ -247,7 +257,10 @@ def evaluate(run: str | Path, ks: list[int] | None = None, progress: Callable[[s
         served_facts.update(facts)
         return recs
 
-    methods: dict[str, Callable[[], list[list]]] = {"served": served_lists, "popularity": lambda: popularity(data, kmax)}
+    methods: dict[str, Callable[[], list[list]]] = {"served": served_lists}
+    for n in sorted(set(new_item_slots or []) - {0}):
+        methods[slots_method(n)] = lambda n=n: served(data, run, kmax, new_item_slots=n)[0]
+    methods["popularity"] = lambda: popularity(data, kmax)
     if data.repurchase:
         methods["repurchase"] = lambda: repurchase(data, kmax)
     methods["retrieval"] = lambda: retrieval(data, run, kmax)

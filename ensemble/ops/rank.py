@@ -17,6 +17,23 @@ from ensemble.savedmodel import model_runner
 from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, NewItems, blend, logit, shortlist, standardise
 from workflows.purchases import AFFINITY_PREFIX, ItemValues, affinity, pair_features
 
+RESERVED_TIER = -1  # a new item given one of the list's first places (new_item_slots)
+
+
+def reserve_new_items(scores: np.ndarray, tiers: np.ndarray, new: np.ndarray, n: int) -> np.ndarray:
+    """``tiers`` with each row's ``n`` best candidates among ``new`` (bool, users x candidates) set to
+    ``RESERVED_TIER``: best by tier, then score, ties in candidate order (the order ``OrderItems``
+    draws them in); a row with fewer new candidates reserves what it has."""
+    if n <= 0 or not new.any():
+        return tiers
+    keys = np.where(new, scores.astype(np.float64), -np.inf)
+    order = np.lexsort((-keys, np.where(new, tiers, np.iinfo(np.int8).max)), axis=1)[:, :n]
+    picked = np.take_along_axis(new, order, axis=1)
+    rows = np.broadcast_to(np.arange(len(order))[:, None], order.shape)
+    out = tiers.copy()
+    out[rows[picked], order[picked]] = RESERVED_TIER
+    return out
+
 
 class RankCandidates(ServingOperator):
     """``candidate_scores`` per candidate (``-inf`` where there is none) and ``candidate_tiers``.
@@ -35,7 +52,12 @@ class RankCandidates(ServingOperator):
     (standardised over the shortlist); the user's other candidates follow in ``first_weights``'
     order. The ranker's inputs are standardised over every candidate, as in training.
 
-    Tiers order before scores: 0 = ranked candidates, 1 = below the shortlist, 2 = fill, 3 = none. With
+    With ``new_item_slots`` = N, a known user's N best new candidates (never bought in training, on sale:
+    ``new_items.npz``), best by the order below, get tier -1: the list's first places are theirs
+    (:func:`reserve_new_items`); their order among themselves is still by score.
+
+    Tiers order before scores: -1 = reserved new items, 0 = ranked candidates, 1 = below the shortlist,
+    2 = fill, 3 = none. With
     ``trending_for_known="fill"`` (default) trending items that only trending brought in
     fill a known user's list after every ranked candidate, by popularity: the ranker never
     saw such candidates in training.
@@ -50,8 +72,9 @@ class RankCandidates(ServingOperator):
     def __init__(self, source_dir: str | Path, item_features: list[str], use_ranker: bool = True,
                  trending_for_known: TrendingForKnown = TrendingForKnown.FILL,
                  blend_weights: dict[str, float] | None = None, affinity: list[str] | None = None,
-                 first_weights: dict[str, float] | None = None, shortlist: int = 0):
+                 first_weights: dict[str, float] | None = None, shortlist: int = 0, new_item_slots: int = 0):
         super().__init__(source_dir)
+        self.new_item_slots = int(new_item_slots)
         self.first_weights = {name: float(w) for name, w in (first_weights or {}).items()}
         self.shortlist = int(shortlist) if use_ranker and self.first_weights else 0
         self.affinity = list(affinity or [])  # item features whose user-affinity the ranker reads
@@ -102,7 +125,7 @@ class RankCandidates(ServingOperator):
                          new_item=self._new_item[items])  # freshness of a new item, 0 for the others
             if self._ranker is None:
                 scores[users, slots] = blend(pairs, users, self.blend_weights)
-                return {CANDIDATE_SCORES: scores, TIERS: tiers}
+                return self._with_slots(scores, tiers, cands, known)
             # the ranker's logit joins the blend (weights tuned with it), on the shortlist where there is one
             pairs.update({name: standardise(pairs[score], users).astype(np.float32) for name, score in Z_SCORES.items()})
             n = getattr(self, "shortlist", 0)  # exports pickled before the cascade rank everything
@@ -121,4 +144,13 @@ class RankCandidates(ServingOperator):
             feed.update({name: values[items] for name, values in self._items.items()})
             pairs[RANKER_SCORE] = logit(self._ranker({**feed, **pairs}).reshape(-1))
             scores[users, slots] = blend(pairs, users, self.blend_weights)
+        return self._with_slots(scores, tiers, cands, known)
+
+    def _with_slots(self, scores: np.ndarray, tiers: np.ndarray, cands: np.ndarray,
+                    known: np.ndarray) -> dict[str, np.ndarray]:
+        """The op's outputs, the known users' best new items reserved the first places (``new_item_slots``)."""
+        n = getattr(self, "new_item_slots", 0)  # exports pickled before the rule reserve nothing
+        if n:
+            new = known & (self._new_item[np.where(cands >= 0, cands, 0)] > 0)
+            tiers = reserve_new_items(scores, tiers, new, n)
         return {CANDIDATE_SCORES: scores, TIERS: tiers}

@@ -14,6 +14,9 @@ def register(sub) -> None:
     p.add_argument("run", help="run directory from `funnel train`")
     p.add_argument("--k", type=positive, nargs="+", default=[10, 12])
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--new-item-slots", type=positive, nargs="+", default=[], metavar="N",
+                   help="also evaluate the served graph exported with N new-item slots (export's new_item_slots: "
+                        "the first N places of a known user's list go to new items), beside the default")
     p.set_defaults(func=run)
 
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> None:
             bar.set_postfix_str(name)
             bar.update(1)
 
-        report = evaluate(args.run, args.k, progress=step)
+        report = evaluate(args.run, args.k, progress=step, new_item_slots=args.new_item_slots)
     ks = report["ks"]
     cols = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", "map@12", f"hit_rate@{ks[-1]}", f"coverage@{ks[-1]}",
                                           f"cold_recall@{ks[-1]}"]

@@ -207,3 +207,37 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
         sources = [v.decode() for v in served["candidate_sources"][row] if v]
         assert mine["item_id"].tolist() == ids, user
         assert mine["source"].tolist() == sources, user
+
+
+def test_new_item_slots_give_the_first_places_to_the_best_new_candidates(ranked_run, tmp_path, known_users):
+    """With new_item_slots=2 a known user's list opens with the two best new items among the user's
+    candidates (never bought in training, on sale: the export's new_items.npz), best by the default
+    export's own tiers and scores, and goes on with the default list without them."""
+    from workflows.candidates import NewItems
+
+    common = dict(run=str(ranked_run), candidates=40, item_item=20, trending=10, inventory=Inventory.CUTOFF)
+    export(ExportConfig(out=str(tmp_path / "default"), **common))
+    export(ExportConfig(out=str(tmp_path / "slots"), new_item_slots=2, **common))
+    ensemble = tmp_path / "default" / "funnel" / "1" / "ensemble"
+    users = known_users[:30]
+    base = Recommender(ensemble).recommend(users, k=100, with_candidates=True)
+    slots = Recommender(tmp_path / "slots" / "funnel" / "1" / "ensemble").recommend(users, k=12)
+    items = pd.read_parquet(ensemble / "items.parquet")["item_id_raw"].astype(str).to_numpy()
+    new = NewItems.load(ensemble / "new_items.npz")
+    new_ids = {items[i].encode() for i in new.rows}
+    assert new_ids and read_export_manifest(tmp_path / "slots")["config"]["new_item_slots"] == 2
+    with_new = 0
+    for row in range(len(users)):
+        cands, scores = base["candidate_ids"][row], base["candidate_scores"][row]
+        tiers = base["candidate_tiers"][row]
+        # ranked candidates of a known user (tiers 0-1, not trending fill): the new ones, best first
+        ranked_new = sorted((tiers[j], -scores[j], j) for j in range(len(cands))
+                            if cands[j] in new_ids and tiers[j] <= 1)
+        first = sorted([j for _, _, j in ranked_new[:2]], key=lambda j: -scores[j])
+        rest = [i for i in base["item_ids"][row] if i and i not in {cands[j] for j in first}]
+        want = [cands[j] for j in first] + rest
+        assert slots["item_ids"][row].tolist() == want[:12], users[row]
+        with_new += bool(first)
+    assert with_new >= 10  # most of these users have new candidates: the rule was exercised
+    with pytest.raises(FunnelError, match="new_item_slots"):
+        ExportConfig(run=str(ranked_run), k=12, new_item_slots=13)

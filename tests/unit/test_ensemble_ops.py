@@ -225,3 +225,30 @@ def test_dot_top_k_in_blocks_of_queries_equals_one_argsort_per_row(monkeypatch):
         expected = [i for i in np.argsort(-scores, kind="stable") if i not in banned][:6]
         assert found[row].tolist() == expected
     assert topk.dot_top_k(queries[:0], items, 6).shape == (0, 6)
+
+
+def test_reserved_new_items_are_each_rows_best_new_candidates_and_lead_the_list():
+    from ensemble.ops.rank import RESERVED_TIER, reserve_new_items
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(40, 9)).astype(np.float32)
+    scores[:, 4] = scores[:, 5]  # ties: candidate order decides
+    tiers = rng.choice([0, 0, 0, 1, 2], size=scores.shape).astype(np.int8)
+    new = rng.random(scores.shape) < 0.3
+    new[0] = False  # a row without new candidates reserves nothing
+    out = reserve_new_items(scores, tiers, new, 2)
+    for row in range(len(scores)):
+        # independently: the new candidates by (tier, -score, position), the first two
+        ranked = sorted((int(tiers[row, j]), -float(scores[row, j]), j) for j in np.flatnonzero(new[row]))
+        want = {j for _, _, j in ranked[:2]}
+        assert set(np.flatnonzero(out[row] == RESERVED_TIER)) == want
+        kept = [j for j in range(scores.shape[1]) if j not in want]
+        assert out[row, kept].tolist() == tiers[row, kept].tolist()  # the others' tiers as they were
+    assert reserve_new_items(scores, tiers, new, 0) is tiers
+    # the order op puts them first, best first, then the rest as before
+    row = 1
+    slots = order_slots(scores[row:row + 1], 9, tiers=out[row:row + 1])[0]
+    reserved = sorted(np.flatnonzero(out[row] == RESERVED_TIER), key=lambda j: -scores[row, j])
+    assert reserved
+    before = [j for j in order_slots(scores[row:row + 1], 9, tiers=tiers[row:row + 1])[0] if j not in reserved]
+    assert slots.tolist() == reserved + before
