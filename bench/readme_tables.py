@@ -108,15 +108,18 @@ def quality(doc: dict) -> str:
                         f"Recall@12 {v['recall@12']:.4f} ± {v['recall@12_se']:.4f} (default {s['recall@12']['served']:.4f}), "
                         f"cold-item Recall@12 {v['cold_recall@12']:.4f} (default {s['cold_recall@12']['served']:.4f})")
         bars += [f"synthetic: {bar}: {'met' if met else 'MISSED'}" for bar, met in s["bars"].items()]
-    if "movielens-100k" in doc:
-        m = doc["movielens-100k"]
-        lines.append(f"| MovieLens-100k (user-last){_seeds(m)} | Recall@10 | "
+    for key, name in (("movielens-100k", "MovieLens-100k"), ("movielens-latest-small", "MovieLens latest-small")):
+        if key not in doc:
+            continue
+        m = doc[key]
+        lines.append(f"| {name} (user-last){_seeds(m)} | Recall@10 | "
                      + " | ".join(_cells(m["recall@10"], lambda v: f"{v:.4f}")) + " |")
-        lines.append("| MovieLens-100k, per seed | Recall@10 | "
-                     + " | ".join(_cells(m["recall@10_per_seed"], lambda v: " / ".join(f"{x:.3f}" for x in v)))
-                     + " |")
-        bars += _stage_lines("MovieLens-100k", m, "recall@10")
-        bars += [f"MovieLens-100k: {bar}: {'met' if met else 'MISSED'}" for bar, met in m["bars"].items()]
+        if len(m.get("seeds", [])) > 1:
+            lines.append(f"| {name}, per seed | Recall@10 | "
+                         + " | ".join(_cells(m["recall@10_per_seed"], lambda v: " / ".join(f"{x:.3f}" for x in v)))
+                         + " |")
+        bars += _stage_lines(name, m, "recall@10")
+        bars += [f"{name}: {bar}: {'met' if met else 'MISSED'}" for bar, met in m["bars"].items()]
     return "\n".join(lines + [""] + [f"- {b}" for b in bars])
 
 

@@ -62,7 +62,7 @@ class ExportConfig:
     new_items: int = field(default=20, metadata={
         "help": "new items per user: never bought in training, on sale at export, best two-tower score first"})
     new_item_slots: int = field(default=0, metadata={
-        "help": "merchandising rule: the first N places of a known user's list go to the user's N best-scored new "
+        "help": "merchandising rule: the last N places of a known user's list go to the user's N best-scored new "
                 "items among the candidates (fewer where fewer survive the filters); 0: new items compete for "
                 "places like any other candidate"})
     trending: int = field(default=50, metadata={"help": "trending items added to every candidate list"})

@@ -181,7 +181,7 @@ def funnel_ranked(data: EvalData, run: Path, k: int, n_candidates: int) -> tuple
 def served(data: EvalData, run: Path, k: int, batch: int = 1024,
            new_item_slots: int = 0) -> tuple[list[list], dict[str, Any]]:
     """The exported graph's answers for every test user (in-process, as Triton runs it), exported with
-    ``new_item_slots`` (``ExportConfig``: the first places of a known user's list kept for new items).
+    ``new_item_slots`` (``ExportConfig``: the last places of a known user's list kept for new items).
 
     Returns the lists (raw item ids, typed like the test split's) and facts about the export.
     """
@@ -340,7 +340,8 @@ def write_markdown(report: dict, run: Path) -> None:
             if name == "served":  # the headline: what the exported graph answers
                 bar.set_edgecolor("black")
                 bar.set_linewidth(1.5)
-    ax.set_xticks(np.arange(len(names)) + width * (len(ks) - 1) / 2, names)
+    ax.set_xticks(np.arange(len(names)) + width * (len(ks) - 1) / 2, names,
+                  rotation=20 if max(map(len, names)) > 12 else 0, ha="right" if max(map(len, names)) > 12 else "center")
     ax.set_ylabel("Recall")
     ax.set_title(f"{report['dataset']}: methods side by side")
     ax.legend()

@@ -18,6 +18,9 @@ USER_PREFIX = "user__"  # encoded user features travel as user__<feature>
 CANDIDATES, SOURCES, RETRIEVAL_SCORES, CANDIDATE_SCORES, TIERS = (
     "candidate_rows", "candidate_sources", "retrieval_scores", "candidate_scores", "candidate_tiers")
 ITEM_ITEM_SCORES = "item_item_scores"  # EASE score of every candidate from the user's own items
+# the tier of a new item given one of the list's last places (new_item_slots): drawn before every other tier,
+# shown after them (ensemble.ops.order.reserved_last)
+RESERVED_TIER = -1
 
 
 class ServingOperator(BaseOperator):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from merlin.schema import ColumnSchema, Schema
 
-from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, SEED, SOURCES, TEMPERATURE, TIERS,
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, K, RESERVED_TIER, SEED, SOURCES, TEMPERATURE, TIERS,
                                ServingOperator, column)
 from workflows.candidates import SOURCE_NAMES
 
@@ -45,6 +45,22 @@ def order_slots(scores: np.ndarray, k: int, temperature: float = 0.0,
     return np.where(alive, order, -1)
 
 
+def reserved_last(slots: np.ndarray, tiers: np.ndarray | None) -> np.ndarray:
+    """``slots`` (from :func:`order_slots`) with each row's reserved candidates (``RESERVED_TIER``, drawn
+    first, so leading the row) moved behind the row's other shown candidates, in their drawn order.
+
+    The shown set and each position's draw are unchanged (the reserved tier is drawn on its own, the
+    others from the rest tier by tier), so :func:`plackett_luce` of the moved slots is their propensity."""
+    if tiers is None or not (tiers == RESERVED_TIER).any():
+        return slots
+    shown = slots >= 0
+    reserved = shown & (np.take_along_axis(tiers, np.maximum(slots, 0), axis=1) == RESERVED_TIER)
+    r, alive = reserved.sum(axis=1, keepdims=True), shown.sum(axis=1, keepdims=True)
+    j = np.arange(slots.shape[1])[None, :]
+    source = np.where(j < alive - r, j + r, np.where(j < alive, j - (alive - r), j))
+    return np.take_along_axis(slots, source, axis=1)
+
+
 def plackett_luce(scores: np.ndarray, slots: np.ndarray, temperature: float,
                   tiers: np.ndarray | None = None) -> np.ndarray:
     """Propensity of each drawn slot: P(item at position j | items above it) under ``order_slots``.
@@ -74,6 +90,9 @@ def plackett_luce(scores: np.ndarray, slots: np.ndarray, temperature: float,
 
 class OrderItems(ServingOperator):
     """Final lists: raw ``item_ids``, ``scores`` and candidate ``sources`` per user, ``k`` wide.
+
+    Candidates of ``RESERVED_TIER`` (new items an export's ``new_item_slots`` keeps places for) are
+    drawn first and shown last (:func:`reserved_last`).
 
     Rows with fewer than k surviving candidates are padded with empty ids and NaN scores.
     The request's ``temperature`` (0 = deterministic) and ``seed`` (-1 = fresh randomness)
@@ -105,7 +124,7 @@ class OrderItems(ServingOperator):
         seed = int(columns[SEED].reshape(-1)[0]) if len(cands) else -1
         rng = np.random.default_rng(None if seed < 0 else seed)
         masked = np.where(cands >= 0, scores, -np.inf)
-        slots = order_slots(masked, k, temperature, rng, columns.get(TIERS))
+        slots = reserved_last(order_slots(masked, k, temperature, rng, columns.get(TIERS)), columns.get(TIERS))
         safe = np.maximum(slots, 0)
         picked = np.where(slots >= 0, np.take_along_axis(cands, safe, axis=1), -1)
         out_scores = np.where(slots >= 0, np.take_along_axis(scores, safe, axis=1), np.nan).astype(np.float32)

@@ -10,14 +10,12 @@ from merlin.schema import ColumnSchema, Schema
 
 from ensemble.config import TrendingForKnown
 from workflows.purchases import PurchaseHistory
-from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, RETRIEVAL_SCORES, SOURCES, TIERS,
-                               USER_ROW, ServingOperator, column, user_features)
+from ensemble.ops.base import (CANDIDATE_SCORES, CANDIDATES, ITEM_ITEM_SCORES, RESERVED_TIER, RETRIEVAL_SCORES,
+                               SOURCES, TIERS, USER_ROW, ServingOperator, column, user_features)
 from ensemble.ops.online import ONLINE_ITEMS, online_matches
 from ensemble.savedmodel import model_runner
 from workflows.candidates import RANKER_SCORE, TRENDING, Z_SCORES, NewItems, blend, logit, shortlist, standardise
 from workflows.purchases import AFFINITY_PREFIX, ItemValues, affinity, pair_features
-
-RESERVED_TIER = -1  # a new item given one of the list's first places (new_item_slots)
 
 
 def reserve_new_items(scores: np.ndarray, tiers: np.ndarray, new: np.ndarray, n: int) -> np.ndarray:
@@ -53,8 +51,8 @@ class RankCandidates(ServingOperator):
     order. The ranker's inputs are standardised over every candidate, as in training.
 
     With ``new_item_slots`` = N, a known user's N best new candidates (never bought in training, on sale:
-    ``new_items.npz``), best by the order below, get tier -1: the list's first places are theirs
-    (:func:`reserve_new_items`); their order among themselves is still by score.
+    ``new_items.npz``), best by the order below, get ``RESERVED_TIER`` (-1; :func:`reserve_new_items`):
+    drawn first, so they are always shown, and shown in the list's last places (``OrderItems``).
 
     Tiers order before scores: -1 = reserved new items, 0 = ranked candidates, 1 = below the shortlist,
     2 = fill, 3 = none. With
@@ -148,7 +146,7 @@ class RankCandidates(ServingOperator):
 
     def _with_slots(self, scores: np.ndarray, tiers: np.ndarray, cands: np.ndarray,
                     known: np.ndarray) -> dict[str, np.ndarray]:
-        """The op's outputs, the known users' best new items reserved the first places (``new_item_slots``)."""
+        """The op's outputs, the known users' best new items given the last places (``new_item_slots``)."""
         n = getattr(self, "new_item_slots", 0)  # exports pickled before the rule reserve nothing
         if n:
             new = known & (self._new_item[np.where(cands >= 0, cands, 0)] > 0)

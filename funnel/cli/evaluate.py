@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--new-item-slots", type=positive, nargs="+", default=[], metavar="N",
                    help="also evaluate the served graph exported with N new-item slots (export's new_item_slots: "
-                        "the first N places of a known user's list go to new items), beside the default")
+                        "the last N places of a known user's list go to new items), beside the default")
     p.set_defaults(func=run)
 
 

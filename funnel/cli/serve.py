@@ -100,6 +100,8 @@ def export(args: argparse.Namespace) -> None:
         ("inventory", d["inventory"]),
         ("ranker", "blend " + ", ".join(f"{w:.2f} {name}" for name, w in m["models"]["blend_weights"].items() if w)
          + (" (the DLRM's logit is ranker_score)" if ranker and ranker["used"] else " (ranker not used)")),
+        *([("new-item slots", f"the last {cfg.new_item_slots} places of a known user's list: the user's best new items")]
+          if cfg.new_item_slots else []),
         ("TensorFlow runtime", m["tf_runtime"] + " backend"),
         ("time", f"{m['export_seconds']:.1f} s"),
         ("written to", f"{cfg.out} (serve it: funnel serve {cfg.out})"),

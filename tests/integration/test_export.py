@@ -209,10 +209,10 @@ def test_ranker_training_candidates_are_the_served_candidates(ranked_run, pre_di
         assert mine["source"].tolist() == sources, user
 
 
-def test_new_item_slots_give_the_first_places_to_the_best_new_candidates(ranked_run, tmp_path, known_users):
-    """With new_item_slots=2 a known user's list opens with the two best new items among the user's
-    candidates (never bought in training, on sale: the export's new_items.npz), best by the default
-    export's own tiers and scores, and goes on with the default list without them."""
+def test_new_item_slots_give_the_last_places_to_the_best_new_candidates(ranked_run, tmp_path, known_users):
+    """With new_item_slots=2 a known user's list of 12 is the default list without the two best new items
+    among the user's candidates (never bought in training, on sale: the export's new_items.npz; best by the
+    default export's own tiers and scores), cut to 10, then those two."""
     from workflows.candidates import NewItems
 
     common = dict(run=str(ranked_run), candidates=40, item_item=20, trending=10, inventory=Inventory.CUTOFF)
@@ -235,8 +235,8 @@ def test_new_item_slots_give_the_first_places_to_the_best_new_candidates(ranked_
                             if cands[j] in new_ids and tiers[j] <= 1)
         first = sorted([j for _, _, j in ranked_new[:2]], key=lambda j: -scores[j])
         rest = [i for i in base["item_ids"][row] if i and i not in {cands[j] for j in first}]
-        want = [cands[j] for j in first] + rest
-        assert slots["item_ids"][row].tolist() == want[:12], users[row]
+        want = rest[:12 - len(first)] + [cands[j] for j in first]
+        assert slots["item_ids"][row].tolist() == want, users[row]
         with_new += bool(first)
     assert with_new >= 10  # most of these users have new candidates: the rule was exercised
     with pytest.raises(FunnelError, match="new_item_slots"):

@@ -24,7 +24,7 @@ def ml_run(ml_pre_dir, tmp_path_factory) -> tuple:
     assert main(["train", "ranking", str(ml_pre_dir), "--run", str(run), "--epochs", "1", "--embedding-dim", "8",
                  "--top-dims", "16", "--candidates", "50"]) == 0
     report_path = run.parent / "evaluation.json"
-    assert main(["evaluate", str(run), "--k", str(K), "--json", str(report_path)]) == 0
+    assert main(["evaluate", str(run), "--k", str(K), "--json", str(report_path), "--new-item-slots", "2"]) == 0
     return run, json.loads(report_path.read_text())
 
 
@@ -42,6 +42,14 @@ def test_served_is_the_headline_and_beats_popularity(ml_run):
     assert list(methods)[0] == "served" and f"recall@{K}" in methods["served"]
     assert methods["served"][f"recall@{K}"] > 1.2 * methods["popularity"][f"recall@{K}"]
     assert "no stock history" in report["served"]["inventory"]  # MovieLens has none: nothing filtered
+
+
+def test_new_item_slots_change_nothing_where_no_item_is_new(ml_run):
+    """`--new-item-slots 2` evaluates the served graph exported with the rule beside the default: without a
+    stock history no item is new, so both answer alike."""
+    _, report = ml_run
+    assert report["served"]["new_items"] == 0
+    assert report["methods"]["served, 2 new-item slots"] == report["methods"]["served"]
 
 
 def test_served_recall_equals_grpc_lists_scored_outside_the_project(ml_run, ml_pre_dir, tmp_path, cli):

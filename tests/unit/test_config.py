@@ -52,6 +52,14 @@ def test_earlier_retriever_updates_need_an_epoch():
         RankingConfig(pre="p", run="r", earlier_update_epochs=0)
 
 
+def test_new_item_slots_fit_in_the_list():
+    assert ExportConfig(run="r").new_item_slots == 0  # off by default
+    assert ExportConfig(run="r", k=12, new_item_slots=12).new_item_slots == 12
+    for bad in (-1, 13):
+        with pytest.raises(FunnelError, match=r"new_item_slots must be in \[0, k=12\]"):
+            ExportConfig(run="r", k=12, new_item_slots=bad)
+
+
 @pytest.mark.parametrize("make, field", [
     (lambda: ExportConfig(run="r", exclude_seen="sometimes"), "exclude_seen"),
     (lambda: ExportConfig(run="r", tf_runtime="onnx"), "tf_runtime"),

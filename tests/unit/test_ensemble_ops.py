@@ -227,8 +227,10 @@ def test_dot_top_k_in_blocks_of_queries_equals_one_argsort_per_row(monkeypatch):
     assert topk.dot_top_k(queries[:0], items, 6).shape == (0, 6)
 
 
-def test_reserved_new_items_are_each_rows_best_new_candidates_and_lead_the_list():
-    from ensemble.ops.rank import RESERVED_TIER, reserve_new_items
+def test_reserved_new_items_are_each_rows_best_new_candidates_and_end_the_list():
+    from ensemble.ops.base import RESERVED_TIER
+    from ensemble.ops.order import plackett_luce, reserved_last
+    from ensemble.ops.rank import reserve_new_items
 
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(40, 9)).astype(np.float32)
@@ -245,10 +247,25 @@ def test_reserved_new_items_are_each_rows_best_new_candidates_and_lead_the_list(
         kept = [j for j in range(scores.shape[1]) if j not in want]
         assert out[row, kept].tolist() == tiers[row, kept].tolist()  # the others' tiers as they were
     assert reserve_new_items(scores, tiers, new, 0) is tiers
-    # the order op puts them first, best first, then the rest as before
-    row = 1
-    slots = order_slots(scores[row:row + 1], 9, tiers=out[row:row + 1])[0]
-    reserved = sorted(np.flatnonzero(out[row] == RESERVED_TIER), key=lambda j: -scores[row, j])
-    assert reserved
-    before = [j for j in order_slots(scores[row:row + 1], 9, tiers=tiers[row:row + 1])[0] if j not in reserved]
-    assert slots.tolist() == reserved + before
+    # shown: the k - 2 best others as before, then the reserved ones, best first
+    k = 6
+    for row in range(len(scores)):
+        reserved = sorted(np.flatnonzero(out[row] == RESERVED_TIER), key=lambda j: -scores[row, j])
+        others = [j for j in order_slots(scores[row:row + 1], 9, tiers=tiers[row:row + 1])[0] if j not in reserved]
+        got = reserved_last(order_slots(scores[row:row + 1], k, tiers=out[row:row + 1]), out[row:row + 1])[0]
+        assert got.tolist() == others[:k - len(reserved)] + reserved
+    # fewer candidates than k: the reserved ones still close the shown part, the padding stays behind
+    few = np.array([[0.5, -np.inf, 0.9, 0.1]], dtype=np.float32)
+    few_tiers = np.array([[0, 3, RESERVED_TIER, 0]], dtype=np.int8)
+    assert reserved_last(order_slots(few, 4, tiers=few_tiers), few_tiers)[0].tolist() == [0, 3, 2, -1]
+    # sampled: each shown position's propensity is its Plackett-Luce draw within its own tier
+    row = int(np.flatnonzero((out == RESERVED_TIER).sum(axis=1) == 2)[0])
+    slots = reserved_last(order_slots(scores[row:row + 1], k, 1.0, np.random.default_rng(0), out[row:row + 1]),
+                          out[row:row + 1])
+    p = plackett_luce(scores[row:row + 1], slots, 1.0, out[row:row + 1])[0]
+    last_two = slots[0, -2:]
+    assert set(last_two) == set(np.flatnonzero(out[row] == RESERVED_TIER))
+    first_of_pair = np.exp(scores[row, last_two[0]]) / np.exp(scores[row, last_two]).sum()
+    assert p[-2] == pytest.approx(first_of_pair, rel=1e-5) and p[-1] == pytest.approx(1.0)
+    first_pool = [j for j in range(9) if out[row, j] == out[row, slots[0, 0]]]
+    assert p[0] == pytest.approx(np.exp(scores[row, slots[0, 0]]) / np.exp(scores[row, first_pool]).sum(), rel=1e-5)
