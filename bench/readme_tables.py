@@ -50,8 +50,12 @@ def _stage_lines(name: str, section: dict, metric: str) -> list[str]:
     if stages:
         short = {"retrieval_score": "two-tower", "item_item_score": "item-item", "pair_purchases": "own count",
                  "pair_days_since": "own recency", "new_item": "freshness"}
-        lams = ", ".join(f"{st['item_item']['lambda']:g}" + (f" (recency {st['item_item']['recency']:g})"
-                                                           if st["item_item"].get("recency") else "") for st in stages)
+        def tuned(ii: dict) -> str:
+            extra = [f"{label} {ii[key]:g}" for key, label in (("recency", "recency"), ("sequence", "bought-next"))
+                     if ii.get(key)]
+            return f"{ii['lambda']:g}" + (f" ({', '.join(extra)})" if extra else "")
+
+        lams = ", ".join(tuned(st["item_item"]) for st in stages)
         weights = "; ".join(" + ".join(f"{w:.2f} {short.get(n, n)}" for n, w in st["blend"]["weights"].items() if w)
                             for st in stages)
         out.append(f"{name}: item-item source EASE lambda {lams}; blend per run: {weights} "

@@ -117,6 +117,9 @@ class RankingConfig:
     item_item_recencies: list[float] = field(default_factory=lambda: [0.0, 5.0, 10.0, 20.0, 50.0], metadata={
         "help": "item-item recency weightings tried with each lambda: a user's n-th latest item weighs "
                 "exp(-n / r); 0 = all alike"})
+    item_item_sequences: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0], metadata={
+        "help": "weights of the item-item source's 'bought next' term tried with each lambda (how often an item "
+                "followed another within a few of a user's purchases, scaled to the EASE weights); 0 = EASE alone"})
     item_item_neighbours: int = field(default=200, metadata={"help": "item-item weights kept per item"})
     item_item_max_items: int = field(default=10_000, metadata={
         "help": "EASE over the most-bought items only (a dense items x items inverse: cost grows with the cube)"})
@@ -161,9 +164,10 @@ class RankingConfig:
         if self.candidates < 1 or self.epochs < 1 or self.hard_negatives < 0 or self.random_negatives < 0:
             raise FunnelError("ranking: candidates >= 1, epochs >= 1, negatives >= 0")
         if self.item_item < 0 or self.item_item_neighbours < 1 or self.item_item_max_items < 2 or not self.item_item_lambdas \
-                or min(self.item_item_lambdas) <= 0 or not self.item_item_recencies or min(self.item_item_recencies) < 0:
+                or min(self.item_item_lambdas) <= 0 or not self.item_item_recencies or min(self.item_item_recencies) < 0 \
+                or not self.item_item_sequences or min(self.item_item_sequences) < 0:
             raise FunnelError("ranking: item_item >= 0, item_item_neighbours >= 1, item_item_max_items >= 2, "
-                              "item_item_lambdas > 0, item_item_recencies >= 0")
+                              "item_item_lambdas > 0, item_item_recencies >= 0, item_item_sequences >= 0")
         if self.label_windows < 1 or self.earlier_update_epochs < 1:
             raise FunnelError("ranking: label_windows and earlier_update_epochs must be >= 1")
         if self.new_items < 0 or self.shortlist < 0:

@@ -165,14 +165,15 @@ def validation(cfg: RankingConfig, data: RankingData, model) -> Callable[[], dic
 
 
 def fit_item_item(cfg: RankingConfig, tuned: dict[str, Any]) -> ItemItem:
-    """EASE with the tuned lambda on all of train as of the cutoff, scoring with the tuned recency: what serving scores."""
+    """EASE with the tuned lambda and "bought next" weight on all of train as of the cutoff, scoring with the
+    tuned recency: what serving scores."""
     pre = Path(cfg.pre)
     raw = pd.read_parquet(pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
     users = pd.Index(pd.read_parquet(pre / "catalogue" / "users.parquet", columns=["user_id_raw"])["user_id_raw"])
     items = pd.Index(pd.read_parquet(pre / "catalogue" / "items.parquet", columns=["item_id_raw"])["item_id_raw"])
     history = PurchaseHistory.build(raw, users, items, raw["timestamp"].max())
     return ItemItem.fit(history, tuned["lambda"], cfg.item_item_neighbours, cfg.item_item_max_items,
-                        recency=tuned.get("recency", 0.0))
+                        recency=tuned.get("recency", 0.0), sequence=tuned.get("sequence", 0.0))
 
 
 def save_item_item(model: ItemItem, run: Path) -> None:

@@ -86,7 +86,7 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
                         ) -> tuple[pd.DataFrame, dict[str, Any], "JudgedLists"]:
     """Model rows of an earlier label period, built as the latest one is: features as of its start,
     candidates from ``towers`` (a retriever that never saw the period) and an item-item source with
-    the tuned lambda and recency (``item_item``, the latest period's tuning facts) fitted on what
+    the tuned lambda, recency and sequence weight (``item_item``, the latest period's tuning facts) fitted on what
     came before it. The held-out users get no training row; their candidate lists in this period
     are returned to be judged (model inputs in ``judged_path``)."""
     users, items = features_as_of(pre, period.before, period.cutoff)
@@ -108,7 +108,7 @@ def earlier_window_rows(cfg: RankingConfig, pre: Path, pre_manifest: dict[str, A
         # user's, 1.37M at H&M size, sat beside the period's candidates: 0.6 GB)
         purchases = PurchaseHistory.build(period.before, user_index, pd.Index(item_ids), period.cutoff)
         model = ItemItem.fit(purchases, item_item["lambda"], cfg.item_item_neighbours, cfg.item_item_max_items,
-                             recency=item_item.get("recency", 0.0))
+                             recency=item_item.get("recency", 0.0), sequence=item_item.get("sequence", 0.0))
         source = ItemItemSource(model, purchases.subset(user_index.get_indexer(label_users)), pd.Index(label_users),
                                 cfg.item_item)
         del purchases, model
@@ -252,12 +252,13 @@ class RankingData:
         tuning = bought[~bought["user_id"].isin(gate_users)]
         source, item_item_facts = None, {}
         if cfg.item_item:
-            say("item-item source: EASE for each lambda and recency weighting")
+            say("item-item source: EASE for each lambda, recency and bought-next weighting")
             purchases = PurchaseHistory.build(first.before, user_index, item_index, first.cutoff)
             truth_rows = tuning.assign(row=item_index.get_indexer(tuning["item_id"])).groupby("user_id")["row"].apply(set)
             source, item_item_facts = tune_item_item(purchases, user_index, truth_rows, cfg.valid_k, cfg.item_item_lambdas,
                                                      cfg.item_item_neighbours, cfg.item_item_max_items, cfg.item_item,
-                                                     exclude_seen=not repurchase, recencies=cfg.item_item_recencies)
+                                                     exclude_seen=not repurchase, recencies=cfg.item_item_recencies,
+                                                     sequences=cfg.item_item_sequences)
 
         release_free_memory()  # EASE's dense matrices and the purchase frames are gone
         say("label period 1: candidates")

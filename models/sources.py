@@ -57,26 +57,29 @@ class ItemItemSource:
 
 def tune_item_item(history: PurchaseHistory, users: pd.Index, truth: pd.Series, k: int, lams: list[float],
                    neighbours: int, max_items: int, n: int, exclude_seen: bool,
-                   recencies: list[float] = (0.0,)) -> tuple[ItemItemSource, dict]:
-    """Fit EASE for every ``lambda`` on ``history`` and score users with each recency weighting
-    (``workflows.item_item.user_matrix``; 0: none); keep the pair whose top-k recalls ``truth``
-    (user id -> set of item rows bought in the label period) best: at most ``MAX_TUNING_USERS`` of
-    them (a fixed sample), as every pair scores them all."""
+                   recencies: list[float] = (0.0,), sequences: list[float] = (0.0,)) -> tuple[ItemItemSource, dict]:
+    """Fit EASE for every ``lambda`` and "bought next" weight (``sequences``, see
+    ``workflows.item_item.transitions``; 0: none) on ``history`` and score users with each recency
+    weighting (``workflows.item_item.user_matrix``; 0: none); keep the triple whose top-k recalls
+    ``truth`` (user id -> set of item rows bought in the label period) best: at most
+    ``MAX_TUNING_USERS`` of them (a fixed sample), as every triple scores them all."""
     tried: dict[str, float] = {}
     best: tuple[float, ItemItemSource] | None = None
     if len(truth) > MAX_TUNING_USERS:
         truth = truth.sample(MAX_TUNING_USERS, random_state=0)
     user_ids = truth.index.to_numpy()
-    for lam, model in zip(lams, ItemItem.fit_each(history, lams, neighbours, max_items)):
+    for model in ItemItem.fit_each(history, lams, neighbours, max_items, sequences):
         for recency in recencies:  # a weighting of the users' items: no refit
             source = ItemItemSource(replace(model, recency=float(recency)), history, users, n)
             recall = float(np.mean(recalls_at_k(source.top(user_ids, exclude_seen, n=k).tolist(), list(truth), k)))
-            tried[f"{lam:g}/{recency:g}"] = round(recall, 5)
+            tried[f"{model.lam:g}/{recency:g}/{model.sequence:g}"] = round(recall, 5)
             if best is None or recall > best[0]:
                 best = (recall, source)
     assert best is not None
-    return best[1], {"lambda": best[1].model.lam, "recency": best[1].model.recency, "neighbours": neighbours,
-                     "max_items": max_items, f"label_recall@{k}_by_lambda/recency": tried}
+    chosen = best[1].model
+    return best[1], {"lambda": chosen.lam, "recency": chosen.recency, "sequence": chosen.sequence,
+                     "neighbours": neighbours, "max_items": max_items,
+                     f"label_recall@{k}_by_lambda/recency/sequence": tried}
 
 
 def order_recall(order: np.ndarray, cands: pd.DataFrame, truth: pd.Series, k: int) -> float:

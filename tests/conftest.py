@@ -14,6 +14,36 @@ warnings.filterwarnings("ignore", message=".*in CPU mode.*")
 SMALL = dict(users=1500, items=400, days=35, seed=7)
 
 
+# The test files that take longest (seconds of the slowest tests in CI's --durations, 2-core box), in
+# that order. pytest-xdist's loadfile hands out files with the most tests first, which left these
+# few-test, many-minute files for the end while the other worker idled: they go out first instead
+# (longest processing time first), and the many short files fill in behind them.
+LONGEST_FILES = ["test_notebooks.py", "test_training.py", "test_triton_serving.py", "test_served_evaluation.py",
+                 "test_no_look_ahead.py", "test_multi_device.py", "test_export.py", "test_train_evaluate_cli.py",
+                 "test_reliability.py", "test_experiments.py", "test_online_features.py"]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with :data:`LONGEST_FILES` handed out first (the controller's hook)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        ordered = False
+
+        def _assign_work_unit(self, node):
+            if not self.ordered:  # once, before the first file goes out: a stable sort by the list
+                self.ordered = True
+                rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+                units = sorted(self.workqueue.items(), key=lambda unit: rank.get(Path(unit[0]).name, len(rank)))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts

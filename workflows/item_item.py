@@ -9,6 +9,13 @@ order says more than the whole history does. The Gram matrix is dense in the num
 no item-item score), and each item keeps its ``neighbours`` largest weights: the served artifact is
 a CSR matrix of at most ``items x neighbours`` entries (``item_item.npz``, no pickles).
 
+EASE is blind to order: buying a then b and buying b then a fit the same weights. ``sequence`` > 0
+adds a "bought next" term before the pruning (:func:`transitions`: how often b followed a within a
+few of a user's purchases, damped by both items' buyers), scaled to the EASE weights' total and
+weighted by ``sequence``: ``weights = B + sequence * |B| / |T| * T``, in the spirit of the
+first-order Markov term of FPMC (Rendle et al., WWW 2010) and session kNN's sequence weighting. With
+recency weighting, a user's latest items lead: what people watched after them.
+
 One implementation for ranker training (``models.ranking_data``) and the served graph
 (``ensemble.ops.retrieve``): the same fit, the same user scores.
 """
@@ -28,6 +35,8 @@ from workflows.purchases import PurchaseHistory
 # the cube (20k: 3.2 GB, ~4 min per fit, and `funnel train ranking` fits once per lambda tried)
 MAX_ITEMS = 10_000
 NEIGHBOURS = 200
+SEQUENCE_WINDOW = 10  # b counts as bought after a when at most this many of the user's items apart
+SEQUENCE_DECAY = 0.8  # ... d items apart weighing SEQUENCE_DECAY ** (d - 1)
 BLOCK_ROWS = 1024  # rows of the dense items x items matrices worked on at once
 CHUNK_CELLS = 1 << 24  # users x items scored densely at once (64 MiB of float32)
 
@@ -70,6 +79,31 @@ def ease_from_gram(gram: np.ndarray, lam: float, overwrite: bool = False) -> np.
         upper[start:start + BLOCK_ROWS] /= -diag[None, :]
     np.fill_diagonal(upper, 0.0)
     return upper
+
+
+def transitions(history: PurchaseHistory, kept: np.ndarray, window: int = SEQUENCE_WINDOW,
+                decay: float = SEQUENCE_DECAY) -> sp.coo_matrix:
+    """``(len(kept), len(kept))`` "bought next" weights over the item rows ``kept``.
+
+    Each user's distinct items in the order of their latest purchase (``history``'s entries, newest
+    first): for every pair ``d <= window`` items apart, the older ``a`` and the newer ``b``, ``t[a, b]``
+    gains ``decay ** (d - 1)``; items outside ``kept`` are skipped but keep their places. Then
+    ``t[a, b] / sqrt((n_a + 1) (n_b + 1))`` with ``n`` the items' buyers, so the items everybody
+    buys do not lead every row. Summed duplicates, no diagonal (a user's entries are distinct)."""
+    column = np.full(history.n_items, -1, dtype=np.int32)  # int32 throughout: 25M entries at H&M size
+    column[kept] = np.arange(len(kept), dtype=np.int32)
+    items = column[history.items]
+    users = np.repeat(np.arange(len(history.offsets) - 1, dtype=np.int32), np.diff(history.offsets))
+    n = len(kept)
+    out = sp.csr_matrix((n, n), dtype=np.float64)
+    for d in range(1, window + 1):  # entry j + d was bought d items before entry j
+        ok = (users[d:] == users[:-d]) & (items[d:] >= 0) & (items[:-d] >= 0)
+        out = out + sp.csr_matrix((np.full(int(ok.sum()), decay ** (d - 1)), (items[d:][ok], items[:-d][ok])),
+                                  shape=(n, n))
+    damp = 1.0 / np.sqrt(np.bincount(items[items >= 0], minlength=n) + 1.0)
+    out = out.tocoo()
+    out.data *= damp[out.row] * damp[out.col]
+    return out
 
 
 def prune_rows(dense: np.ndarray, keep: int) -> sp.csr_matrix:
@@ -142,33 +176,46 @@ class ItemItem:
     weights: sp.csr_matrix  # (n_items, n_items) float32
     lam: float
     recency: float = 0.0  # users' items weigh exp(-n / recency) by recency rank n (0: all 1; see user_matrix)
+    sequence: float = 0.0  # weight of the "bought next" term in the weights (0: EASE alone; see transitions)
 
     @classmethod
     def fit(cls, history: PurchaseHistory, lam: float, neighbours: int = NEIGHBOURS,
-            max_items: int = MAX_ITEMS, recency: float = 0.0) -> "ItemItem":
-        """EASE on every user's distinct items in ``history``, over its ``max_items`` most-bought items;
-        users scored with ``recency`` weighting (see :func:`user_matrix`)."""
-        return replace(next(cls.fit_each(history, [lam], neighbours, max_items)), recency=float(recency))
+            max_items: int = MAX_ITEMS, recency: float = 0.0, sequence: float = 0.0) -> "ItemItem":
+        """EASE on every user's distinct items in ``history``, over its ``max_items`` most-bought items,
+        plus ``sequence`` times the scaled "bought next" term; users scored with ``recency`` weighting
+        (see :func:`user_matrix`)."""
+        model = next(cls.fit_each(history, [lam], neighbours, max_items, [sequence]))
+        return replace(model, recency=float(recency))
 
     @classmethod
     def fit_each(cls, history: PurchaseHistory, lams: list[float], neighbours: int = NEIGHBOURS,
-                 max_items: int = MAX_ITEMS) -> Iterator["ItemItem"]:
-        """:meth:`fit` for each lambda in turn, the Gram matrix computed once (at H&M size its
-        sparse product over 25M purchases took 15 s of each fit)."""
+                 max_items: int = MAX_ITEMS, sequences: list[float] = (0.0,)) -> Iterator["ItemItem"]:
+        """:meth:`fit` for each lambda and, within it, each sequence weight in turn, the Gram matrix
+        computed once (at H&M size its sparse product over 25M purchases took 15 s of each fit) and
+        the transitions once."""
         x = user_matrix(history, np.arange(len(history.offsets) - 1)).tocsc()
         buyers = np.diff(x.indptr)
         kept = np.sort(np.argsort(-buyers, kind="stable")[:max_items])
         kept = kept[buyers[kept] > 0]
         if len(kept) < 2:
-            yield from (cls.empty(history.n_items) for _ in lams)
+            yield from (replace(cls.empty(history.n_items), sequence=float(s)) for _ in lams for s in sequences)
             return
         gram = gram_matrix(x[:, kept])
         del x
+        steps = transitions(history, kept) if any(s > 0 for s in sequences) else None
         for lam in lams:
-            pruned = prune_rows(ease_from_gram(gram, lam, overwrite=len(lams) == 1), neighbours).tocoo()
-            full = sp.csr_matrix((pruned.data, (kept[pruned.row], kept[pruned.col])),
-                                 shape=(history.n_items, history.n_items), dtype=np.float32)
-            yield cls(full, float(lam))
+            dense = ease_from_gram(gram, lam, overwrite=len(lams) == 1)
+            scale = float(np.abs(dense).sum() / steps.data.sum()) if steps is not None and steps.nnz else 0.0
+            added = 0.0
+            for sequence in sequences:
+                if scale and sequence != added:  # in place: B + sequence * scale * T (entries are distinct)
+                    dense[steps.row, steps.col] += (sequence - added) * scale * steps.data
+                    added = sequence
+                pruned = prune_rows(dense, neighbours).tocoo()
+                full = sp.csr_matrix((pruned.data, (kept[pruned.row], kept[pruned.col])),
+                                     shape=(history.n_items, history.n_items), dtype=np.float32)
+                yield cls(full, float(lam), sequence=float(sequence))
+            del dense
 
     @classmethod
     def empty(cls, n_items: int) -> "ItemItem":
@@ -214,14 +261,16 @@ class ItemItem:
     def save(self, path: Path) -> None:
         w = self.weights
         np.savez(path, indptr=w.indptr, indices=w.indices, data=w.data, n_items=np.int64(w.shape[0]),
-                 lam=np.float64(self.lam), recency=np.float64(self.recency))
+                 lam=np.float64(self.lam), recency=np.float64(self.recency), sequence=np.float64(self.sequence))
 
     @classmethod
     def load(cls, path: Path) -> "ItemItem":
         with np.load(path, allow_pickle=False) as f:
             n = int(f["n_items"])
             recency = float(f["recency"]) if "recency" in f.files else 0.0  # exports before recency weighting
-            return cls(sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(n, n)), float(f["lam"]), recency)
+            sequence = float(f["sequence"]) if "sequence" in f.files else 0.0  # exports before the sequence term
+            return cls(sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(n, n)), float(f["lam"]), recency,
+                       sequence)
 
 
 class RowScores:

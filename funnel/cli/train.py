@@ -147,7 +147,8 @@ def ranking(args: argparse.Namespace) -> None:
          f"({d.get('gate_lists', d['gate_users']):,} lists), "
          f"lift 95% CI [{m['metrics']['gate_lift_ci95'][0]:+.4f}, {m['metrics']['gate_lift_ci95'][1]:+.4f}]"
          + ("" if m["use_ranker"] else f"  (ranker not used: {m.get('gate_reason', 'no confident gain over the blend order')})")),
-        *([("item-item source", f"EASE lambda {m['item_item']['lambda']:g}, recency {m['item_item'].get('recency', 0):g}")] if m["item_item"] else []),
+        *([("item-item source", f"EASE lambda {m['item_item']['lambda']:g}, recency {m['item_item'].get('recency', 0):g}, "
+                                   f"bought-next weight {m['item_item'].get('sequence', 0):g}")] if m["item_item"] else []),
         ("blend without ranker", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["weights"].items() if w)),
         ("blend with ranker", ", ".join(f"{w:.2f} {n}" for n, w in m["blend"]["with_ranker"]["weights"].items() if w)),
         (f"gate recall@{cfg.valid_k} by ranker shortlist", ", ".join(

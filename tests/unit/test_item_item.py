@@ -115,9 +115,82 @@ def test_recency_is_chosen_where_the_latest_item_tells_the_next():
     truth = pd.Series(truth)
     source, facts = tune_item_item(history, pd.Index(users), truth, 3, [1.0], 40, 100, 3, True,
                                    recencies=[0.0, 1.0])
-    tried = facts["label_recall@3_by_lambda/recency"]
-    assert facts["recency"] == 1.0 and tried["1/1"] > tried["1/0"]
+    tried = facts["label_recall@3_by_lambda/recency/sequence"]
+    assert facts["recency"] == 1.0 and tried["1/1/0"] > tried["1/0/0"]
     assert source.model.recency == 1.0
+
+
+def bought_next(sequences: dict[str, list[str]], items: list[str], kept: list[str], window: int, decay: float) -> np.ndarray:
+    """The "bought next" weights written out with loops over each user's purchases in time order:
+    b bought d <= window places after a adds decay ** (d - 1) to t[a, b] (items outside ``kept`` hold
+    their places), then t[a, b] / sqrt((buyers of a + 1) (buyers of b + 1)), over ``kept``."""
+    t = np.zeros((len(kept), len(kept)))
+    buyers = {i: sum(i in seq for seq in sequences.values()) for i in kept}
+    for seq in sequences.values():
+        for p, a in enumerate(seq):
+            for d in range(1, window + 1):
+                if p + d < len(seq) and a in kept and seq[p + d] in kept:
+                    t[kept.index(a), kept.index(seq[p + d])] += decay ** (d - 1)
+    for x, a in enumerate(kept):
+        for y, b in enumerate(kept):
+            t[x, y] /= np.sqrt((buyers[a] + 1) * (buyers[b] + 1))
+    return t
+
+
+def test_transitions_weigh_each_later_item_by_its_distance_and_damp_popular_items():
+    rng = np.random.default_rng(8)
+    items = [f"i{k}" for k in range(7)]
+    sequences = {f"u{u}": [items[k] for k in rng.permutation(7)[: rng.integers(1, 7)]] for u in range(25)}
+    pairs = [(u, i) for u, seq in sequences.items() for i in seq]  # history_of: one hour apart, in this order
+    history = history_of(pairs, list(sequences), items)
+    kept = [0, 2, 3, 5, 6]  # i1 and i4 keep their places but get no weight
+    got = item_item.transitions(history, np.array(kept), window=3, decay=0.5).toarray()
+    want = bought_next(sequences, items, [items[k] for k in kept], window=3, decay=0.5)
+    assert np.allclose(got, want) and not np.allclose(got, got.T)  # order matters
+
+
+def test_sequence_weight_adds_the_scaled_transitions_to_the_ease_weights_before_pruning():
+    history, dense = random_history(9)
+    sequences = {}
+    for u in range(len(dense)):
+        entries = history.items[history.of(u)][::-1]  # oldest first
+        sequences[f"u{u}"] = [f"i{k}" for k in entries]
+    items = [f"i{k}" for k in range(9)]
+    models = list(ItemItem.fit_each(history, [5.0], neighbours=9, sequences=[0.0, 0.5]))
+    assert [(m.lam, m.sequence) for m in models] == [(5.0, 0.0), (5.0, 0.5)]
+    b = ease_weights(sp.csr_matrix(dense), 5.0)
+    t = bought_next(sequences, items, items, item_item.SEQUENCE_WINDOW, item_item.SEQUENCE_DECAY)
+    want = b + 0.5 * np.abs(b).sum() / t.sum() * t
+    assert np.allclose(models[0].weights.toarray(), np.where(b > 0, b, 0.0), atol=1e-5)
+    assert np.allclose(models[1].weights.toarray(), np.where(want > 0, want, 0.0), atol=1e-5)
+    single = ItemItem.fit(history, lam=5.0, neighbours=9, sequence=0.5)
+    assert single.sequence == 0.5 and np.allclose(single.weights.toarray(), models[1].weights.toarray())
+
+
+def test_bought_next_is_chosen_where_order_tells_the_next():
+    """Planted: items on a chain, people watch a run of it in order. The label users' latest item is
+    on the chain (their older ones are noise); the next item is the label. EASE sees the chain's
+    neighbours on both sides alike; the "bought next" term points forward, so tuning picks it and
+    it recalls the next item more often."""
+    from models.sources import tune_item_item
+
+    rng = np.random.default_rng(1)
+    n_items, rows_, truth = 40, [], {}
+    for u in range(400):
+        start = int(rng.integers(n_items - 5))
+        if u < 300:
+            rows_ += [(f"u{u}", f"i{start + d}") for d in range(4)]
+        else:
+            rows_ += [(f"u{u}", f"i{i}") for i in rng.choice(n_items, 4, replace=False) if i not in (start, start + 1)]
+            rows_.append((f"u{u}", f"i{start}"))
+            truth[f"u{u}"] = {start + 1}
+    users, items = [f"u{u}" for u in range(400)], [f"i{i}" for i in range(n_items)]
+    history = history_of(rows_, users, items)
+    source, facts = tune_item_item(history, pd.Index(users), pd.Series(truth), 1, [1.0], 40, 100, 1, True,
+                                   recencies=[1.0], sequences=[0.0, 1.0])
+    tried = facts["label_recall@1_by_lambda/recency/sequence"]
+    assert facts["sequence"] == 1.0 and source.model.sequence == 1.0
+    assert tried["1/1/1"] > tried["1/1/0"] + 0.2, tried
 
 
 def test_fit_scores_are_the_users_items_times_the_ease_weights():
@@ -231,6 +304,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.lam == 4.0 and back.recency == 0.0 and (back.weights != model.weights).nnz == 0
     ItemItem.fit(history, lam=4.0, neighbours=3, recency=7.5).save(tmp_path / "ii.npz")
     assert ItemItem.load(tmp_path / "ii.npz").recency == 7.5
+    ItemItem.fit(history, lam=4.0, neighbours=3, sequence=0.3).save(tmp_path / "ii.npz")
+    assert ItemItem.load(tmp_path / "ii.npz").sequence == 0.3
     empty = ItemItem.empty(9)
     assert not empty.top(history, np.arange(3), 2).__ge__(0).any() and not empty.scores(history, np.arange(3)).any()
 
