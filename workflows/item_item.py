@@ -95,12 +95,14 @@ def transitions(history: PurchaseHistory, kept: np.ndarray, window: int = SEQUEN
     items = column[history.items]
     users = np.repeat(np.arange(len(history.offsets) - 1, dtype=np.int32), np.diff(history.offsets))
     n = len(kept)
-    out = sp.csr_matrix((n, n), dtype=np.float64)
+    # float32 weights (8 B an entry with the int32 indices): at H&M size tens of millions of pairs
+    out = sp.csr_matrix((n, n), dtype=np.float32)
     for d in range(1, window + 1):  # entry j + d was bought d items before entry j
         ok = (users[d:] == users[:-d]) & (items[d:] >= 0) & (items[:-d] >= 0)
-        out = out + sp.csr_matrix((np.full(int(ok.sum()), decay ** (d - 1)), (items[d:][ok], items[:-d][ok])),
-                                  shape=(n, n))
-    damp = 1.0 / np.sqrt(np.bincount(items[items >= 0], minlength=n) + 1.0)
+        out = out + sp.csr_matrix((np.full(int(ok.sum()), decay ** (d - 1), dtype=np.float32),
+                                   (items[d:][ok], items[:-d][ok])), shape=(n, n))
+        del ok
+    damp = (1.0 / np.sqrt(np.bincount(items[items >= 0], minlength=n) + 1.0)).astype(np.float32)
     out = out.tocoo()
     out.data *= damp[out.row] * damp[out.col]
     return out
@@ -205,7 +207,7 @@ class ItemItem:
         steps = transitions(history, kept) if any(s > 0 for s in sequences) else None
         for lam in lams:
             dense = ease_from_gram(gram, lam, overwrite=len(lams) == 1)
-            scale = float(np.abs(dense).sum() / steps.data.sum()) if steps is not None and steps.nnz else 0.0
+            scale = float(np.abs(dense).sum() / steps.data.sum(dtype=np.float64)) if steps is not None and steps.nnz else 0.0
             added = 0.0
             for sequence in sequences:
                 if scale and sequence != added:  # in place: B + sequence * scale * T (entries are distinct)
