@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/quality.py
 
 
 def main() -> None:
@@ -32,14 +33,12 @@ def main() -> None:
     from funnel.report import table
     from models.config import RankingConfig
     from models.sources import tune_item_item
+    from quality import user_last  # the benchmark's own user-last split
     from workflows.purchases import PurchaseHistory
 
     cfg = RankingConfig()
     train = pd.read_parquet(args.pre / "splits" / "train.parquet", columns=["user_id", "item_id", "timestamp"])
-    last = train.groupby("user_id")["timestamp"].transform("max")
-    first = train.groupby("user_id")["timestamp"].transform("min")
-    held = (train["timestamp"] == last) & (first < last)
-    before, label = train[~held], train[held]
+    before, label = user_last(train)
     users, items = pd.Index(train["user_id"].unique()), pd.Index(train["item_id"].unique())
     history = PurchaseHistory.build(before, users, items, before["timestamp"].max())
     truth = label.assign(row=items.get_indexer(label["item_id"])).groupby("user_id")["row"].apply(set)
